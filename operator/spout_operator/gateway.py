@@ -1,0 +1,169 @@
+"""The pachd gateway: the only module that talks to pachd (and imports python_pachyderm).
+
+Calls go through python-pachyderm's generated PPS stubs on a channel of our own so
+every call carries a deadline: one slow pachd must never hold a worker thread for
+long. gRPC errors are translated into the three outcomes the reconciler cares
+about: pachd unreachable (retry later), spec rejected (report, wait for a new
+spec), pipeline missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import python_pachyderm
+from google.protobuf import json_format
+from python_pachyderm.proto.v2.pfs import pfs_pb2
+from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
+
+from spout_operator.observed import ObservedPipeline
+from spout_operator.render import PipelineSpec
+
+DEFAULT_PORT = 30650
+_STATE_PREFIX = "PIPELINE_"
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class PachdError(Exception):
+    """Base of the errors the gateway raises."""
+
+
+class PachdUnavailable(PachdError):
+    """pachd could not be reached or did not answer in time: worth retrying."""
+
+
+class PachdRejected(PachdError):
+    """pachd refused the request (bad spec, limits, conflicts): retrying will not help."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one pachd."""
+
+    address: str  # grpc://host:port or grpcs://host:port (a bare host:port means grpc)
+    tls: bool = False
+    auth_token: str | None = None
+
+    @property
+    def target(self) -> str:
+        parts = urlsplit(self.address if "://" in self.address else f"grpc://{self.address}")
+        if parts.scheme not in ("grpc", "grpcs", "http", "https"):
+            raise PachdRejected(f"unsupported pachd address scheme {parts.scheme!r} in {self.address!r}")
+        if not parts.hostname:
+            raise PachdRejected(f"pachd address {self.address!r} has no host")
+        return f"{parts.hostname}:{parts.port or DEFAULT_PORT}"
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.address.startswith(("grpcs://", "https://"))
+
+
+def canonical(spec: PipelineSpec) -> PipelineSpec:
+    """The spec as protobuf JSON renders it (int64 as strings, empty values dropped),
+    the form observed specs come in, so the two compare field by field."""
+    try:
+        request = python_pachyderm.parse_dict_pipeline_spec(spec)
+    except json_format.ParseError as err:
+        raise PachdRejected(f"invalid pipeline spec: {err}") from None
+    rendered: PipelineSpec = json_format.MessageToDict(request)
+    return rendered
+
+
+def _observed(info: Any) -> ObservedPipeline:
+    spec: PipelineSpec = json_format.MessageToDict(info.details)
+    spec["pipeline"] = json_format.MessageToDict(info.pipeline)
+    state_name: str = pps_pb2.PipelineState.Name(info.state)
+    return ObservedPipeline(
+        name=info.pipeline.name,
+        version=int(info.version),
+        state=state_name.removeprefix(_STATE_PREFIX),
+        stopped=bool(info.stopped),
+        spec=spec,
+        recent_error=info.details.recent_error,
+        reason=info.reason,
+    )
+
+
+class Gateway:
+    """A connection to one pachd. Thread-safe: gRPC channels and stubs are."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        target = endpoint.target
+        if endpoint.secure:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._pps = pps_pb2_grpc.APIStub(self._channel)
+        self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
+        self.calls: dict[str, int] = {}
+        self._calls_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        with self._calls_lock:
+            self.calls[method] = self.calls.get(method, 0) + 1
+        try:
+            return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise _translate(err, method) from None
+
+    # --- reads ----------------------------------------------------------------------
+
+    def inspect(self, name: str, project: str) -> ObservedPipeline | None:
+        request = pps_pb2.InspectPipelineRequest(pipeline=_pipeline(name, project), details=True)
+        try:
+            return _observed(self._call("InspectPipeline", request))
+        except PachdRejected as err:
+            if err.not_found:
+                return None
+            raise
+
+    def list_pipelines(self) -> list[ObservedPipeline]:
+        """Every pipeline of this pachd, with details, in one call."""
+        request = pps_pb2.ListPipelineRequest(details=True)
+        stream: Iterable[Any] = self._call("ListPipeline", request)
+        try:
+            return [_observed(info) for info in stream]
+        except grpc.RpcError as err:  # errors of a server stream surface while reading it
+            raise _translate(err, "ListPipeline") from None
+
+    # --- writes ---------------------------------------------------------------------
+
+    def create(self, spec: PipelineSpec, update: bool) -> None:
+        request = python_pachyderm.parse_dict_pipeline_spec(spec)
+        request.update = update
+        self._call("CreatePipeline", request)
+
+    def start(self, name: str, project: str) -> None:
+        self._call("StartPipeline", pps_pb2.StartPipelineRequest(pipeline=_pipeline(name, project)))
+
+    def stop(self, name: str, project: str) -> None:
+        self._call("StopPipeline", pps_pb2.StopPipelineRequest(pipeline=_pipeline(name, project)))
+
+    def delete(self, name: str, project: str) -> None:
+        self._call("DeletePipeline", pps_pb2.DeletePipelineRequest(pipeline=_pipeline(name, project)))
+
+
+def _pipeline(name: str, project: str) -> Any:
+    return pps_pb2.Pipeline(name=name, project=pfs_pb2.Project(name=project))
+
+
+def _translate(err: grpc.RpcError, method: str) -> PachdError:
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (err.details() if isinstance(err, grpc.Call) else str(err)) or code.name
+    if code in _UNAVAILABLE:
+        return PachdUnavailable(f"pachd unreachable ({code.name.lower()} on {method}): {details}")
+    return PachdRejected(details, not_found=code == grpc.StatusCode.NOT_FOUND or "not found" in details)

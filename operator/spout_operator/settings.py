@@ -1,0 +1,53 @@
+"""The operator's own configuration, from SPOUT_OPERATOR_* environment variables.
+
+Read and validated once at start-up: a bad value stops the operator with a
+message that names the variable, instead of failing later in a handler.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PREFIX = "SPOUT_OPERATOR_"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Used by resources that do not name a pachd; Pachyderm's Helm chart serves gRPC
+    # on the `pachd` Service, port 30650.
+    pachd_address: str = "grpc://pachd.default.svc.cluster.local:30650"
+    drift_interval_s: float = 10.0
+    pachd_timeout_s: float = 10.0
+    retry_delay_s: float = 15.0
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            pachd_address=env.get(PREFIX + "PACHD_ADDRESS", "").strip() or defaults.pachd_address,
+            drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
+            pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
+            retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
+            namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name} must be a number of seconds, got {raw!r}") from None
+    if not 0.1 <= value <= 86400:
+        raise SettingsError(f"{PREFIX}{name} must be between 0.1 and 86400 seconds, got {raw!r}")
+    return value

@@ -1,0 +1,147 @@
+"""The typed form of a SpoutPipeline's spec.
+
+The API server has already checked the structural schema; this module turns the
+dict into frozen dataclasses, applies defaults, and catches what a schema cannot
+(e.g. the two pipelines sharing one name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+# Pipeline-spec fields a user may set on either pipeline, passed to pachd as written
+# (camelCase, as in Pachyderm's pipeline JSON).
+COMMON_PIPELINE_FIELDS = ("description", "resourceRequests", "resourceLimits", "podPatch", "metadata")
+PROCESSOR_ONLY_FIELDS = ("parallelismSpec", "autoscaling", "datumTries")
+
+DEFAULT_GLOB = "/*"
+DEFAULT_PROJECT = "default"
+DEFAULT_AUTH_TOKEN_KEY = "auth-token"
+
+E = TypeVar("E", bound="StrEnum")
+
+
+class SpecError(ValueError):
+    """The spec is structurally valid but cannot be rendered into pipelines."""
+
+
+class RunState(StrEnum):
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+class DeletionPolicy(StrEnum):
+    DELETE = "Delete"
+    ORPHAN = "Orphan"
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str = DEFAULT_AUTH_TOKEN_KEY
+
+
+@dataclass(frozen=True)
+class PachdConnection:
+    """Where the pipelines live. An empty address means the operator's default."""
+
+    address: str = ""
+    tls: bool = False
+    auth_token_secret: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
+class PipelineTemplate:
+    """One pipeline as the user wrote it: its name, transform and the optional knobs."""
+
+    name: str
+    transform: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpoutPipelineSpec:
+    pachd: PachdConnection
+    project: str
+    state: RunState
+    deletion_policy: DeletionPolicy
+    spout: PipelineTemplate
+    processor: PipelineTemplate
+    glob: str
+
+    @property
+    def running(self) -> bool:
+        return self.state is RunState.RUNNING
+
+
+def parse(spec: Mapping[str, Any], resource_name: str) -> SpoutPipelineSpec:
+    """Turn a SpoutPipeline `.spec` into a typed spec with defaults filled in."""
+    spout_raw = _mapping(spec, "spout", required=True)
+    processor_raw = _mapping(spec, "processor", required=True)
+    spout = _template(spout_raw, "spout", default_name=resource_name, allowed=COMMON_PIPELINE_FIELDS)
+    processor = _template(
+        processor_raw,
+        "processor",
+        default_name=f"{resource_name}-processor",
+        allowed=COMMON_PIPELINE_FIELDS + PROCESSOR_ONLY_FIELDS,
+    )
+    if spout.name == processor.name:
+        raise SpecError(f"spout and processor must have different names, both are {spout.name!r}")
+    glob = str(processor_raw.get("glob") or DEFAULT_GLOB)
+    if not glob.startswith("/"):
+        raise SpecError(f"processor.glob must start with '/', got {glob!r}")
+    return SpoutPipelineSpec(
+        pachd=_pachd(_mapping(spec, "pachd")),
+        project=str(spec.get("project") or DEFAULT_PROJECT),
+        state=_enum(RunState, spec.get("state"), RunState.RUNNING, "state"),
+        deletion_policy=_enum(DeletionPolicy, spec.get("deletionPolicy"), DeletionPolicy.DELETE, "deletionPolicy"),
+        spout=spout,
+        processor=processor,
+        glob=glob,
+    )
+
+
+def _mapping(parent: Mapping[str, Any], key: str, required: bool = False) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        if required:
+            raise SpecError(f"{key} is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _template(
+    raw: Mapping[str, Any], where: str, default_name: str, allowed: tuple[str, ...]
+) -> PipelineTemplate:
+    transform = _mapping(raw, "transform", required=True)
+    if not transform.get("image"):
+        raise SpecError(f"{where}.transform.image is required")
+    if not transform.get("cmd"):
+        raise SpecError(f"{where}.transform.cmd is required")
+    options = {key: raw[key] for key in allowed if raw.get(key) not in (None, "", {}, [])}
+    return PipelineTemplate(name=str(raw.get("name") or default_name), transform=transform, options=options)
+
+
+def _pachd(raw: Mapping[str, Any]) -> PachdConnection:
+    secret = _mapping(raw, "authTokenSecretRef")
+    ref = None
+    if secret:
+        if not secret.get("name"):
+            raise SpecError("pachd.authTokenSecretRef.name is required")
+        ref = SecretKeyRef(name=str(secret["name"]), key=str(secret.get("key") or DEFAULT_AUTH_TOKEN_KEY))
+    return PachdConnection(address=str(raw.get("address") or ""), tls=bool(raw.get("tls")), auth_token_secret=ref)
+
+
+def _enum(kind: type[E], value: Any, default: E, where: str) -> E:
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise SpecError(f"{where} must be one of {allowed}, got {value!r}") from None

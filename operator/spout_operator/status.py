@@ -1,0 +1,125 @@
+"""Turn a reconcile outcome into the resource's `.status` (pure).
+
+Conditions follow the Kubernetes convention (type, status, reason, message,
+lastTransitionTime) so `kubectl wait --for=condition=Ready` works; the
+transition time only moves when the condition's status does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spout_operator.gateway import PachdRejected, PachdUnavailable
+from spout_operator.observed import ObservedPipeline
+from spout_operator.reconcile import Outcome
+
+HEALTHY_RUNNING = {"RUNNING", "STANDBY", "STARTING"}
+MISSING = "Missing"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def pipeline_status(
+    name: str, observed: ObservedPipeline | None, foreign_owner: str | None, error: str
+) -> dict[str, Any]:
+    if observed is None:
+        return {"name": name, "state": MISSING, "version": 0, "lastError": error}
+    entry: dict[str, Any] = {
+        "name": name,
+        "state": observed.state,
+        "version": observed.version,
+        "stopped": observed.stopped,
+        "lastError": error or observed.recent_error or observed.reason,
+    }
+    if foreign_owner is not None:
+        entry["state"] = "Foreign"
+        entry["foreignOwner"] = foreign_owner
+    return entry
+
+
+def conditions_for(outcome: Outcome | None, running: bool, spec_error: str = "") -> list[Condition]:
+    if spec_error:
+        reason, message = "InvalidSpec", spec_error
+        return [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
+    assert outcome is not None
+    foreign = [p for p in outcome.plans if p.foreign]
+    if isinstance(outcome.error, PachdUnavailable):
+        synced = Condition("Synced", False, "PachdUnavailable", str(outcome.error))
+    elif isinstance(outcome.error, PachdRejected):
+        synced = Condition("Synced", False, "PachdRejected", str(outcome.error))
+    elif foreign:
+        names = ", ".join(f"{p.name} (owned by {p.foreign_owner})" for p in foreign)
+        synced = Condition(
+            "Synced", False, "ForeignPipeline", f"pipelines exist that this resource does not own: {names}"
+        )
+    else:
+        synced = Condition("Synced", True, "Synced", "pachd holds both pipelines as declared")
+    return [_ready(outcome, running, synced), synced]
+
+
+def _ready(outcome: Outcome, running: bool, synced: Condition) -> Condition:
+    if not synced.status:
+        return Condition("Ready", False, synced.reason, synced.message)
+    for name, observed in outcome.observed.items():
+        if observed is None:
+            return Condition("Ready", False, "PipelineMissing", f"pipeline {name} does not exist in pachd")
+        if running and (observed.stopped or observed.state not in HEALTHY_RUNNING):
+            detail = observed.recent_error or observed.reason
+            message = f"pipeline {name} is {observed.state}" + (f": {detail}" if detail else "")
+            return Condition("Ready", False, "PipelineNotRunning", message)
+    if running:
+        return Condition("Ready", True, "Running", "both pipelines are running")
+    return Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
+
+
+def render_conditions(
+    conditions: list[Condition], previous: list[Mapping[str, Any]] | None, now: str
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous or []}
+    rendered = []
+    for condition in conditions:
+        status = "True" if condition.status else "False"
+        old = before.get(condition.type, {})
+        rendered.append({
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": old.get("lastTransitionTime", now) if old.get("status") == status else now,
+        })  # fmt: skip
+    return rendered
+
+
+def status_patch(
+    outcome: Outcome | None,
+    running: bool,
+    generation: int,
+    previous: Mapping[str, Any],
+    now: str,
+    spec_error: str = "",
+    drift_repairs: int = 0,
+) -> dict[str, Any]:
+    """The full `.status` to merge-patch onto the resource."""
+    conditions = conditions_for(outcome, running, spec_error)
+    patch: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": render_conditions(conditions, previous.get("conditions"), now),
+        "driftRepairs": int(previous.get("driftRepairs", 0)) + drift_repairs,
+    }
+    if outcome is not None:
+        error = str(outcome.error) if outcome.error else ""
+        for role, plan in zip(("spout", "processor"), outcome.plans, strict=False):
+            patch[role] = pipeline_status(plan.name, outcome.observed.get(plan.name), plan.foreign_owner, error)
+        ready = next(c for c in conditions if c.type == "Ready")
+        patch["summary"] = "Ready" if ready.status else ready.reason
+    else:
+        patch["summary"] = "InvalidSpec"
+    return patch

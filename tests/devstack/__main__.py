@@ -1,0 +1,54 @@
+"""Command line for the local stack.
+
+    python -m devstack build            build missing binaries into the cache
+    python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
+    python -m devstack env              print `export` lines for a running stack
+    python -m devstack down             stop exactly the processes `up` started
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from devstack import build
+from devstack.stack import Stack, StackError, State
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".devstack"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["build", "up", "env", "down"])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)")
+    parser.add_argument("--pachds", type=int, default=1, help="number of pachd instances (default: 1)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            build.build()
+        elif args.command == "up":
+            Stack(args.dir).down()  # a stale stack in the same directory goes first
+            state = Stack(args.dir).up(args.pachds)
+            print_env(state)
+        elif args.command == "env":
+            print_env(State.load(args.dir))
+        else:
+            Stack(args.dir).down()
+    except (build.BuildError, StackError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_env(state: State) -> None:
+    for key, value in state.env().items():
+        print(f"export {key}={shlex.quote(value)}")
+    for pachd in state.pachds:
+        print(f"# pachd-{pachd.index}: {pachd.address} (Kubernetes namespace {pachd.namespace})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Build the Go binaries of the local stack into a cache outside the repo.
+
+kube-apiserver, kube-controller-manager, pachd and pachctl are compiled from
+their published Go modules, each program family in its own wrapper module so
+minimal version selection never moves one program's dependencies under the
+other. A binary already in the cache is reused; nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.32.9"
+# pachd 2.7.x is not served by the module proxy this project can reach; 2.6.0
+# is the newest v2 release it serves, paired with python-pachyderm 7.5.0.
+PACHYDERM_VERSION = "v2.6.0"
+
+# The wrapper modules (go.mod + go.sum + tools.go) live in gomod/<family>/, committed:
+# the pinned go.sum makes every build verify the same module content without asking
+# the checksum database (which does not know every version the proxy serves).
+GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
+
+
+class BuildError(RuntimeError):
+    """A build step failed; the message says what to do about it."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "spout-operator"
+
+
+@dataclass(frozen=True)
+class Program:
+    """One binary, the wrapper module it is built in, and its Go package."""
+
+    name: str
+    family: str
+    version: str
+    package: str
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / "bin" / f"{self.family}-{self.version}" / self.name
+
+
+PROGRAMS = (
+    Program("kube-apiserver", "kubernetes", KUBERNETES_VERSION, "k8s.io/kubernetes/cmd/kube-apiserver"),
+    Program(
+        "kube-controller-manager",
+        "kubernetes",
+        KUBERNETES_VERSION,
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+    ),
+    Program("pachd", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachd"),
+    Program(
+        "pachctl", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachctl"
+    ),
+)
+
+
+def program(name: str) -> Program:
+    return next(p for p in PROGRAMS if p.name == name)
+
+
+def say(message: str) -> None:
+    print(f"[devstack build] {message}", file=sys.stderr, flush=True)
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(
+            "Go toolchain not found on PATH: install Go 1.22 or newer (https://go.dev/dl) "
+            "to build the local stack, or run only the unit tests (make test-unit)"
+        )
+    return go
+
+
+def _run(args: list[str], cwd: Path, log: Path) -> None:
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(args)}\n")
+        out.flush()
+        result = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BuildError(f"`{' '.join(args)}` failed (full log: {log}):\n{tail}")
+
+
+def _prepare_module(family: str, version: str) -> Path:
+    workdir = cache_root() / "build" / f"{family}-{version}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for source in (GOMOD_DIR / family).iterdir():
+        shutil.copyfile(source, workdir / source.name)
+    return workdir
+
+
+def build(names: list[str] | None = None) -> list[Path]:
+    """Build the named programs (default: all) that are not cached yet."""
+    wanted = [p for p in PROGRAMS if names is None or p.name in names]
+    for family in dict.fromkeys(p.family for p in wanted):
+        missing = [p for p in wanted if p.family == family and not p.path.exists()]
+        if not missing:
+            continue
+        workdir = _prepare_module(family, missing[0].version)
+        say(f"downloading {family} {missing[0].version} modules (first time: a few minutes)")
+        _run([_go(), "mod", "download"], workdir, workdir / "build.log")
+        for prog in missing:
+            say(f"building {prog.name} {prog.version} (cold: 5-20 minutes on 2 cores)")
+            prog.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = prog.path.with_suffix(".partial")
+            _run(
+                [_go(), "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), prog.package],
+                workdir,
+                workdir / "build.log",
+            )
+            partial.rename(prog.path)
+            say(f"built {prog.path}")
+    for prog in wanted:
+        say(f"{prog.name}: {prog.path}")
+    return [p.path for p in wanted]
+
+
+if __name__ == "__main__":
+    try:
+        build(sys.argv[1:] or None)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

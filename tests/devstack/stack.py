@@ -1,0 +1,464 @@
+"""Start and stop a real local stack: etcd, kube-apiserver, kube-controller-manager,
+PostgreSQL and one or more pachd instances, all on 127.0.0.1 with free ports.
+
+Everything lives in one state directory; `state.json` there records the PIDs
+this module started so `down` stops exactly those. No kubelet or scheduler
+runs: pods are API objects only and never execute.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devstack import build
+
+PACHD_TOKEN = "devstack-pachd-token"
+POSTGRES_USER = "pachyderm"
+POSTGRES_PASSWORD = "devstack"
+
+
+class StackError(RuntimeError):
+    """A component failed to start; the message carries its log tail."""
+
+
+@dataclass
+class Pachd:
+    index: int
+    namespace: str
+    port: int
+    peer_port: int
+    pid: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+
+@dataclass
+class State:
+    root: str
+    kubeconfig: str
+    apiserver_port: int
+    etcd_port: int
+    postgres_port: int
+    postgres_data: str
+    pachctl_config: str
+    pids: dict[str, int] = field(default_factory=dict)
+    pachds: list[Pachd] = field(default_factory=list)
+
+    def save(self) -> None:
+        Path(self.root, "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> State:
+        raw = json.loads((root / "state.json").read_text())
+        raw["pachds"] = [Pachd(**p) for p in raw["pachds"]]
+        return cls(**raw)
+
+    def env(self) -> dict[str, str]:
+        """Variables that point kubectl, pachctl and python-pachyderm at this stack."""
+        return {
+            "KUBECONFIG": self.kubeconfig,
+            "PACH_CONFIG": self.pachctl_config,
+            "DEVSTACK_PACHD_ADDRESS": self.pachds[0].address,
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_until(what: str, ready: Callable[[], bool], deadline_s: float, log: Path, pid: int | None) -> None:
+    """Poll `ready` until it holds; fail early if the process died, late on the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if pid is not None and not _alive(pid):
+            raise StackError(f"{what} exited during start-up; last lines of {log}:\n{log_tail(log)}")
+        with contextlib.suppress(Exception):
+            if ready():
+                return
+        time.sleep(0.3)
+    raise StackError(f"{what} not ready after {deadline_s:.0f}s; last lines of {log}:\n{log_tail(log)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (stack started by another process)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return waited == 0
+
+
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None, user: str | None = None, unset: tuple[str, ...] = ()
+) -> int:
+    if user is not None:
+        args = ["runuser", "-u", user, "--", *args]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset},
+            start_new_session=True,  # Ctrl-C in a terminal must not hit the servers first
+        )
+    return proc.pid
+
+
+def _run(args: list[str], **kwargs: Any) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        raise StackError(f"`{' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"`{tool}` not found: {hint}")
+    return path
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        raise StackError(f"PostgreSQL `{name}` not found: run `make deps` (installs Debian postgresql)")
+    return str(found)
+
+
+# --- certificates -----------------------------------------------------------------
+
+
+def make_certs(pki: Path) -> None:
+    """One CA, a serving cert for 127.0.0.1, an admin client cert and a service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    openssl = _require("openssl", "install Debian's openssl (`make deps`)")
+
+    def ssl_cmd(*args: str) -> None:
+        _run([openssl, *args], cwd=pki)
+
+    ssl_cmd("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-keyout", "ca.key",
+            "-out", "ca.crt", "-subj", "/CN=devstack-ca")  # fmt: skip
+    (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, subject, ext in (
+        ("serving", "/CN=kube-apiserver", ["-extfile", "serving.ext"]),
+        ("admin", "/O=system:masters/CN=devstack-admin", []),
+    ):
+        ssl_cmd("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject)  # fmt: skip
+        ssl_cmd("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "3650", "-out", f"{name}.crt", *ext)  # fmt: skip
+    ssl_cmd("genrsa", "-out", "sa.key", "2048")
+    ssl_cmd("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "devstack", "cluster": {
+            "server": f"https://127.0.0.1:{port}", "certificate-authority-data": b64("ca.crt")}}],
+        "users": [{"name": "devstack-admin", "user": {
+            "client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": "devstack-admin"}}],
+        "current-context": "devstack",
+    }  # fmt: skip
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _https_ok(port: int, pki: Path, url_path: str) -> bool:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{url_path}", context=ctx, timeout=3) as r:
+        return int(r.status) == 200
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return int(r.status) == 200
+
+
+# --- the stack ----------------------------------------------------------------------
+
+
+class Stack:
+    """The running stack. `up()` starts it, `down()` stops what `up()` started."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.state: State | None = None
+
+    # Components are started in dependency order; each records its PID at once so a
+    # failure half-way still lets `down()` stop whatever did start.
+    def up(self, pachd_count: int = 1, deadline_s: float = 180) -> State:
+        self.root.mkdir(parents=True, exist_ok=True)
+        binaries = {p.name: p.path for p in build.PROGRAMS}
+        missing = [name for name, path in binaries.items() if not path.exists()]
+        if missing:
+            build.build(missing)
+        etcd = _require("etcd", "install Debian's etcd-server (`make deps`)")
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        state = self.state = State(
+            root=str(self.root),
+            kubeconfig=str(self.root / "kubeconfig"),
+            apiserver_port=free_port(),
+            etcd_port=free_port(),
+            postgres_port=free_port(),
+            postgres_data="",
+            pachctl_config=str(self.root / "pachctl-config.json"),
+        )
+        try:
+            self._start_etcd(etcd, logs, deadline_s)
+            self._start_apiserver(binaries["kube-apiserver"], logs, deadline_s)
+            self._start_controller_manager(binaries["kube-controller-manager"], logs)
+            self._start_postgres(logs, deadline_s)
+            for index in range(pachd_count):
+                self._start_pachd(binaries["pachd"], index, logs, deadline_s)
+            self._write_pachctl_config()
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def _record(self, name: str, pid: int) -> None:
+        assert self.state is not None
+        self.state.pids[name] = pid
+        self.state.save()
+
+    def _start_etcd(self, etcd: str, logs: Path, deadline_s: float) -> None:
+        assert self.state is not None
+        peer = free_port()
+        url = f"http://127.0.0.1:{self.state.etcd_port}"
+        pid = _spawn([
+            etcd, "--name", "devstack", "--data-dir", str(self.root / "etcd"),
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"devstack=http://127.0.0.1:{peer}",
+        ], logs / "etcd.log", env={"ETCD_UNSUPPORTED_ARCH": ""})  # fmt: skip
+        self._record("etcd", pid)
+        wait_until("etcd", lambda: _http_ok(f"{url}/health"), deadline_s, logs / "etcd.log", pid)
+
+    def _start_apiserver(self, binary: Path, logs: Path, deadline_s: float) -> None:
+        assert self.state is not None
+        pki = self.root / "pki"
+        make_certs(pki)
+        (pki / "tokens.csv").write_text(f"{PACHD_TOKEN},pachd,pachd,system:masters\n")
+        port = self.state.apiserver_port
+        log = logs / "kube-apiserver.log"
+        pid = _spawn([
+            str(binary),
+            f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
+            "--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={pki / 'serving.crt'}", f"--tls-private-key-file={pki / 'serving.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-issuer=https://127.0.0.1:{port}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+            f"--token-auth-file={pki / 'tokens.csv'}",
+        ], log)  # fmt: skip
+        self._record("kube-apiserver", pid)
+        write_kubeconfig(Path(self.state.kubeconfig), pki, port)
+        wait_until(
+            "kube-apiserver",
+            lambda: _https_ok(port, pki, "/readyz") and _https_ok(port, pki, "/api/v1/namespaces/default"),
+            max(deadline_s, 120),
+            log,
+            pid,
+        )
+
+    def _start_controller_manager(self, binary: Path, logs: Path) -> None:
+        assert self.state is not None
+        kubeconfig = self.state.kubeconfig
+        pid = _spawn([
+            str(binary), f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+            "--controllers=garbage-collector-controller,namespace-controller",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+        ], logs / "kube-controller-manager.log")  # fmt: skip
+        self._record("kube-controller-manager", pid)
+
+    def _start_postgres(self, logs: Path, deadline_s: float) -> None:
+        assert self.state is not None
+        # PostgreSQL refuses to run as root: run it as the Debian `postgres` user, in a
+        # directory that user can reach even when the state dir sits under /root.
+        user = "postgres" if os.geteuid() == 0 else None
+        data = Path(tempfile.mkdtemp(prefix="devstack-pg-"))
+        self.state.postgres_data = str(data)
+        if user is not None:
+            uid = pwd.getpwnam(user).pw_uid
+            os.chown(data, uid, -1)
+        log = logs / "postgres.log"
+        with log.open("ab") as out:
+            args = [_postgres_bin("initdb"), "-D", str(data / "db"), "-U", POSTGRES_USER, "--auth=trust"]
+            if user is not None:
+                args = ["runuser", "-u", user, "--", *args]
+            if subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
+                raise StackError(f"initdb failed; last lines of {log}:\n{log_tail(log)}")
+        pid = _spawn([
+            _postgres_bin("postgres"), "-D", str(data / "db"), "-p", str(self.state.postgres_port),
+            "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "max_connections=300",
+        ], log, user=user)  # fmt: skip
+        self._record("postgres", pid)
+        wait_until("postgres", lambda: self._psql("SELECT 1") is not None, deadline_s, log, None)
+
+    def _psql(self, sql: str) -> str:
+        assert self.state is not None
+        return _run([
+            _postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(self.state.postgres_port),
+            "-U", POSTGRES_USER, "-d", "postgres", "-tAc", sql,
+        ])  # fmt: skip
+
+    def _start_pachd(self, binary: Path, index: int, logs: Path, deadline_s: float) -> None:
+        assert self.state is not None
+        namespace = "pachyderm" if index == 0 else f"pachyderm-{index}"
+        for db in (f"pachyderm_{index}", f"dex_{index}"):
+            self._psql(f"CREATE DATABASE {db}")
+        self._prepare_pachd_namespace(namespace)
+        pachd = Pachd(index=index, namespace=namespace, port=free_port(), peer_port=free_port())
+        token_file = self.root / "pki" / "pachd-token"
+        token_file.write_text(PACHD_TOKEN)
+        storage = self.root / f"pachd-{index}"
+        storage.mkdir(exist_ok=True)
+        env = {
+            "ETCD_SERVICE_HOST": "127.0.0.1", "ETCD_SERVICE_PORT": str(self.state.etcd_port),
+            "ETCD_PREFIX": f"pachd{index}/",
+            "PG_BOUNCER_HOST": "127.0.0.1", "PG_BOUNCER_PORT": str(self.state.postgres_port),
+            "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(self.state.postgres_port),
+            "POSTGRES_DATABASE": f"pachyderm_{index}", "POSTGRES_USER": POSTGRES_USER,
+            "POSTGRES_PASSWORD": POSTGRES_PASSWORD, "IDENTITY_SERVER_DATABASE": f"dex_{index}",
+            "STORAGE_BACKEND": "LOCAL", "PACH_ROOT": str(storage),
+            "PORT": str(pachd.port), "PEER_PORT": str(pachd.peer_port),
+            "PROMETHEUS_PORT": str(free_port()), "S3GATEWAY_PORT": str(free_port()),
+            "DOWNLOAD_PORT": str(free_port()), "OIDC_PORT": str(free_port()),
+            "PACH_NAMESPACE": namespace, "PACHD_POD_NAME": "pachd",
+            "PACHD_SERVICE_HOST": "127.0.0.1", "PACHD_SERVICE_PORT": str(pachd.port),
+            "METRICS": "false",
+            "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1", "KUBERNETES_PORT": str(self.state.apiserver_port),
+            "KUBERNETES_SERVICE_HOST": "", "KUBERNETES_BEARER_TOKEN_FILE": str(token_file),
+            "WORKER_IMAGE": "pachyderm/worker:2.6.0", "WORKER_SIDECAR_IMAGE": "pachyderm/pachd:2.6.0",
+        }  # fmt: skip
+        log = logs / f"pachd-{index}.log"
+        # With SSL_CERT_DIR set, pachd mounts a TLS-cert Secret named by TLS_CERT_SECRET_NAME
+        # into every worker RC; unset, that name is empty and the RC is invalid.
+        pachd.pid = _spawn([str(binary)], log, env=env, unset=("SSL_CERT_DIR",))
+        self._record(f"pachd-{index}", pachd.pid)
+        self.state.pachds.append(pachd)
+        self.state.save()
+        wait_until(f"pachd-{index}", lambda: _pachd_ready(pachd.port), max(deadline_s, 120), log, pachd.pid)
+
+    def _prepare_pachd_namespace(self, namespace: str) -> None:
+        """The objects pachd expects around it in Kubernetes: its own Pod (read for the
+        worker RC options), the Secret that Pod references, and a pachw Deployment."""
+        assert self.state is not None
+        objects = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "postgres", "namespace": namespace},
+             "stringData": {"postgresql-password": POSTGRES_PASSWORD}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pachd", "namespace": namespace,
+                                                             "labels": {"app": "pachd"}},
+             "spec": {"containers": [{"name": "pachd", "image": "pachyderm/pachd:2.6.0", "env": [
+                 {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
+                     "name": "postgres", "key": "postgresql-password"}}}]}]}},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pachw", "namespace": namespace},
+             "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "pachw"}},
+                      "template": {"metadata": {"labels": {"app": "pachw"}},
+                                   "spec": {"containers": [{"name": "pachw", "image": "pachyderm/pachd:2.6.0"}]}}}},
+        ]  # fmt: skip
+        manifest = "\n".join(json.dumps(o) for o in objects)
+        _run(["kubectl", "--kubeconfig", self.state.kubeconfig, "apply", "-f", "-"], input=manifest)
+
+    def _write_pachctl_config(self) -> None:
+        assert self.state is not None
+        contexts = {
+            f"devstack-{p.index}": {"pachd_address": p.address, "source": 2} for p in self.state.pachds
+        }
+        config = {"v2": {"active_context": "devstack-0", "contexts": contexts, "metrics": False}}
+        Path(self.state.pachctl_config).write_text(json.dumps(config, indent=2))
+
+    def down(self) -> None:
+        """Stop every process this stack started, newest first, and remove Postgres' data."""
+        state = self.state
+        if state is None:
+            if not (self.root / "state.json").exists():
+                return
+            state = self.state = State.load(self.root)
+        for name, pid in reversed(list(state.pids.items())):
+            _stop(pid, name)
+        if state.postgres_data:
+            shutil.rmtree(state.postgres_data, ignore_errors=True)
+        state.pids.clear()
+        state.save()
+
+
+def _pachd_ready(port: int) -> bool:
+    import python_pachyderm
+
+    python_pachyderm.Client("127.0.0.1", port).inspect_cluster()  # unary: really connects
+    return True
+
+
+def _stop(pid: int, name: str, grace_s: float = 15) -> None:
+    # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients to leave.
+    first = signal.SIGINT if name == "postgres" else signal.SIGTERM
+    try:
+        os.killpg(pid, first)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + grace_s
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def running(root: Path, pachd_count: int = 1) -> Iterator[State]:
+    stack = Stack(root)
+    try:
+        yield stack.up(pachd_count)
+    finally:
+        stack.down()
