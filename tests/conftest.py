@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -39,6 +40,10 @@ def _stack_unavailable_reason() -> str | None:
     return None
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[State]:
     reason = _stack_unavailable_reason()
@@ -46,6 +51,9 @@ def stack() -> Iterator[State]:
         if IN_CI:
             pytest.fail(f"CI must run the integration tests, but {reason}")
         pytest.skip(reason)
+    # A killed test run (CI time-out, `timeout`) must still stop the servers it started:
+    # turn SIGTERM into KeyboardInterrupt so the finalizer below runs.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     root = Path(tempfile.mkdtemp(prefix="devstack-test-"))
     running = Stack(root)
     state = running.up(pachd_count=int(os.environ.get("DEVSTACK_PACHDS", "1")))

@@ -60,7 +60,11 @@ class Endpoint:
             raise PachdRejected(f"unsupported pachd address scheme {parts.scheme!r} in {self.address!r}")
         if not parts.hostname:
             raise PachdRejected(f"pachd address {self.address!r} has no host")
-        return f"{parts.hostname}:{parts.port or DEFAULT_PORT}"
+        try:
+            port = parts.port
+        except ValueError:  # urlsplit refuses ports outside 0-65535
+            raise PachdRejected(f"pachd address {self.address!r} has an invalid port") from None
+        return f"{parts.hostname}:{port or DEFAULT_PORT}"
 
     @property
     def secure(self) -> bool:

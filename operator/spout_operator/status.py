@@ -15,7 +15,7 @@ from spout_operator.gateway import PachdRejected, PachdUnavailable
 from spout_operator.observed import ObservedPipeline
 from spout_operator.reconcile import Outcome
 
-HEALTHY_RUNNING = {"RUNNING", "STANDBY", "STARTING"}
+HEALTHY_RUNNING = {"RUNNING", "STANDBY"}
 MISSING = "Missing"
 
 

@@ -32,6 +32,9 @@ from devstack import build
 PACHD_TOKEN = "devstack-pachd-token"
 POSTGRES_USER = "pachyderm"
 POSTGRES_PASSWORD = "devstack"
+# pachd 2.6 binds its identity (dex) web server to this port, on every interface, with
+# no setting to move it: two full pachds cannot share one network namespace.
+PACHD_IDENTITY_PORT = 1658
 
 
 class StackError(RuntimeError):
@@ -45,6 +48,7 @@ class Pachd:
     port: int
     peer_port: int
     pid: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # what pachd was started with; sidecars reuse it
 
     @property
     def address(self) -> str:
@@ -377,7 +381,15 @@ class Stack:
             "KUBERNETES_SERVICE_HOST": "", "KUBERNETES_BEARER_TOKEN_FILE": str(token_file),
             "WORKER_IMAGE": "pachyderm/worker:2.6.0", "WORKER_SIDECAR_IMAGE": "pachyderm/pachd:2.6.0",
         }  # fmt: skip
+        pachd.env = env
         log = logs / f"pachd-{index}.log"
+        wait_until(
+            f"port {PACHD_IDENTITY_PORT} to be free (another pachd holds it; pachd 2.6 cannot move it)",
+            lambda: _port_free(PACHD_IDENTITY_PORT),
+            float(os.environ.get("DEVSTACK_PORT_WAIT_SECONDS", "900")),
+            log,
+            None,
+        )
         # With SSL_CERT_DIR set, pachd mounts a TLS-cert Secret named by TLS_CERT_SECRET_NAME
         # into every worker RC; unset, that name is empty and the RC is invalid.
         pachd.pid = _spawn([str(binary)], log, env=env, unset=("SSL_CERT_DIR",))
@@ -428,6 +440,15 @@ class Stack:
             shutil.rmtree(state.postgres_data, ignore_errors=True)
         state.pids.clear()
         state.save()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def _pachd_ready(port: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spout101 import consumer, processor
+from spout101 import consumer
 from spout101.consumer import EmulatedSource, Target
 
 pytestmark = pytest.mark.integration
@@ -142,6 +142,7 @@ def test_sigterm_mid_run_leaves_no_open_commit(pachd_client: Any, pachd_address:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    print(stderr)  # shown by `pytest -rA`: the README quotes it
     assert proc.returncode == 0, stderr
     assert "Received SIGTERM, stopping after the current batch" in stderr
     assert "Consumer stopped cleanly after" in stderr
@@ -173,9 +174,20 @@ def test_processor_sorts_the_spouts_files(
     assert sorted(sizes.values()) == [1024, 1024, 2048, 2048]
     output_dir = tmp_path / "pfs" / "out"
 
-    outcomes = processor.process_dir(input_dir, output_dir)
-
-    assert len(outcomes) == 4
+    # The entry point as a pipeline runs it, with the roots moved by env.
+    env = {**os.environ, "PYTHONPATH": str(CONTEXT)}
+    env.update(PROCESSOR_INPUT_DIR=str(input_dir), PROCESSOR_OUTPUT_DIR=str(output_dir))
+    result = subprocess.run(
+        [sys.executable, "-m", "spout101.processor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    print(result.stderr)  # shown by `pytest -rA`: the README quotes it
+    assert result.returncode == 0, result.stderr
+    assert f"Processed 4 files from {input_dir} (0 not matching a size)" in result.stderr
     expected = {f"{'1K' if size == 1024 else '2K'}.txt/{name}": name for name, size in sizes.items()}
     written = {str(p.relative_to(output_dir)): p for p in output_dir.rglob("*") if p.is_file()}
     assert set(written) == set(expected)

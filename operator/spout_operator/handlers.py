@@ -1,0 +1,176 @@
+"""kopf handlers: thin glue between Kubernetes events and the reconcile pass.
+
+Handlers are plain (sync) functions, so kopf runs them in its thread pool and the
+blocking gRPC calls to pachd never stall the event loop; every call also carries
+a deadline (see gateway.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import threading
+from typing import Any
+
+import kopf
+import kubernetes
+
+from spout_operator import render as rendering
+from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdUnavailable
+from spout_operator.reconcile import Outcome, ensure, remove
+from spout_operator.settings import Settings
+from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
+from spout_operator.status import status_patch
+
+GROUP, VERSION, PLURAL = rendering.GROUP, "v1alpha1", "spoutpipelines"
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+# Read at import so the timer interval below is the configured one; a bad value stops
+# the operator at start-up with a message naming the variable.
+SETTINGS = Settings.from_env()
+
+
+class Gateways:
+    """One gateway (gRPC channel) per distinct pachd endpoint, shared by all resources."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._by_endpoint: dict[Endpoint, Gateway] = {}
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: Endpoint) -> Gateway:
+        with self._lock:
+            if endpoint not in self._by_endpoint:
+                self._by_endpoint[endpoint] = Gateway(endpoint, self._timeout_s)
+            return self._by_endpoint[endpoint]
+
+    def close(self) -> None:
+        with self._lock:
+            for gateway in self._by_endpoint.values():
+                gateway.close()
+            self._by_endpoint.clear()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Pin kopf's bookkeeping to our own prefix and share the gateways through memo."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.execution.max_workers = 16
+    memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.gateways.close()
+
+
+@kopf.on.probe(id="gateways")
+def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
+    """Liveness reports the operator's own health only, never pachd's."""
+    return len(getattr(memo, "gateways", Gateways(1))._by_endpoint)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _endpoint(spec: SpoutPipelineSpec, namespace: str) -> Endpoint:
+    token = None
+    ref = spec.pachd.auth_token_secret
+    if ref is not None:
+        secret = kubernetes.client.CoreV1Api().read_namespaced_secret(ref.name, namespace)
+        encoded = (secret.data or {}).get(ref.key)
+        if encoded is None:
+            raise SpecError(f"Secret {ref.name} has no key {ref.key!r} for the pachd auth token")
+        token = base64.b64decode(encoded).decode().strip()
+    return Endpoint(spec.pachd.address or SETTINGS.pachd_address, spec.pachd.tls, token)
+
+
+def _reconcile(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, drift_check: bool
+) -> Outcome | None:
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    generation = int(meta.get("generation") or 0)
+    try:
+        spec = parse(body.get("spec", {}), name)
+        gateway = memo.gateways.get(_endpoint(spec, namespace))
+    except (SpecError, PachdError, kubernetes.client.ApiException) as err:
+        message = getattr(err, "reason", None) or str(err)
+        patch.status.update(status_patch(None, True, generation, status, _now(), spec_error=str(message)))
+        kopf.warn(body, reason="InvalidSpec", message=str(message))
+        return None
+    owner = rendering.owner_id(namespace, name)
+    outcome = ensure(rendering.render(spec, owner), spec.running, owner, gateway)
+    repairs = 1 if drift_check and outcome.wrote else 0
+    patch.status.update(
+        status_patch(outcome, spec.running, generation, status, _now(), drift_repairs=repairs)
+    )
+    for pipeline, step in outcome.applied:
+        reason = "DriftRepaired" if drift_check else "Pipeline" + step.value.capitalize()
+        kopf.info(body, reason=reason, message=f"{step.value} pipeline {pipeline}")
+    for plan in outcome.plans:
+        if plan.foreign:
+            kopf.warn(body, reason="ForeignPipeline",
+                      message=f"pipeline {plan.name} exists and belongs to {plan.foreign_owner}; left untouched")  # fmt: skip
+    if outcome.error is not None:
+        kopf.warn(body, reason=type(outcome.error).__name__, message=str(outcome.error))
+    return outcome
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+def apply(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+          **_: Any) -> None:  # fmt: skip
+    """Make pachd hold both pipelines as the resource declares them."""
+    outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
+    if outcome is not None and isinstance(outcome.error, PachdUnavailable):
+        raise kopf.TemporaryError(str(outcome.error), delay=SETTINGS.retry_delay_s)
+    # A rejected spec is reported in status and retried only by the drift check's slow
+    # cadence (e.g. once another pipeline frees a community-edition slot), never hot.
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.drift_interval_s, initial_delay=SETTINGS.drift_interval_s)
+def check_drift(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                **_: Any) -> None:  # fmt: skip
+    """Restore pipelines changed, stopped or deleted behind the operator's back."""
+    if meta.get("deletionTimestamp"):
+        return
+    if status.get("observedGeneration") != meta.get("generation"):
+        return  # a spec change is pending: the update handler owns it
+    _reconcile(body, meta, status, patch, memo, drift_check=True)
+
+
+@kopf.on.delete(*RESOURCE)
+def delete(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
+           **_: Any) -> None:  # fmt: skip
+    """Delete both pipelines (processor first) unless the policy orphans them."""
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    try:
+        spec = parse(body.get("spec", {}), name)
+    except SpecError:
+        logger.info("Spec is invalid, so no pipeline was ever created; nothing to delete")
+        return
+    if spec.deletion_policy is DeletionPolicy.ORPHAN:
+        logger.info("Deletion policy is Orphan: pipelines stay in pachd")
+        return
+    owner = rendering.owner_id(namespace, name)
+    gateway = memo.gateways.get(_endpoint(spec, namespace))
+    removal = remove(rendering.render(spec, owner), owner, gateway)
+    if removal.error is not None or removal.remaining:
+        message = f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+        patch.status["summary"] = "Deleting"
+        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Deleting",
+                                       "message": message, "lastTransitionTime": _now()}]  # fmt: skip
+        raise kopf.TemporaryError(message, delay=SETTINGS.retry_delay_s)
+    for foreign in removal.foreign:
+        logger.warning(f"Pipeline {foreign} belongs to another owner; left in pachd")

@@ -1,0 +1,324 @@
+"""The operator, run in-process with kopf, against the real kube-apiserver and pachd."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import python_pachyderm
+import yaml
+from conftest import eventually, kubectl
+from devstack.stack import State
+from python_pachyderm.proto.v2.pps import pps_pb2
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "spoutpipelines.yaml"
+SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
+DRIFT_INTERVAL_S = 2
+
+
+@pytest.fixture(scope="session")
+def crd(stack: State) -> None:
+    kubectl(stack, "apply", "-f", str(CRD))
+    kubectl(stack, "wait", "--for=condition=Established", "--timeout=60s", "crd/spoutpipelines.spout-operator.dev")
+
+
+@pytest.fixture(scope="session")
+def operator_env(stack: State) -> None:
+    # Read once when the handlers module is imported, so set before any operator starts.
+    os.environ["SPOUT_OPERATOR_PACHD_ADDRESS"] = stack.pachds[0].address
+    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
+    os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
+
+
+@contextlib.contextmanager
+def running_operator(namespace: str) -> Iterator[Any]:
+    import kopf
+    from kopf.testing import KopfRunner
+
+    settings = kopf.OperatorSettings()
+    settings.watching.server_timeout = 10
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "spout_operator.handlers"]
+    with KopfRunner(args, timeout=120, settings=settings) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+@pytest.fixture
+def operator(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
+    with running_operator(namespace) as runner:
+        yield runner
+
+
+def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, Any]:
+    image = "ghcr.io/spout-operator/spout101:0.1.0"
+    return {
+        "apiVersion": "spout-operator.dev/v1alpha1",
+        "kind": "SpoutPipeline",
+        "metadata": {"name": name},
+        "spec": {
+            "spout": {"name": spout, "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]}},
+            "processor": {
+                "name": processor,
+                "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
+            },
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def names(pachd_client: Any) -> Iterator[tuple[str, str]]:
+    """Unique pipeline names for one test; whatever is left in pachd is removed after it."""
+    suffix = uuid.uuid4().hex[:6]
+    spout, processor = f"sp-{suffix}", f"pr-{suffix}"
+    yield spout, processor
+    for name in (processor, spout):
+        with contextlib.suppress(Exception):
+            pachd_client.delete_pipeline(name, force=True)
+
+
+def apply(stack: State, namespace: str, body: dict[str, Any]) -> str:
+    return kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+
+def get(stack: State, namespace: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(kubectl(stack, "get", "spoutpipeline", name, "-n", namespace, "-o", "json")))
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_condition(stack: State, namespace: str, name: str, kind: str, status: str, timeout_s: float = 90) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = get(stack, namespace, name)
+        current = condition(obj, kind)
+        return obj if current.get("status") == status else None
+
+    result: dict[str, Any] = eventually(check, timeout_s, what=f"{name} {kind}={status}")
+    return result
+
+
+def pipelines(client: Any, *names: str) -> dict[str, Any]:
+    """name -> PipelineInfo for the named pipelines that exist."""
+    wanted = set(names)
+    return {p.pipeline.name: p for p in client.list_pipeline(details=True) if p.pipeline.name in wanted}
+
+
+def state_name(info: Any) -> str:
+    return str(pps_pb2.PipelineState.Name(info.state)).removeprefix("PIPELINE_")
+
+
+def versions(client: Any, *names: str) -> dict[str, int]:
+    return {name: int(info.version) for name, info in pipelines(client, *names).items()}
+
+
+def test_apply_creates_both_pipelines_and_reports_ready(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("pair", spout, processor))
+    obj = wait_condition(stack, namespace, "pair", "Ready", "True")
+
+    found = pipelines(pachd_client, spout, processor)
+    assert {n: state_name(i) for n, i in found.items()} == {spout: "RUNNING", processor: "RUNNING"}
+    assert found[processor].details.input.pfs.repo == spout
+    assert found[spout].details.metadata.annotations["spout-operator.dev/owner"] == f"{namespace}/pair"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert condition(obj, "Synced")["status"] == "True"
+    assert obj["status"]["spout"]["state"] == "RUNNING"
+    assert obj["status"]["processor"]["version"] == 1
+
+    table = kubectl(stack, "get", "spoutpipelines", "-n", namespace)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "SPOUT", "SPOUT-STATE", "PROCESSOR", "PROCESSOR-STATE", "READY", "AGE"]
+    assert row.split()[:6] == ["pair", spout, "RUNNING", processor, "RUNNING", "True"]
+
+
+def test_reapply_and_operator_restart_leave_versions_unchanged(
+    stack: State, namespace: str, crd: None, operator_env: None, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    body = resource("steady", spout, processor)
+    with running_operator(namespace):
+        apply(stack, namespace, body)
+        wait_condition(stack, namespace, "steady", "Ready", "True")
+        before = versions(pachd_client, spout, processor)
+        assert "unchanged" in apply(stack, namespace, body)
+        body["metadata"]["labels"] = {"touched": "yes"}  # a metadata-only change: no spec change
+        apply(stack, namespace, body)
+    with running_operator(namespace) as runner:  # the resume handler reconciles everything again
+        eventually(lambda: "Handler 'apply' succeeded" in runner.output, 30, what="resume handler ran")
+        time.sleep(2 * DRIFT_INTERVAL_S)  # and a drift check or two
+    assert versions(pachd_client, spout, processor) == before == {spout: 1, processor: 1}
+
+
+def test_spec_edit_updates_only_the_changed_pipeline(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    body = resource("edit", spout, processor)
+    apply(stack, namespace, body)
+    wait_condition(stack, namespace, "edit", "Ready", "True")
+    body["spec"]["processor"]["transform"]["env"] = {"LOG_LEVEL": "debug"}
+    apply(stack, namespace, body)
+    eventually(lambda: versions(pachd_client, spout, processor) == {spout: 1, processor: 2}, 60,
+               what="processor at version 2")  # fmt: skip
+    info = pipelines(pachd_client, processor)[processor]
+    assert dict(info.details.transform.env) == {"LOG_LEVEL": "debug"}
+    obj = wait_condition(stack, namespace, "edit", "Ready", "True")
+    assert obj["status"]["observedGeneration"] == 2
+    time.sleep(2 * DRIFT_INTERVAL_S)
+    assert versions(pachd_client, spout, processor) == {spout: 1, processor: 2}
+
+
+def test_drift_is_repaired(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("drift", spout, processor))
+    wait_condition(stack, namespace, "drift", "Ready", "True")
+
+    # Deleted behind the operator's back -> recreated.
+    pachd_client.delete_pipeline(processor)
+    eventually(lambda: processor in pipelines(pachd_client, processor), 30, what="processor recreated")
+
+    # Image changed with an update -> restored.
+    info = pipelines(pachd_client, spout)[spout]
+    changed = python_pachyderm.parse_dict_pipeline_spec({
+        "pipeline": {"name": spout}, "transform": {"image": "busybox:1", "cmd": ["sh"]}, "spout": {},
+        "metadata": {"annotations": dict(info.details.metadata.annotations)},
+    })  # fmt: skip
+    changed.update = True
+    pachd_client.create_pipeline_from_request(changed)
+    eventually(lambda: pipelines(pachd_client, spout)[spout].details.transform.image.startswith("ghcr.io/"), 30,
+               what="spout image restored")  # fmt: skip
+
+    # Stopped -> running again.
+    pachd_client.stop_pipeline(spout)
+    eventually(lambda: not pipelines(pachd_client, spout)[spout].stopped, 30, what="spout restarted")
+
+    obj = wait_condition(stack, namespace, "drift", "Ready", "True")
+    assert obj["status"]["driftRepairs"] >= 3
+    events = kubectl(stack, "get", "events", "-n", namespace, "--field-selector", "reason=DriftRepaired")
+    assert processor in events and spout in events
+
+
+def test_stopped_state_keeps_pipelines_stopped(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("paused", spout, processor, state="Stopped"))
+    obj = wait_condition(stack, namespace, "paused", "Ready", "True")
+    assert condition(obj, "Ready")["reason"] == "Stopped"
+    assert all(info.stopped for info in pipelines(pachd_client, spout, processor).values())
+    pachd_client.start_pipeline(spout)  # drift: someone starts it
+    eventually(lambda: pipelines(pachd_client, spout)[spout].stopped, 30, what="spout stopped again")
+
+
+def test_foreign_pipeline_is_left_alone_and_reported(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    pachd_client.create_pipeline_from_request(python_pachyderm.parse_dict_pipeline_spec({
+        "pipeline": {"name": spout}, "transform": {"image": "busybox:1", "cmd": ["sh"]}, "spout": {},
+    }))  # fmt: skip
+    apply(stack, namespace, resource("clash", spout, processor))
+    obj = wait_condition(stack, namespace, "clash", "Synced", "False")
+    assert condition(obj, "Synced")["reason"] == "ForeignPipeline"
+    assert obj["status"]["spout"]["state"] == "Foreign"
+    found = pipelines(pachd_client, spout, processor)
+    assert set(found) == {spout}  # our processor is not wired to someone else's spout
+    assert found[spout].details.transform.image == "busybox:1" and found[spout].version == 1
+
+    kubectl(stack, "delete", "spoutpipeline", "clash", "-n", namespace, "--timeout=60s")
+    assert set(pipelines(pachd_client, spout, processor)) == {spout}  # not ours, not deleted
+
+
+def test_invalid_spec_is_rejected_by_the_api_server(stack: State, namespace: str, crd: None) -> None:
+    body = resource("bad", "a", "b", state="Paused")
+    out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert 'Unsupported value: "Paused"' in out
+    body = resource("bad", "a", "b")
+    del body["spec"]["spout"]["transform"]["image"]
+    out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert "spec.spout.transform.image: Required value" in out
+
+
+def test_spec_pachd_rejects_is_reported_without_hot_loop(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    body = resource("rejected", spout, processor, project="no-such-project")
+    apply(stack, namespace, body)
+    obj = wait_condition(stack, namespace, "rejected", "Synced", "False")
+    assert condition(obj, "Synced")["reason"] == "PachdRejected"
+    assert "no-such-project" in condition(obj, "Synced")["message"]
+    assert pipelines(pachd_client, spout, processor) == {}
+
+
+def test_delete_removes_pipelines_and_orphan_keeps_them(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("gone", spout, processor))
+    wait_condition(stack, namespace, "gone", "Ready", "True")
+    kubectl(stack, "delete", "spoutpipeline", "gone", "-n", namespace, "--timeout=60s")
+    assert pipelines(pachd_client, spout, processor) == {}
+    assert "NotFound" in kubectl(stack, "get", "spoutpipeline", "gone", "-n", namespace, check=False)
+
+    apply(stack, namespace, resource("kept", spout, processor, deletionPolicy="Orphan"))
+    wait_condition(stack, namespace, "kept", "Ready", "True")
+    kubectl(stack, "delete", "spoutpipeline", "kept", "-n", namespace, "--timeout=60s")
+    assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}
+
+
+def test_unreachable_pachd_is_reported_and_recovers(
+    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+) -> None:
+    spout, processor = names
+    body = resource("away", spout, processor, pachd={"address": "grpc://127.0.0.1:9"})
+    apply(stack, namespace, body)
+    obj = wait_condition(stack, namespace, "away", "Synced", "False")
+    assert condition(obj, "Synced")["reason"] == "PachdUnavailable"
+    assert obj["status"]["summary"] == "PachdUnavailable"
+
+    # Deletion waits for pachd, with a clear message, and finishes once pachd is back.
+    kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
+    eventually(lambda: "waiting to delete" in condition(get(stack, namespace, "away"), "Ready").get("message", ""),
+               30, what="deletion waiting message")  # fmt: skip
+    body["spec"]["pachd"] = {"address": stack.pachds[0].address}
+    kubectl(stack, "patch", "spoutpipeline", "away", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"pachd": body["spec"]["pachd"]}}))  # fmt: skip
+    eventually(lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
+               60, what="resource gone once pachd reachable")  # fmt: skip
+
+
+def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pachd_client: Any) -> None:
+    """The README's flow, with the sample file as shipped."""
+    sample = yaml.safe_load(SAMPLE.read_text())
+    spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
+    try:
+        kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
+        kubectl(stack, "wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "spoutpipeline/spout101")
+        listing = kubectl(stack, "get", "spoutpipelines", "-n", namespace)
+        assert "spout101" in listing and "RUNNING" in listing
+        assert {n: state_name(i) for n, i in pipelines(pachd_client, spout, processor).items()} == {
+            spout: "RUNNING", processor: "RUNNING"}  # fmt: skip
+        kubectl(stack, "delete", "-n", namespace, "-f", str(SAMPLE), "--timeout=60s")
+        assert pipelines(pachd_client, spout, processor) == {}
+    finally:
+        for name in (processor, spout):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)

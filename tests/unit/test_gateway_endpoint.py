@@ -1,0 +1,178 @@
+"""Unit tests of the gateway's pure parts: pachd endpoint parsing and gRPC error translation.
+
+No channel is opened: Endpoint is a value object, and _translate maps an error object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from spout_operator.gateway import (
+    DEFAULT_PORT,
+    Endpoint,
+    PachdError,
+    PachdRejected,
+    PachdUnavailable,
+    _translate,
+)
+
+# --- Endpoint -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "target", "secure"),
+    [
+        ("grpc://pachd.pachyderm.svc.cluster.local:30650", "pachd.pachyderm.svc.cluster.local:30650", False),
+        ("grpcs://pachd.example.com:443", "pachd.example.com:443", True),
+        ("pachd:1650", "pachd:1650", False),
+        ("127.0.0.1:31650", "127.0.0.1:31650", False),
+        ("grpc://pachd", "pachd:30650", False),
+        ("grpcs://pachd", "pachd:30650", True),
+        ("pachd", "pachd:30650", False),
+        ("http://pachd:80", "pachd:80", False),
+        ("https://pachd", "pachd:30650", True),
+    ],
+)
+def test_endpoint_target_and_security(address: str, target: str, secure: bool) -> None:
+    endpoint = Endpoint(address)
+    assert endpoint.target == target
+    assert endpoint.secure is secure
+
+
+def test_default_port_is_the_helm_charts_grpc_port() -> None:
+    assert DEFAULT_PORT == 30650
+
+
+@pytest.mark.parametrize("address", ["grpc://pachd:30650", "pachd:30650", "pachd"])
+def test_tls_flag_makes_any_address_secure(address: str) -> None:
+    assert Endpoint(address, tls=True).secure is True
+
+
+@pytest.mark.parametrize("address", ["tcp://pachd:30650", "unix:///var/run/pachd.sock", "ftp://pachd"])
+def test_unsupported_scheme_is_rejected(address: str) -> None:
+    with pytest.raises(PachdRejected, match="unsupported pachd address scheme"):
+        _ = Endpoint(address).target
+
+
+@pytest.mark.parametrize("address", ["grpc://", "grpc://:30650", ":30650"])
+def test_address_without_host_is_rejected(address: str) -> None:
+    with pytest.raises(PachdRejected, match="has no host"):
+        _ = Endpoint(address).target
+
+
+@pytest.mark.parametrize("address", ["grpc://pachd:99999", "pachd:70000"])
+def test_port_out_of_range_is_rejected(address: str) -> None:
+    with pytest.raises(PachdRejected):
+        _ = Endpoint(address).target
+
+
+def test_endpoints_are_hashable_values() -> None:
+    # The handlers share one gateway per distinct endpoint, keyed by the Endpoint itself.
+    assert Endpoint("pachd:1", False, "t") == Endpoint("pachd:1", False, "t")
+    assert len({Endpoint("pachd:1"), Endpoint("pachd:1"), Endpoint("pachd:1", auth_token="t")}) == 2
+
+
+# --- gRPC error translation -------------------------------------------------------------------
+
+
+class FakeCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """The shape of an error a gRPC stub raises: an RpcError that is also a Call."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> Any:
+        return ()
+
+    def trailing_metadata(self) -> Any:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+    ],
+)
+def test_unreachable_pachd_is_unavailable(code: grpc.StatusCode, details: str) -> None:
+    error = _translate(FakeCall(code, details), "InspectPipeline")
+    assert isinstance(error, PachdUnavailable)
+    assert code.name.lower() in str(error)
+    assert "InspectPipeline" in str(error)
+    assert details in str(error)
+
+
+def test_not_found_is_a_rejection_marked_not_found() -> None:
+    error = _translate(FakeCall(grpc.StatusCode.NOT_FOUND, 'pipeline "spout" not found'), "InspectPipeline")
+    assert isinstance(error, PachdRejected)
+    assert error.not_found is True
+    assert str(error) == 'pipeline "spout" not found'
+
+
+def test_unknown_not_found_message_is_marked_not_found() -> None:
+    details = 'pipeline not found: couldn\'t find up to date spec for pipeline "spout"'
+    error = _translate(FakeCall(grpc.StatusCode.UNKNOWN, details), "InspectPipeline")
+    assert isinstance(error, PachdRejected)
+    assert error.not_found is True
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "invalid pipeline spec: glob must be set"),
+        (
+            grpc.StatusCode.UNKNOWN,
+            "pachyderm community edition supports up to 16 pipelines; an activation key is required",
+        ),
+        (grpc.StatusCode.UNKNOWN, "a repo with the same name already exists"),
+        (grpc.StatusCode.ALREADY_EXISTS, 'pipeline "spout" already exists'),
+        (grpc.StatusCode.PERMISSION_DENIED, "not authorized"),
+    ],
+)
+def test_other_errors_are_rejections_with_pachds_message(code: grpc.StatusCode, details: str) -> None:
+    error = _translate(FakeCall(code, details), "CreatePipeline")
+    assert isinstance(error, PachdRejected)
+    assert not isinstance(error, PachdUnavailable)
+    assert str(error) == details
+    assert error.not_found is False
+
+
+def test_empty_details_fall_back_to_the_code_name() -> None:
+    error = _translate(FakeCall(grpc.StatusCode.INVALID_ARGUMENT, ""), "CreatePipeline")
+    assert str(error) == "INVALID_ARGUMENT"
+
+
+def test_rpc_error_that_is_not_a_call_is_a_rejection() -> None:
+    error = _translate(grpc.RpcError("stream broke"), "ListPipeline")
+    assert isinstance(error, PachdRejected)
+    assert str(error) == "stream broke"
+    assert error.not_found is False
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(PachdUnavailable, PachdError)
+    assert issubclass(PachdRejected, PachdError)
+    assert PachdRejected("x").not_found is False
