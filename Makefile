@@ -74,3 +74,45 @@ stack-up: deps ## Start the local stack in the background (state in .devstack/)
 .PHONY: stack-down
 stack-down: venv ## Stop the local stack
 	$(STACK) down
+
+##@ Run it
+
+.PHONY: sandbox
+sandbox: deps ## Run everything on this machine: stack, operator, spout.yaml (Ctrl-C stops it)
+	cd tests && ../$(PY) -m devstack.sandbox
+
+.PHONY: sandbox-down
+sandbox-down: venv ## Stop a sandbox left running in the background
+	$(STACK) down
+
+.PHONY: run
+run: venv ## Run the operator locally against the current kubeconfig
+	PYTHONPATH=operator $(PY) -m spout_operator
+
+##@ Deployment (current kubeconfig context)
+
+.PHONY: install
+install: ## Install the CRD
+	kubectl apply -k crds/
+
+.PHONY: uninstall
+uninstall: ## Remove the CRD (and with it every SpoutPipeline)
+	kubectl delete -k crds/ --ignore-not-found
+
+.PHONY: deploy
+deploy: ## Install CRD, namespace, RBAC and the operator Deployment
+	kubectl apply -k manifests/
+
+.PHONY: undeploy
+undeploy: ## Remove everything `deploy` installed
+	kubectl delete -k manifests/ --ignore-not-found
+
+.PHONY: docker-build
+docker-build: ## Build the operator and spout101 worker images (needs Docker)
+	docker build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -t $(WORKER_IMAGE) images/spout101
+
+.PHONY: docker-push
+docker-push: ## Push both images
+	docker push $(OPERATOR_IMAGE)
+	docker push $(WORKER_IMAGE)

@@ -84,7 +84,7 @@ def _now() -> str:
 
 
 def _endpoint(spec: SpoutPipelineSpec, namespace: str) -> Endpoint:
-    token = None
+    token = SETTINGS.pachd_auth_token or None
     ref = spec.pachd.auth_token_secret
     if ref is not None:
         secret = kubernetes.client.CoreV1Api().read_namespaced_secret(ref.name, namespace)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PREFIX = "SPOUT_OPERATOR_"
 
@@ -26,6 +26,8 @@ class Settings:
     pachd_timeout_s: float = 10.0
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # For resources that name no Secret of their own; kept out of repr so it never hits logs.
+    pachd_auth_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +39,7 @@ class Settings:
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
             namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
+            pachd_auth_token=env.get(PREFIX + "PACHD_AUTH_TOKEN", "").strip(),
         )
 
 

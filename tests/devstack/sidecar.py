@@ -60,7 +60,7 @@ def start_spout_sidecar(
     state: State, pachd: Pachd, pipeline: str, project: str = "default", deadline_s: float = 60
 ) -> Sidecar:
     """Start the storage sidecar of the newest worker RC of `project/pipeline` and wait until it serves."""
-    name = f"sidecar-{project}-{pipeline}"
+    name = f"sidecar-{pachd.index}-{project}-{pipeline}"
     if name in state.pids:
         raise StackError(f"{name} already runs (pid {state.pids[name]}); stop it first")
     if not pachd.env:
@@ -131,8 +131,8 @@ def _newest_rc(state: State, namespace: str, pipeline: str, project: str, deadli
     selector = f"pipelineProject={project},pipelineName={pipeline}"
     end = time.monotonic() + deadline_s
     while True:
-        items = _kubectl_json(state, "get", "replicationcontrollers", "-n", namespace, "-l", selector)
-        items = items["items"]
+        listed = _kubectl_json(state, "get", "replicationcontrollers", "-n", namespace, "-l", selector)
+        items = listed["items"]
         if items:
             return max(items, key=lambda rc: int(rc["metadata"]["labels"].get("pipelineVersion", "0")))
         if time.monotonic() > end:

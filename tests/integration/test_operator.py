@@ -159,8 +159,8 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
         body["metadata"]["labels"] = {"touched": "yes"}  # a metadata-only change: no spec change
         apply(stack, namespace, body)
     with running_operator(namespace) as runner:  # the resume handler reconciles everything again
-        eventually(lambda: "Handler 'apply' succeeded" in runner.output, 30, what="resume handler ran")
-        time.sleep(2 * DRIFT_INTERVAL_S)  # and a drift check or two
+        time.sleep(3 * DRIFT_INTERVAL_S)  # resume, and a drift check or two
+    assert "Handler 'apply' succeeded" in runner.output  # output is readable once it stopped
     assert versions(pachd_client, spout, processor) == before == {spout: 1, processor: 1}
 
 
@@ -201,7 +201,14 @@ def test_drift_is_repaired(
         "metadata": {"annotations": dict(info.details.metadata.annotations)},
     })  # fmt: skip
     changed.update = True
-    pachd_client.create_pipeline_from_request(changed)
+
+    def update_behind_the_back() -> bool:
+        # pachd 2.6 may refuse an update of the spout for a moment right after its
+        # processor was recreated (commit provenance race); retry like a user would.
+        pachd_client.create_pipeline_from_request(changed)
+        return True
+
+    eventually(update_behind_the_back, 30, what="update of the spout with pachd")
     eventually(lambda: pipelines(pachd_client, spout)[spout].details.transform.image.startswith("ghcr.io/"), 30,
                what="spout image restored")  # fmt: skip
 
