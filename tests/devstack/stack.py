@@ -144,7 +144,7 @@ def _run(args: list[str], **kwargs: Any) -> str:
     result = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)
     if result.returncode != 0:
         raise StackError(f"`{' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
-    return result.stdout
+    return str(result.stdout)
 
 
 def _require(tool: str, hint: str) -> str:
@@ -202,6 +202,23 @@ def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
         "current-context": "devstack",
     }  # fmt: skip
     path.write_text(json.dumps(config, indent=2))
+
+
+def service_account_kubeconfig(state: State, namespace: str, account: str) -> Path:
+    """A kubeconfig that acts as a ServiceAccount (a TokenRequest token), to prove RBAC."""
+    token = _run(["kubectl", "--kubeconfig", state.kubeconfig, "create", "token", account,
+                  "-n", namespace, "--duration=24h"]).strip()  # fmt: skip
+    ca = base64.b64encode((Path(state.root) / "pki" / "ca.crt").read_bytes()).decode()
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": account,
+        "clusters": [{"name": "devstack", "cluster": {
+            "server": f"https://127.0.0.1:{state.apiserver_port}", "certificate-authority-data": ca}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "devstack", "user": account}}],
+    }  # fmt: skip
+    path = Path(state.root) / f"kubeconfig-{namespace}-{account}"
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
 def _https_ok(port: int, pki: Path, url_path: str) -> bool:

@@ -1,0 +1,125 @@
+"""The whole thing on one machine: `make sandbox`.
+
+Starts the local stack, installs the CRD and RBAC, runs the operator with its
+ServiceAccount's own credentials, applies crds/samples/spout.yaml, waits for
+Ready, and runs the spout's consumer code locally (through a local copy of the
+spout pod's pachd sidecar) so commits visibly arrive in the `spout` repo.
+
+No kubelet runs here, so no pod ever starts: pachd creates the workers'
+ReplicationControllers and reports the pipelines RUNNING, but the processor's
+jobs never execute. Ctrl-C (or `make sandbox-down`) stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack import build
+from devstack.__main__ import DEFAULT_DIR
+from devstack.sidecar import start_spout_sidecar
+from devstack.stack import Stack, StackError, State, _spawn, free_port, service_account_kubeconfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
+NAMESPACE = "default"
+
+
+def say(message: str) -> None:
+    print(f"\033[1m==> {message}\033[0m", flush=True)
+
+
+def kubectl(state: State, *args: str) -> str:
+    result = subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, *args],
+                            capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    if result.returncode != 0:
+        raise StackError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def record(state: State, name: str, pid: int) -> None:
+    """Processes in state.pids are stopped by `devstack down`, like the servers."""
+    state.pids[name] = pid
+    state.save()
+
+
+def start_operator(state: State) -> None:
+    say("Installing the CRD, namespace and RBAC (kubectl apply)")
+    kubectl(state, "apply", "-k", str(ROOT / "crds"))
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        kubectl(state, "apply", "-n", "spout-operator-system", "-f", str(ROOT / "manifests" / manifest))
+    kubectl(state, "wait", "--for=condition=Established", "crd/spoutpipelines.spout-operator.dev")
+    # The operator runs as its ServiceAccount, not as admin: the RBAC in manifests/ is what it gets.
+    kubeconfig = service_account_kubeconfig(state, "spout-operator-system", "spout-operator")
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONPATH": str(ROOT / "operator"),
+        "SPOUT_OPERATOR_PACHD_ADDRESS": state.pachds[0].address,
+        "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+    }
+    log = Path(state.root) / "logs" / "operator.log"
+    record(state, "operator", _spawn([sys.executable, "-m", "spout_operator"], log, env=env))
+    say(f"Operator started (log: {log})")
+
+
+def start_consumer(state: State) -> None:
+    sidecar = start_spout_sidecar(state, state.pachds[0], "spout")
+    env = {
+        "PYTHONPATH": str(ROOT / "images" / "spout101"),
+        "SPOUT_PACHD_ADDRESS": sidecar.address,
+        "PPS_PIPELINE_NAME": "spout",
+    }
+    log = Path(state.root) / "logs" / "consumer.log"
+    record(state, "consumer", _spawn([sys.executable, "-m", "spout101.consumer"], log, env=env))
+    say(f"Consumer started against the spout's sidecar {sidecar.address} (log: {log})")
+
+
+def main() -> int:
+    stack = Stack(Path(os.environ.get("DEVSTACK_DIR", str(DEFAULT_DIR))))
+    stack.down()  # whatever an earlier sandbox left behind
+    say("Starting the local stack (etcd, kube-apiserver, kube-controller-manager, PostgreSQL, pachd)")
+    try:
+        state = stack.up()
+        start_operator(state)
+        say("kubectl apply -f crds/samples/spout.yaml")
+        print(kubectl(state, "apply", "-n", NAMESPACE, "-f", str(SAMPLE)), end="")
+        kubectl(state, "wait", "-n", NAMESPACE, "--for=condition=Ready", "--timeout=120s",
+                "spoutpipeline/spout101")  # fmt: skip
+        say("kubectl get spoutpipelines")
+        print(kubectl(state, "get", "spoutpipelines", "-n", NAMESPACE), end="")
+        pachctl = [str(build.program("pachctl").path)]
+        pach_env = {**os.environ, "PACH_CONFIG": state.pachctl_config}
+        say("pachctl list pipeline")
+        subprocess.run([*pachctl, "list", "pipeline"], env=pach_env, check=False)
+        start_consumer(state)
+        say("Poke around in another terminal:")
+        for key, value in state.env().items():
+            print(f"    export {key}={value}")
+        print(f"    kubectl describe spoutpipeline spout101\n    {pachctl[0]} list commit spout")
+        say("Commits arriving in spout@master (every 10-30 s); Ctrl-C stops everything")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        seen = 0
+        while True:
+            out = subprocess.run([*pachctl, "list", "commit", "spout@master"], env=pach_env,
+                                 capture_output=True, text=True, check=False).stdout  # fmt: skip
+            commits = max(0, len(out.splitlines()) - 1)
+            if commits != seen:
+                print(f"    spout@master now has {commits} commit(s)", flush=True)
+                seen = commits
+            time.sleep(5)
+    except KeyboardInterrupt:
+        say("Stopping everything the sandbox started")
+    except (StackError, build.BuildError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        stack.down()
+        return 1
+    stack.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
