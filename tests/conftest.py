@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from devstack import build
 from devstack.stack import Stack, State
 
@@ -106,7 +105,9 @@ def namespace(stack: State) -> Iterator[str]:
     kubectl(stack, "delete", "namespace", name, "--wait=false", check=False)
 
 
-def eventually(check: Callable[[], Any], timeout_s: float = 60, interval_s: float = 0.3, what: str = "") -> Any:
+def eventually(
+    check: Callable[[], Any], timeout_s: float = 60, interval_s: float = 0.3, what: str = ""
+) -> Any:
     """Poll `check` until it returns a truthy value; fail with the last value or error."""
     end = time.monotonic() + timeout_s
     last: Any = None

@@ -27,14 +27,18 @@ def main() -> int:
     kopf.configure(verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1", log_format=kopf.LogFormat.PLAIN)
     logging.getLogger(__name__).info(
         "Watching %s; default pachd %s; drift check every %ss",
-        ", ".join(settings.namespaces) or "all namespaces", settings.pachd_address, settings.drift_interval_s,
+        ", ".join(settings.namespaces) or "all namespaces",
+        settings.pachd_address,
+        settings.drift_interval_s,
     )
-    asyncio.run(kopf.operator(
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
-        liveness_endpoint=os.environ.get("SPOUT_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
-    ))  # fmt: skip
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
+            liveness_endpoint=os.environ.get("SPOUT_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        )
+    )
     return 0
 
 

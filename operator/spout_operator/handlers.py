@@ -63,9 +63,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 16
     memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
 @kopf.on.cleanup()
@@ -96,7 +96,12 @@ def _endpoint(spec: SpoutPipelineSpec, namespace: str) -> Endpoint:
 
 
 def _reconcile(
-    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, drift_check: bool
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    drift_check: bool,
 ) -> Outcome | None:
     namespace, name = str(meta["namespace"]), str(meta["name"])
     generation = int(meta.get("generation") or 0)
@@ -119,8 +124,11 @@ def _reconcile(
         kopf.info(body, reason=reason, message=f"{step.value} pipeline {pipeline}")
     for plan in outcome.plans:
         if plan.foreign:
-            kopf.warn(body, reason="ForeignPipeline",
-                      message=f"pipeline {plan.name} exists and belongs to {plan.foreign_owner}; left untouched")  # fmt: skip
+            kopf.warn(
+                body,
+                reason="ForeignPipeline",
+                message=f"pipeline {plan.name} exists and belongs to {plan.foreign_owner}; left untouched",
+            )
     if outcome.error is not None:
         kopf.warn(body, reason=type(outcome.error).__name__, message=str(outcome.error))
     return outcome
@@ -129,8 +137,9 @@ def _reconcile(
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-def apply(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-          **_: Any) -> None:  # fmt: skip
+def apply(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
     outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
     if outcome is not None and isinstance(outcome.error, PachdUnavailable):
@@ -140,8 +149,9 @@ def apply(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Pat
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.drift_interval_s, initial_delay=SETTINGS.drift_interval_s)
-def check_drift(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-                **_: Any) -> None:  # fmt: skip
+def check_drift(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
     """Restore pipelines changed, stopped or deleted behind the operator's back."""
     if meta.get("deletionTimestamp"):
         return
@@ -151,8 +161,14 @@ def check_drift(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: ko
 
 
 @kopf.on.delete(*RESOURCE)
-def delete(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger,
-           **_: Any) -> None:  # fmt: skip
+def delete(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
     """Delete both pipelines (processor first) unless the policy orphans them."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
     try:
@@ -167,10 +183,19 @@ def delete(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo,
     gateway = memo.gateways.get(_endpoint(spec, namespace))
     removal = remove(rendering.render(spec, owner), owner, gateway)
     if removal.error is not None or removal.remaining:
-        message = f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+        message = (
+            f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+        )
         patch.status["summary"] = "Deleting"
-        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Deleting",
-                                       "message": message, "lastTransitionTime": _now()}]  # fmt: skip
+        patch.status["conditions"] = [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "Deleting",
+                "message": message,
+                "lastTransitionTime": _now(),
+            }
+        ]
         raise kopf.TemporaryError(message, delay=SETTINGS.retry_delay_s)
     for foreign in removal.foreign:
         logger.warning(f"Pipeline {foreign} belongs to another owner; left in pachd")

@@ -97,7 +97,9 @@ def parse(spec: Mapping[str, Any], resource_name: str) -> SpoutPipelineSpec:
         pachd=_pachd(_mapping(spec, "pachd")),
         project=str(spec.get("project") or DEFAULT_PROJECT),
         state=_enum(RunState, spec.get("state"), RunState.RUNNING, "state"),
-        deletion_policy=_enum(DeletionPolicy, spec.get("deletionPolicy"), DeletionPolicy.DELETE, "deletionPolicy"),
+        deletion_policy=_enum(
+            DeletionPolicy, spec.get("deletionPolicy"), DeletionPolicy.DELETE, "deletionPolicy"
+        ),
         spout=spout,
         processor=processor,
         glob=glob,
@@ -134,7 +136,9 @@ def _pachd(raw: Mapping[str, Any]) -> PachdConnection:
         if not secret.get("name"):
             raise SpecError("pachd.authTokenSecretRef.name is required")
         ref = SecretKeyRef(name=str(secret["name"]), key=str(secret.get("key") or DEFAULT_AUTH_TOKEN_KEY))
-    return PachdConnection(address=str(raw.get("address") or ""), tls=bool(raw.get("tls")), auth_token_secret=ref)
+    return PachdConnection(
+        address=str(raw.get("address") or ""), tls=bool(raw.get("tls")), auth_token_secret=ref
+    )
 
 
 def _enum(kind: type[E], value: Any, default: E, where: str) -> E:

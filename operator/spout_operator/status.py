@@ -88,13 +88,17 @@ def render_conditions(
     for condition in conditions:
         status = "True" if condition.status else "False"
         old = before.get(condition.type, {})
-        rendered.append({
-            "type": condition.type,
-            "status": status,
-            "reason": condition.reason,
-            "message": condition.message,
-            "lastTransitionTime": old.get("lastTransitionTime", now) if old.get("status") == status else now,
-        })  # fmt: skip
+        rendered.append(
+            {
+                "type": condition.type,
+                "status": status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": old.get("lastTransitionTime", now)
+                if old.get("status") == status
+                else now,
+            }
+        )
     return rendered
 
 
@@ -117,7 +121,9 @@ def status_patch(
     if outcome is not None:
         error = str(outcome.error) if outcome.error else ""
         for role, plan in zip(("spout", "processor"), outcome.plans, strict=False):
-            patch[role] = pipeline_status(plan.name, outcome.observed.get(plan.name), plan.foreign_owner, error)
+            patch[role] = pipeline_status(
+                plan.name, outcome.observed.get(plan.name), plan.foreign_owner, error
+            )
         ready = next(c for c in conditions if c.type == "Ready")
         patch["summary"] = "Ready" if ready.status else ready.reason
     else:

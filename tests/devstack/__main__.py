@@ -1,9 +1,9 @@
 """Command line for the local stack.
 
-    python -m devstack build            build missing binaries into the cache
-    python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
-    python -m devstack env              print `export` lines for a running stack
-    python -m devstack down             stop exactly the processes `up` started
+python -m devstack build            build missing binaries into the cache
+python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
+python -m devstack env              print `export` lines for a running stack
+python -m devstack down             stop exactly the processes `up` started
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".devstack"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["build", "up", "env", "down"])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)")
+    parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)"
+    )
     parser.add_argument("--pachds", type=int, default=1, help="number of pachd instances (default: 1)")
     args = parser.parse_args(argv)
     try:

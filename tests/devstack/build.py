@@ -57,7 +57,9 @@ PROGRAMS = (
         KUBERNETES_VERSION,
         "k8s.io/kubernetes/cmd/kube-controller-manager",
     ),
-    Program("pachd", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachd"),
+    Program(
+        "pachd", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachd"
+    ),
     Program(
         "pachctl", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachctl"
     ),

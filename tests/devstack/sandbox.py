@@ -34,8 +34,13 @@ def say(message: str) -> None:
 
 
 def kubectl(state: State, *args: str) -> str:
-    result = subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, *args],
-                            capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     if result.returncode != 0:
         raise StackError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -87,8 +92,15 @@ def main() -> int:
         start_operator(state)
         say("kubectl apply -f crds/samples/spout.yaml")
         print(kubectl(state, "apply", "-n", NAMESPACE, "-f", str(SAMPLE)), end="")
-        kubectl(state, "wait", "-n", NAMESPACE, "--for=condition=Ready", "--timeout=120s",
-                "spoutpipeline/spout101")  # fmt: skip
+        kubectl(
+            state,
+            "wait",
+            "-n",
+            NAMESPACE,
+            "--for=condition=Ready",
+            "--timeout=120s",
+            "spoutpipeline/spout101",
+        )
         say("kubectl get spoutpipelines")
         print(kubectl(state, "get", "spoutpipelines", "-n", NAMESPACE), end="")
         pachctl = [str(build.program("pachctl").path)]
@@ -104,8 +116,13 @@ def main() -> int:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         seen = 0
         while True:
-            out = subprocess.run([*pachctl, "list", "commit", "spout@master"], env=pach_env,
-                                 capture_output=True, text=True, check=False).stdout  # fmt: skip
+            out = subprocess.run(
+                [*pachctl, "list", "commit", "spout@master"],
+                env=pach_env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
             commits = max(0, len(out.splitlines()) - 1)
             if commits != seen:
                 print(f"    spout@master now has {commits} commit(s)", flush=True)

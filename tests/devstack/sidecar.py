@@ -27,10 +27,17 @@ from devstack.stack import Pachd, StackError, State, _run, _stop, free_port, wai
 # than by the RC, or devstack-specific (ETCD_PREFIX keeps several pachds apart
 # in one etcd): the sidecar must see the same values as its main pachd.
 FROM_MAIN_PACHD = (
-    "ETCD_SERVICE_HOST", "ETCD_SERVICE_PORT", "ETCD_PREFIX",
-    "KUBERNETES_PORT_443_TCP_ADDR", "KUBERNETES_PORT", "KUBERNETES_SERVICE_HOST",
-    "KUBERNETES_BEARER_TOKEN_FILE", "PACHD_SERVICE_HOST", "PACHD_SERVICE_PORT", "METRICS",
-)  # fmt: skip
+    "ETCD_SERVICE_HOST",
+    "ETCD_SERVICE_PORT",
+    "ETCD_PREFIX",
+    "KUBERNETES_PORT_443_TCP_ADDR",
+    "KUBERNETES_PORT",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_BEARER_TOKEN_FILE",
+    "PACHD_SERVICE_HOST",
+    "PACHD_SERVICE_PORT",
+    "METRICS",
+)
 # The RC sets these to "" so Kubernetes' service links cannot leak in; here the
 # sidecar gets the stack's PostgreSQL, which its listener may use.
 FILL_IF_EMPTY = ("POSTGRES_HOST", "POSTGRES_PORT")
@@ -102,9 +109,15 @@ def start_spout_sidecar(
     state.pids[name] = proc.pid
     state.save()
     sidecar = Sidecar(
-        name=name, pipeline=pipeline, project=project, rc=rc_name, port=port, pid=proc.pid, log=str(log),
+        name=name,
+        pipeline=pipeline,
+        project=project,
+        rc=rc_name,
+        port=port,
+        pid=proc.pid,
+        log=str(log),
         pachctl_config=str(_write_pachctl_config(state, pachd.namespace, name, pipeline, project, port)),
-    )  # fmt: skip
+    )
     try:
         wait_until(name, lambda: _serves(port, pipeline, project), deadline_s, log, proc.pid)
     except BaseException:

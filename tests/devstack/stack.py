@@ -124,7 +124,11 @@ def _alive(pid: int) -> bool:
 
 
 def _spawn(
-    args: list[str], log: Path, env: dict[str, str] | None = None, user: str | None = None, unset: tuple[str, ...] = ()
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    unset: tuple[str, ...] = (),
 ) -> int:
     if user is not None:
         args = ["runuser", "-u", user, "--", *args]
@@ -172,17 +176,54 @@ def make_certs(pki: Path) -> None:
     def ssl_cmd(*args: str) -> None:
         _run([openssl, *args], cwd=pki)
 
-    ssl_cmd("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-keyout", "ca.key",
-            "-out", "ca.crt", "-subj", "/CN=devstack-ca")  # fmt: skip
+    ssl_cmd(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=devstack-ca",
+    )
     (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, subject, ext in (
         ("serving", "/CN=kube-apiserver", ["-extfile", "serving.ext"]),
         ("admin", "/O=system:masters/CN=devstack-admin", []),
     ):
-        ssl_cmd("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", subject)  # fmt: skip
-        ssl_cmd("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "3650", "-out", f"{name}.crt", *ext)  # fmt: skip
+        ssl_cmd(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+        )
+        ssl_cmd(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            f"{name}.crt",
+            *ext,
+        )
     ssl_cmd("genrsa", "-out", "sa.key", "2048")
     ssl_cmd("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
@@ -194,28 +235,59 @@ def write_kubeconfig(path: Path, pki: Path, port: int) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "devstack", "cluster": {
-            "server": f"https://127.0.0.1:{port}", "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": "devstack-admin", "user": {
-            "client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "clusters": [
+            {
+                "name": "devstack",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{port}",
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "devstack-admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
         "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": "devstack-admin"}}],
         "current-context": "devstack",
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(config, indent=2))
 
 
 def service_account_kubeconfig(state: State, namespace: str, account: str) -> Path:
     """A kubeconfig that acts as a ServiceAccount (a TokenRequest token), to prove RBAC."""
-    token = _run(["kubectl", "--kubeconfig", state.kubeconfig, "create", "token", account,
-                  "-n", namespace, "--duration=24h"]).strip()  # fmt: skip
+    token = _run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            state.kubeconfig,
+            "create",
+            "token",
+            account,
+            "-n",
+            namespace,
+            "--duration=24h",
+        ]
+    ).strip()
     ca = base64.b64encode((Path(state.root) / "pki" / "ca.crt").read_bytes()).decode()
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": account,
-        "clusters": [{"name": "devstack", "cluster": {
-            "server": f"https://127.0.0.1:{state.apiserver_port}", "certificate-authority-data": ca}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": account,
+        "clusters": [
+            {
+                "name": "devstack",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{state.apiserver_port}",
+                    "certificate-authority-data": ca,
+                },
+            }
+        ],
         "users": [{"name": account, "user": {"token": token}}],
         "contexts": [{"name": account, "context": {"cluster": "devstack", "user": account}}],
-    }  # fmt: skip
+    }
     path = Path(state.root) / f"kubeconfig-{namespace}-{account}"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -285,13 +357,27 @@ class Stack:
         assert self.state is not None
         peer = free_port()
         url = f"http://127.0.0.1:{self.state.etcd_port}"
-        pid = _spawn([
-            etcd, "--name", "devstack", "--data-dir", str(self.root / "etcd"),
-            "--listen-client-urls", url, "--advertise-client-urls", url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"devstack=http://127.0.0.1:{peer}",
-        ], logs / "etcd.log", env={"ETCD_UNSUPPORTED_ARCH": ""})  # fmt: skip
+        pid = _spawn(
+            [
+                etcd,
+                "--name",
+                "devstack",
+                "--data-dir",
+                str(self.root / "etcd"),
+                "--listen-client-urls",
+                url,
+                "--advertise-client-urls",
+                url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"devstack=http://127.0.0.1:{peer}",
+            ],
+            logs / "etcd.log",
+            env={"ETCD_UNSUPPORTED_ARCH": ""},
+        )
         self._record("etcd", pid)
         wait_until("etcd", lambda: _http_ok(f"{url}/health"), deadline_s, logs / "etcd.log", pid)
 
@@ -302,20 +388,28 @@ class Stack:
         (pki / "tokens.csv").write_text(f"{PACHD_TOKEN},pachd,pachd,system:masters\n")
         port = self.state.apiserver_port
         log = logs / "kube-apiserver.log"
-        pid = _spawn([
-            str(binary),
-            f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={port}", "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
-            f"--tls-cert-file={pki / 'serving.crt'}", f"--tls-private-key-file={pki / 'serving.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-issuer=https://127.0.0.1:{port}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
-            f"--token-auth-file={pki / 'tokens.csv'}",
-        ], log)  # fmt: skip
+        pid = _spawn(
+            [
+                str(binary),
+                f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--tls-cert-file={pki / 'serving.crt'}",
+                f"--tls-private-key-file={pki / 'serving.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-issuer=https://127.0.0.1:{port}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                "--disable-admission-plugins=ServiceAccount",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+            ],
+            log,
+        )
         self._record("kube-apiserver", pid)
         write_kubeconfig(Path(self.state.kubeconfig), pki, port)
         wait_until(
@@ -329,12 +423,19 @@ class Stack:
     def _start_controller_manager(self, binary: Path, logs: Path) -> None:
         assert self.state is not None
         kubeconfig = self.state.kubeconfig
-        pid = _spawn([
-            str(binary), f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--controllers=garbage-collector-controller,namespace-controller",
-            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-        ], logs / "kube-controller-manager.log")  # fmt: skip
+        pid = _spawn(
+            [
+                str(binary),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--controllers=garbage-collector-controller,namespace-controller",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+            ],
+            logs / "kube-controller-manager.log",
+        )
         self._record("kube-controller-manager", pid)
 
     def _start_postgres(self, logs: Path, deadline_s: float) -> None:
@@ -354,20 +455,45 @@ class Stack:
                 args = ["runuser", "-u", user, "--", *args]
             if subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
                 raise StackError(f"initdb failed; last lines of {log}:\n{log_tail(log)}")
-        pid = _spawn([
-            _postgres_bin("postgres"), "-D", str(data / "db"), "-p", str(self.state.postgres_port),
-            "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "max_connections=300",
-        ], log, user=user)  # fmt: skip
+        pid = _spawn(
+            [
+                _postgres_bin("postgres"),
+                "-D",
+                str(data / "db"),
+                "-p",
+                str(self.state.postgres_port),
+                "-k",
+                str(data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=300",
+            ],
+            log,
+            user=user,
+        )
         self._record("postgres", pid)
         wait_until("postgres", lambda: self._psql("SELECT 1") is not None, deadline_s, log, None)
 
     def _psql(self, sql: str) -> str:
         assert self.state is not None
-        return _run([
-            _postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(self.state.postgres_port),
-            "-U", POSTGRES_USER, "-d", "postgres", "-tAc", sql,
-        ])  # fmt: skip
+        return _run(
+            [
+                _postgres_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.state.postgres_port),
+                "-U",
+                POSTGRES_USER,
+                "-d",
+                "postgres",
+                "-tAc",
+                sql,
+            ]
+        )
 
     def _start_pachd(self, binary: Path, index: int, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
@@ -381,23 +507,37 @@ class Stack:
         storage = self.root / f"pachd-{index}"
         storage.mkdir(exist_ok=True)
         env = {
-            "ETCD_SERVICE_HOST": "127.0.0.1", "ETCD_SERVICE_PORT": str(self.state.etcd_port),
+            "ETCD_SERVICE_HOST": "127.0.0.1",
+            "ETCD_SERVICE_PORT": str(self.state.etcd_port),
             "ETCD_PREFIX": f"pachd{index}/",
-            "PG_BOUNCER_HOST": "127.0.0.1", "PG_BOUNCER_PORT": str(self.state.postgres_port),
-            "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(self.state.postgres_port),
-            "POSTGRES_DATABASE": f"pachyderm_{index}", "POSTGRES_USER": POSTGRES_USER,
-            "POSTGRES_PASSWORD": POSTGRES_PASSWORD, "IDENTITY_SERVER_DATABASE": f"dex_{index}",
-            "STORAGE_BACKEND": "LOCAL", "PACH_ROOT": str(storage),
-            "PORT": str(pachd.port), "PEER_PORT": str(pachd.peer_port),
-            "PROMETHEUS_PORT": str(free_port()), "S3GATEWAY_PORT": str(free_port()),
-            "DOWNLOAD_PORT": str(free_port()), "OIDC_PORT": str(free_port()),
-            "PACH_NAMESPACE": namespace, "PACHD_POD_NAME": "pachd",
-            "PACHD_SERVICE_HOST": "127.0.0.1", "PACHD_SERVICE_PORT": str(pachd.port),
+            "PG_BOUNCER_HOST": "127.0.0.1",
+            "PG_BOUNCER_PORT": str(self.state.postgres_port),
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(self.state.postgres_port),
+            "POSTGRES_DATABASE": f"pachyderm_{index}",
+            "POSTGRES_USER": POSTGRES_USER,
+            "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
+            "IDENTITY_SERVER_DATABASE": f"dex_{index}",
+            "STORAGE_BACKEND": "LOCAL",
+            "PACH_ROOT": str(storage),
+            "PORT": str(pachd.port),
+            "PEER_PORT": str(pachd.peer_port),
+            "PROMETHEUS_PORT": str(free_port()),
+            "S3GATEWAY_PORT": str(free_port()),
+            "DOWNLOAD_PORT": str(free_port()),
+            "OIDC_PORT": str(free_port()),
+            "PACH_NAMESPACE": namespace,
+            "PACHD_POD_NAME": "pachd",
+            "PACHD_SERVICE_HOST": "127.0.0.1",
+            "PACHD_SERVICE_PORT": str(pachd.port),
             "METRICS": "false",
-            "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1", "KUBERNETES_PORT": str(self.state.apiserver_port),
-            "KUBERNETES_SERVICE_HOST": "", "KUBERNETES_BEARER_TOKEN_FILE": str(token_file),
-            "WORKER_IMAGE": "pachyderm/worker:2.6.0", "WORKER_SIDECAR_IMAGE": "pachyderm/pachd:2.6.0",
-        }  # fmt: skip
+            "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1",
+            "KUBERNETES_PORT": str(self.state.apiserver_port),
+            "KUBERNETES_SERVICE_HOST": "",
+            "KUBERNETES_BEARER_TOKEN_FILE": str(token_file),
+            "WORKER_IMAGE": "pachyderm/worker:2.6.0",
+            "WORKER_SIDECAR_IMAGE": "pachyderm/pachd:2.6.0",
+        }
         pachd.env = env
         log = logs / f"pachd-{index}.log"
         wait_until(
@@ -421,18 +561,47 @@ class Stack:
         assert self.state is not None
         objects = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "postgres", "namespace": namespace},
-             "stringData": {"postgresql-password": POSTGRES_PASSWORD}},
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pachd", "namespace": namespace,
-                                                             "labels": {"app": "pachd"}},
-             "spec": {"containers": [{"name": "pachd", "image": "pachyderm/pachd:2.6.0", "env": [
-                 {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
-                     "name": "postgres", "key": "postgresql-password"}}}]}]}},
-            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pachw", "namespace": namespace},
-             "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "pachw"}},
-                      "template": {"metadata": {"labels": {"app": "pachw"}},
-                                   "spec": {"containers": [{"name": "pachw", "image": "pachyderm/pachd:2.6.0"}]}}}},
-        ]  # fmt: skip
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "postgres", "namespace": namespace},
+                "stringData": {"postgresql-password": POSTGRES_PASSWORD},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "pachd", "namespace": namespace, "labels": {"app": "pachd"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "pachd",
+                            "image": "pachyderm/pachd:2.6.0",
+                            "env": [
+                                {
+                                    "name": "POSTGRES_PASSWORD",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": "postgres", "key": "postgresql-password"}
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                },
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "pachw", "namespace": namespace},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "pachw"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "pachw"}},
+                        "spec": {"containers": [{"name": "pachw", "image": "pachyderm/pachd:2.6.0"}]},
+                    },
+                },
+            },
+        ]
         manifest = "\n".join(json.dumps(o) for o in objects)
         _run(["kubectl", "--kubeconfig", self.state.kubeconfig, "apply", "-f", "-"], input=manifest)
 

@@ -29,7 +29,9 @@ DRIFT_INTERVAL_S = 2
 @pytest.fixture(scope="session")
 def crd(stack: State) -> None:
     kubectl(stack, "apply", "-f", str(CRD))
-    kubectl(stack, "wait", "--for=condition=Established", "--timeout=60s", "crd/spoutpipelines.spout-operator.dev")
+    kubectl(
+        stack, "wait", "--for=condition=Established", "--timeout=60s", "crd/spoutpipelines.spout-operator.dev"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +69,10 @@ def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, An
         "kind": "SpoutPipeline",
         "metadata": {"name": name},
         "spec": {
-            "spout": {"name": spout, "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]}},
+            "spout": {
+                "name": spout,
+                "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]},
+            },
             "processor": {
                 "name": processor,
                 "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
@@ -100,7 +105,9 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
-def wait_condition(stack: State, namespace: str, name: str, kind: str, status: str, timeout_s: float = 90) -> dict[str, Any]:
+def wait_condition(
+    stack: State, namespace: str, name: str, kind: str, status: str, timeout_s: float = 90
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = get(stack, namespace, name)
         current = condition(obj, kind)
@@ -173,8 +180,11 @@ def test_spec_edit_updates_only_the_changed_pipeline(
     wait_condition(stack, namespace, "edit", "Ready", "True")
     body["spec"]["processor"]["transform"]["env"] = {"LOG_LEVEL": "debug"}
     apply(stack, namespace, body)
-    eventually(lambda: versions(pachd_client, spout, processor) == {spout: 1, processor: 2}, 60,
-               what="processor at version 2")  # fmt: skip
+    eventually(
+        lambda: versions(pachd_client, spout, processor) == {spout: 1, processor: 2},
+        60,
+        what="processor at version 2",
+    )
     info = pipelines(pachd_client, processor)[processor]
     assert dict(info.details.transform.env) == {"LOG_LEVEL": "debug"}
     obj = wait_condition(stack, namespace, "edit", "Ready", "True")
@@ -196,10 +206,14 @@ def test_drift_is_repaired(
 
     # Image changed with an update -> restored.
     info = pipelines(pachd_client, spout)[spout]
-    changed = python_pachyderm.parse_dict_pipeline_spec({
-        "pipeline": {"name": spout}, "transform": {"image": "busybox:1", "cmd": ["sh"]}, "spout": {},
-        "metadata": {"annotations": dict(info.details.metadata.annotations)},
-    })  # fmt: skip
+    changed = python_pachyderm.parse_dict_pipeline_spec(
+        {
+            "pipeline": {"name": spout},
+            "transform": {"image": "busybox:1", "cmd": ["sh"]},
+            "spout": {},
+            "metadata": {"annotations": dict(info.details.metadata.annotations)},
+        }
+    )
     changed.update = True
 
     def update_behind_the_back() -> bool:
@@ -209,8 +223,11 @@ def test_drift_is_repaired(
         return True
 
     eventually(update_behind_the_back, 30, what="update of the spout with pachd")
-    eventually(lambda: pipelines(pachd_client, spout)[spout].details.transform.image.startswith("ghcr.io/"), 30,
-               what="spout image restored")  # fmt: skip
+    eventually(
+        lambda: pipelines(pachd_client, spout)[spout].details.transform.image.startswith("ghcr.io/"),
+        30,
+        what="spout image restored",
+    )
 
     # Stopped -> running again.
     pachd_client.stop_pipeline(spout)
@@ -238,9 +255,15 @@ def test_foreign_pipeline_is_left_alone_and_reported(
     stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
 ) -> None:
     spout, processor = names
-    pachd_client.create_pipeline_from_request(python_pachyderm.parse_dict_pipeline_spec({
-        "pipeline": {"name": spout}, "transform": {"image": "busybox:1", "cmd": ["sh"]}, "spout": {},
-    }))  # fmt: skip
+    pachd_client.create_pipeline_from_request(
+        python_pachyderm.parse_dict_pipeline_spec(
+            {
+                "pipeline": {"name": spout},
+                "transform": {"image": "busybox:1", "cmd": ["sh"]},
+                "spout": {},
+            }
+        )
+    )
     apply(stack, namespace, resource("clash", spout, processor))
     obj = wait_condition(stack, namespace, "clash", "Synced", "False")
     assert condition(obj, "Synced")["reason"] == "ForeignPipeline"
@@ -303,13 +326,28 @@ def test_unreachable_pachd_is_reported_and_recovers(
 
     # Deletion waits for pachd, with a clear message, and finishes once pachd is back.
     kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
-    eventually(lambda: "waiting to delete" in condition(get(stack, namespace, "away"), "Ready").get("message", ""),
-               30, what="deletion waiting message")  # fmt: skip
+    eventually(
+        lambda: "waiting to delete" in condition(get(stack, namespace, "away"), "Ready").get("message", ""),
+        30,
+        what="deletion waiting message",
+    )
     body["spec"]["pachd"] = {"address": stack.pachds[0].address}
-    kubectl(stack, "patch", "spoutpipeline", "away", "-n", namespace, "--type=merge",
-            "-p", json.dumps({"spec": {"pachd": body["spec"]["pachd"]}}))  # fmt: skip
-    eventually(lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
-               60, what="resource gone once pachd reachable")  # fmt: skip
+    kubectl(
+        stack,
+        "patch",
+        "spoutpipeline",
+        "away",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"pachd": body["spec"]["pachd"]}}),
+    )
+    eventually(
+        lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
+        60,
+        what="resource gone once pachd reachable",
+    )
 
 
 def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pachd_client: Any) -> None:
@@ -318,11 +356,15 @@ def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pac
     spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
     try:
         kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
-        kubectl(stack, "wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "spoutpipeline/spout101")
+        kubectl(
+            stack, "wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "spoutpipeline/spout101"
+        )
         listing = kubectl(stack, "get", "spoutpipelines", "-n", namespace)
         assert "spout101" in listing and "RUNNING" in listing
         assert {n: state_name(i) for n, i in pipelines(pachd_client, spout, processor).items()} == {
-            spout: "RUNNING", processor: "RUNNING"}  # fmt: skip
+            spout: "RUNNING",
+            processor: "RUNNING",
+        }
         kubectl(stack, "delete", "-n", namespace, "-f", str(SAMPLE), "--timeout=60s")
         assert pipelines(pachd_client, spout, processor) == {}
     finally:

@@ -22,9 +22,14 @@ def test_sidecar_commits_to_spout_output_branch(stack: State, pachd_client: Any)
     spec = {"pipeline": {"name": pipeline}, "transform": {"cmd": ["true"], "image": "busybox"}, "spout": {}}
     pachd_client.create_pipeline_from_request(python_pachyderm.parse_dict_pipeline_spec(spec))
     try:
-        eventually(lambda: json.loads(kubectl(stack, "get", "rc", "-n", pachd.namespace, "-l",
-                                              f"pipelineName={pipeline}", "-o", "json"))["items"],
-                   what=f"pachd to create the worker RC of {pipeline}")  # fmt: skip
+        eventually(
+            lambda: json.loads(
+                kubectl(
+                    stack, "get", "rc", "-n", pachd.namespace, "-l", f"pipelineName={pipeline}", "-o", "json"
+                )
+            )["items"],
+            what=f"pachd to create the worker RC of {pipeline}",
+        )
         sidecar = start_spout_sidecar(stack, pachd, pipeline)
         try:
             assert stack.pids[sidecar.name] == sidecar.pid  # so Stack.down() would stop it too

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import python_pachyderm
-from python_pachyderm.proto.v2.pps import pps_pb2
 from conftest import eventually, kubectl
 from devstack import build
 from devstack.stack import State
+from python_pachyderm.proto.v2.pps import pps_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,26 @@ PROCESSOR_JSON = {
 
 def test_kubectl_manages_custom_resources(stack: State, namespace: str) -> None:
     kubectl(stack, "apply", "-f", "-", input=WIDGET_CRD)
-    eventually(lambda: "Established" in kubectl(stack, "get", "crd", "widgets.smoke.example.com", "-o",
-                                               "jsonpath={.status.conditions[*].type}"), what="CRD established")  # fmt: skip
-    widget = {"apiVersion": "smoke.example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
+    eventually(
+        lambda: (
+            "Established"
+            in kubectl(
+                stack,
+                "get",
+                "crd",
+                "widgets.smoke.example.com",
+                "-o",
+                "jsonpath={.status.conditions[*].type}",
+            )
+        ),
+        what="CRD established",
+    )
+    widget = {
+        "apiVersion": "smoke.example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w1"},
+        "spec": {"size": 3},
+    }
     kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(widget))
     listed = json.loads(kubectl(stack, "get", "widgets", "-n", namespace, "-o", "json"))
     assert [(w["metadata"]["name"], w["spec"]["size"]) for w in listed["items"]] == [("w1", 3)]
@@ -67,8 +84,11 @@ def test_deleted_namespace_disappears(stack: State) -> None:
     kubectl(stack, "create", "configmap", "c", "-n", "smoke-doomed")
     kubectl(stack, "delete", "namespace", "smoke-doomed", "--wait=false")
     # Only the namespace controller of kube-controller-manager can finish this.
-    eventually(lambda: "NotFound" in kubectl(stack, "get", "namespace", "smoke-doomed", check=False),
-               timeout_s=90, what="namespace smoke-doomed to be gone")  # fmt: skip
+    eventually(
+        lambda: "NotFound" in kubectl(stack, "get", "namespace", "smoke-doomed", check=False),
+        timeout_s=90,
+        what="namespace smoke-doomed to be gone",
+    )
 
 
 def _states(client: Any) -> dict[str, str]:
@@ -80,8 +100,11 @@ def test_spout101_pipelines_run_in_pachd(stack: State, pachd_client: Any) -> Non
     try:
         for spec in (SPOUT_JSON, PROCESSOR_JSON):
             pachd_client.create_pipeline_from_request(python_pachyderm.parse_dict_pipeline_spec(spec))
-        eventually(lambda: _states(pachd_client) == {"spout": "PIPELINE_RUNNING", "processor": "PIPELINE_RUNNING"},
-                   timeout_s=90, what="both pipelines RUNNING")  # fmt: skip
+        eventually(
+            lambda: _states(pachd_client) == {"spout": "PIPELINE_RUNNING", "processor": "PIPELINE_RUNNING"},
+            timeout_s=90,
+            what="both pipelines RUNNING",
+        )
 
         # pachd's pipeline controller created real objects through the API server.
         objects = kubectl(stack, "get", "secret,service,replicationcontroller", "-n", namespace, "-o", "name")
@@ -93,8 +116,11 @@ def test_spout101_pipelines_run_in_pachd(stack: State, pachd_client: Any) -> Non
         pachctl = subprocess.run(
             [str(build.program("pachctl").path), "list", "pipeline"],
             env={"PACH_CONFIG": stack.pachctl_config, "PATH": "/usr/bin:/bin", "HOME": stack.root},
-            capture_output=True, text=True, check=True, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         names = {line.split()[1] for line in pachctl.stdout.splitlines()[1:]}
         assert names == {"spout", "processor"}
 

@@ -11,9 +11,22 @@ import yaml
 CRD = Path(__file__).resolve().parents[2] / "crds" / "spoutpipelines.yaml"
 IDENTIFIER = re.compile(r"^[a-zA-Z][a-zA-Z0-9]*$")
 SCHEMA_KEYWORDS = {
-    "type", "description", "properties", "items", "required", "enum", "default", "pattern", "format",
-    "minimum", "maximum", "minLength", "maxLength", "minItems", "additionalProperties",
-}  # fmt: skip
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "enum",
+    "default",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "additionalProperties",
+}
 
 
 def schema() -> dict[str, Any]:
