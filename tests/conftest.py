@@ -44,12 +44,17 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[State]:
+def stack_prerequisites() -> None:
+    """Skip locally, fail in CI, when the local stack cannot be built or run here."""
     reason = _stack_unavailable_reason()
     if reason is not None:
         if IN_CI:
             pytest.fail(f"CI must run the integration tests, but {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_prerequisites: None) -> Iterator[State]:
     # A killed test run (CI time-out, `timeout`) must still stop the servers it started:
     # turn SIGTERM into KeyboardInterrupt so the finalizer below runs.
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

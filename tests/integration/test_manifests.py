@@ -1,0 +1,128 @@
+"""manifests/ installs for real, and its RBAC is exactly enough for the operator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import kubectl
+from devstack.stack import State, service_account_kubeconfig
+from test_operator import (  # fixtures are registered where they are imported
+    condition,
+    names,
+    operator_env,
+    pipelines,
+    resource,
+    running_operator,
+    wait_condition,
+)
+
+__all__ = ["names", "operator_env"]
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_NAMESPACE = "spout-operator-system"
+ACCOUNT = f"system:serviceaccount:{SYSTEM_NAMESPACE}:spout-operator"
+
+
+@pytest.fixture(scope="module")
+def installed(stack: State) -> None:
+    manifests = str(ROOT / "manifests")
+    # A server-side dry run cannot place objects in a namespace it only pretends to create.
+    kubectl(stack, "apply", "-f", str(ROOT / "manifests" / "namespace.yaml"))
+    out = kubectl(stack, "apply", "--dry-run=server", "-k", manifests)
+    assert "(server dry run)" in out
+    kubectl(stack, "apply", "-k", manifests)
+    kubectl(stack, "wait", "--for=condition=Established", "crd/spoutpipelines.spout-operator.dev")
+
+
+def test_apply_creates_every_object(stack: State, installed: None) -> None:
+    for kind, name, namespaced in (
+        ("namespace", SYSTEM_NAMESPACE, False),
+        ("serviceaccount", "spout-operator", True),
+        ("clusterrole", "spout-operator", False),
+        ("clusterrolebinding", "spout-operator", False),
+        ("deployment", "spout-operator", True),
+        ("crd", "spoutpipelines.spout-operator.dev", False),
+    ):
+        where = ["-n", SYSTEM_NAMESPACE] if namespaced else []
+        assert name in kubectl(stack, "get", kind, name, *where, "-o", "name")
+    deployment = json.loads(
+        kubectl(stack, "get", "deployment", "spout-operator", "-n", SYSTEM_NAMESPACE, "-o", "json")
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"requests", "limits"} <= set(container["resources"])
+
+
+@pytest.mark.parametrize(
+    ("verb", "what", "allowed"),
+    [
+        ("watch", "spoutpipelines.spout-operator.dev", True),
+        ("patch", "spoutpipelines.spout-operator.dev/status", True),
+        ("create", "events", True),
+        ("get", "secrets", True),
+        # Nothing broader than the operator needs:
+        ("list", "secrets", False),
+        ("watch", "secrets", False),
+        ("delete", "spoutpipelines.spout-operator.dev", False),
+        ("create", "spoutpipelines.spout-operator.dev", False),
+        ("create", "pods", False),
+        ("get", "configmaps", False),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io", False),
+    ],
+)
+def test_rbac_allows_only_what_the_operator_needs(
+    stack: State, installed: None, verb: str, what: str, allowed: bool
+) -> None:
+    answer = kubectl(stack, "auth", "can-i", verb, what, "--as", ACCOUNT, "-A", check=False).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@contextlib.contextmanager
+def as_service_account(stack: State) -> Iterator[None]:
+    """Point the in-process operator (kopf and the kubernetes client) at the ServiceAccount."""
+    kubeconfig = service_account_kubeconfig(stack, SYSTEM_NAMESPACE, "spout-operator")
+    saved = os.environ["KUBECONFIG"]
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        yield
+    finally:
+        os.environ["KUBECONFIG"] = saved
+
+
+def test_operator_with_service_account_rights_runs_the_full_lifecycle(
+    stack: State,
+    installed: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    names: tuple[str, str],
+) -> None:
+    spout, processor = names
+    kubectl(
+        stack, "create", "secret", "generic", "token", "-n", namespace, "--from-literal=auth-token=unused"
+    )
+    body = resource("rbac", spout, processor, pachd={"authTokenSecretRef": {"name": "token"}})
+    body["spec"]["pachd"]["address"] = stack.pachds[0].address
+    with as_service_account(stack), running_operator(namespace) as runner:
+        kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+        obj = wait_condition(stack, namespace, "rbac", "Ready", "True")
+        assert condition(obj, "Synced")["status"] == "True"
+        pachd_client.stop_pipeline(spout)  # drift repair writes status and an Event
+        wait_condition(stack, namespace, "rbac", "Ready", "True")
+        kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
+        assert pipelines(pachd_client, spout, processor) == {}
+    assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output

@@ -1,0 +1,62 @@
+"""`make sandbox` comes up, reaches Ready, shows commits arriving, and leaves nothing behind.
+
+Its own pytest session (marker `sandbox`): the sandbox starts a stack of its own, and
+pachd 2.6 allows only one per machine (see README, known limits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sandbox_runs_and_tears_down(stack_prerequisites: None) -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+    env = {**os.environ, "DEVSTACK_DIR": str(state_dir), "SPOUT_INTERVAL_MIN": "1", "SPOUT_INTERVAL_MAX": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.sandbox"],
+        cwd=ROOT / "tests",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "now has 2 commit(s)" in line or time.monotonic() > deadline:
+                break
+    finally:
+        pids = json.loads((state_dir / "state.json").read_text())["pids"]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == 0, output
+    assert "spout101   spout   RUNNING       processor   RUNNING           True" in output, output
+    assert "now has 2 commit(s)" in output, output
+    assert {"etcd", "kube-apiserver", "postgres", "pachd-0", "operator", "consumer"} <= set(pids)
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert json.loads((state_dir / "state.json").read_text())["pids"] == {}
