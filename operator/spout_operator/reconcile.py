@@ -18,6 +18,7 @@ from spout_operator.render import DesiredPair, PipelineSpec, pipeline_name
 class Outcome:
     """What a pass found and did. `observed` is pachd's view after the writes."""
 
+    names: tuple[str, str]  # spout, processor: known even when pachd could not be asked
     plans: tuple[PipelinePlan, ...]
     observed: dict[str, ObservedPipeline | None]
     applied: tuple[tuple[str, Step], ...] = ()
@@ -34,6 +35,8 @@ def project_of(spec: PipelineSpec) -> str:
 
 
 def ensure(pair: DesiredPair, running: bool, owner: str, gateway: Gateway) -> Outcome:
+    spout_name, processor_name = (pipeline_name(spec) for spec in pair.in_creation_order())
+    names = (spout_name, processor_name)
     observed: dict[str, ObservedPipeline | None] = {}
     plans: list[PipelinePlan] = []
     applied: list[tuple[str, Step]] = []
@@ -56,8 +59,8 @@ def ensure(pair: DesiredPair, running: bool, owner: str, gateway: Gateway) -> Ou
             for spec in desired:
                 observed[pipeline_name(spec)] = gateway.inspect(pipeline_name(spec), project_of(spec))
     except PachdError as err:
-        return Outcome(tuple(plans), observed, tuple(applied), err, tuple(skipped))
-    return Outcome(tuple(plans), observed, tuple(applied), None, tuple(skipped))
+        return Outcome(names, tuple(plans), observed, tuple(applied), err, tuple(skipped))
+    return Outcome(names, tuple(plans), observed, tuple(applied), None, tuple(skipped))
 
 
 def _apply(gateway: Gateway, spec: PipelineSpec, step: Step) -> None:

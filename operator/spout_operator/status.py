@@ -17,6 +17,7 @@ from spout_operator.reconcile import Outcome
 
 HEALTHY_RUNNING = {"RUNNING", "STANDBY"}
 MISSING = "Missing"
+UNKNOWN = "Unknown"  # pachd could not be asked
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def _ready(outcome: Outcome, running: bool, synced: Condition) -> Condition:
             detail = observed.recent_error or observed.reason
             message = f"pipeline {name} is {observed.state}" + (f": {detail}" if detail else "")
             return Condition("Ready", False, "PipelineNotRunning", message)
+        if not running and not observed.stopped:
+            return Condition("Ready", False, "PipelineNotStopped", f"pipeline {name} is not stopped yet")
     if running:
         return Condition("Ready", True, "Running", "both pipelines are running")
     return Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
@@ -120,10 +123,12 @@ def status_patch(
     }
     if outcome is not None:
         error = str(outcome.error) if outcome.error else ""
-        for role, plan in zip(("spout", "processor"), outcome.plans, strict=False):
-            patch[role] = pipeline_status(
-                plan.name, outcome.observed.get(plan.name), plan.foreign_owner, error
-            )
+        owners = {plan.name: plan.foreign_owner for plan in outcome.plans}
+        for role, name in zip(("spout", "processor"), outcome.names, strict=True):
+            if name in outcome.observed:
+                patch[role] = pipeline_status(name, outcome.observed[name], owners.get(name), error)
+            else:  # never observed: say so rather than leave an older state in place
+                patch[role] = {"name": name, "state": UNKNOWN, "lastError": error}
         ready = next(c for c in conditions if c.type == "Ready")
         patch["summary"] = "Ready" if ready.status else ready.reason
     else:

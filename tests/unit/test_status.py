@@ -41,6 +41,7 @@ def outcome(
 ) -> Outcome:
     foreign = foreign or {}
     return Outcome(
+        names=("spout", "processor"),
         plans=(
             PipelinePlan("spout", foreign_owner=foreign.get("spout")),
             PipelinePlan("processor", foreign_owner=foreign.get("processor")),
@@ -101,10 +102,28 @@ def test_pachd_errors_make_both_conditions_false(error: PachdError, reason: str,
 
 
 def test_pachd_unavailable_before_anything_was_observed() -> None:
-    found = Outcome(plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    found = Outcome(names=("spout", "processor"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
     conditions = by_type(conditions_for(found, running=True))
     assert conditions["Synced"].reason == "PachdUnavailable"
     assert conditions["Ready"].status is False
+
+
+def test_declared_stopped_but_running_is_not_ready() -> None:
+    found = outcome(pipeline("spout", stopped=True), pipeline("processor", stopped=False))
+    ready = by_type(conditions_for(found, running=False))["Ready"]
+    assert (ready.status, ready.reason) == (False, "PipelineNotStopped")
+
+
+def test_unobserved_pipelines_are_reported_unknown_not_left_stale() -> None:
+    found = Outcome(names=("sp", "pr"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    previous = {"spout": {"name": "sp", "state": "RUNNING", "version": 3}}
+    patch = status_patch(found, True, 2, previous, "2026-01-01T00:00:00Z")
+    assert patch["spout"] == {
+        "name": "sp",
+        "state": "Unknown",
+        "lastError": str(PachdUnavailable(UNREACHABLE)),
+    }
+    assert patch["processor"]["state"] == "Unknown"
 
 
 @pytest.mark.parametrize("role", ["spout", "processor"])
