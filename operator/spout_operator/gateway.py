@@ -10,6 +10,7 @@ spec), pipeline missing.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +22,16 @@ from google.protobuf import json_format
 from python_pachyderm.proto.v2.pfs import pfs_pb2
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
 
+from spout_operator import metrics
 from spout_operator.observed import ObservedPipeline
 from spout_operator.render import PipelineSpec
 
 DEFAULT_PORT = 30650
 _STATE_PREFIX = "PIPELINE_"
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+_WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
+
+Snapshot = dict[tuple[str, str], ObservedPipeline]  # (project, name) -> pipeline
 
 
 class PachdError(Exception):
@@ -88,6 +93,7 @@ def _observed(info: Any) -> ObservedPipeline:
     state_name: str = pps_pb2.PipelineState.Name(info.state)
     return ObservedPipeline(
         name=info.pipeline.name,
+        project=info.pipeline.project.name or "default",
         version=int(info.version),
         state=state_name.removeprefix(_STATE_PREFIX),
         stopped=bool(info.stopped),
@@ -110,15 +116,18 @@ class Gateway:
             self._channel = grpc.insecure_channel(target)
         self._pps = pps_pb2_grpc.APIStub(self._channel)
         self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
-        self.calls: dict[str, int] = {}
-        self._calls_lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._snapshot_taken = 0.0
+        self._snapshot_lock = threading.Lock()
 
     def close(self) -> None:
         self._channel.close()
 
     def _call(self, method: str, request: Any) -> Any:
-        with self._calls_lock:
-            self.calls[method] = self.calls.get(method, 0) + 1
+        metrics.PACHD_CALLS.labels(method).inc()
+        if method in _WRITES:
+            metrics.PACHD_WRITES.inc()
+            self.invalidate()
         try:
             return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
@@ -143,6 +152,22 @@ class Gateway:
             return [_observed(info) for info in stream]
         except grpc.RpcError as err:  # errors of a server stream surface while reading it
             raise _translate(err, "ListPipeline") from None
+
+    def snapshot(self, max_age_s: float) -> Snapshot:
+        """Every pipeline of this pachd from one shared listing, at most max_age_s old.
+
+        The periodic drift check of N resources on one pachd then costs one ListPipeline
+        per interval, not N inspections. Any write through this gateway drops it.
+        """
+        with self._snapshot_lock:
+            if self._snapshot is None or time.monotonic() - self._snapshot_taken > max_age_s:
+                self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
+                self._snapshot_taken = time.monotonic()
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        with self._snapshot_lock:
+            self._snapshot = None
 
     # --- writes ---------------------------------------------------------------------
 

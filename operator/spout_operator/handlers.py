@@ -11,11 +11,13 @@ import base64
 import datetime
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
 import kubernetes
 
+from spout_operator import metrics
 from spout_operator import render as rendering
 from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdUnavailable
 from spout_operator.reconcile import Outcome, ensure, remove
@@ -62,6 +64,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.execution.max_workers = 16
     memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
+    memo.ready = {}  # resource uid -> Ready, for the resources gauge
+    memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
+    metrics.serve(SETTINGS.metrics_port)
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -103,25 +108,36 @@ def _reconcile(
     memo: kopf.Memo,
     drift_check: bool,
 ) -> Outcome | None:
-    namespace, name = str(meta["namespace"]), str(meta["name"])
+    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid"))
     generation = int(meta.get("generation") or 0)
+    trigger = "drift" if drift_check else "change"
+    if not drift_check:
+        memo.changed_at.setdefault((uid, generation), time.monotonic())
     try:
         spec = parse(body.get("spec", {}), name)
         gateway = memo.gateways.get(_endpoint(spec, namespace))
     except (SpecError, PachdError, kubernetes.client.ApiException) as err:
-        message = getattr(err, "reason", None) or str(err)
-        patch.status.update(status_patch(None, True, generation, status, _now(), spec_error=str(message)))
-        kopf.warn(body, reason="InvalidSpec", message=str(message))
+        message = str(getattr(err, "reason", None) or err)
+        patch.status.update(status_patch(None, True, generation, status, _now(), spec_error=message))
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        metrics.RECONCILES.labels(trigger, "InvalidSpec").inc()
+        _record_ready(memo, uid, generation, ready=False)
         return None
     owner = rendering.owner_id(namespace, name)
-    outcome = ensure(rendering.render(spec, owner), spec.running, owner, gateway)
-    repairs = 1 if drift_check and outcome.wrote else 0
-    patch.status.update(
-        status_patch(outcome, spec.running, generation, status, _now(), drift_repairs=repairs)
-    )
+    snapshot = None
+    if drift_check:
+        try:
+            snapshot = gateway.snapshot(max_age_s=SETTINGS.drift_interval_s / 2)
+        except PachdError:
+            snapshot = None  # ensure() inspects and reports the error the usual way
+    outcome = ensure(rendering.render(spec, owner), spec.running, owner, gateway, snapshot)
+    repairs = len(outcome.applied) if drift_check else 0
+    new_status = status_patch(outcome, spec.running, generation, status, _now(), drift_repairs=repairs)
+    patch.status.update(new_status)
     for pipeline, step in outcome.applied:
         reason = "DriftRepaired" if drift_check else "Pipeline" + step.value.capitalize()
         kopf.info(body, reason=reason, message=f"{step.value} pipeline {pipeline}")
+    metrics.DRIFT_REPAIRS.inc(repairs)
     for plan in outcome.plans:
         if plan.foreign:
             kopf.warn(
@@ -131,7 +147,21 @@ def _reconcile(
             )
     if outcome.error is not None:
         kopf.warn(body, reason=type(outcome.error).__name__, message=str(outcome.error))
+    metrics.RECONCILES.labels(trigger, new_status["summary"]).inc()
+    _record_ready(memo, uid, generation, ready=new_status["summary"] == "Ready")
     return outcome
+
+
+def _record_ready(memo: kopf.Memo, uid: str, generation: int, ready: bool) -> None:
+    memo.ready[uid] = ready
+    started = memo.changed_at.get((uid, generation))
+    if ready and started is not None:
+        metrics.CONVERGENCE.observe(time.monotonic() - started)
+        for key in [k for k in memo.changed_at if k[0] == uid]:
+            del memo.changed_at[key]
+    ready_count = sum(memo.ready.values())
+    metrics.READY.labels("True").set(ready_count)
+    metrics.READY.labels("False").set(len(memo.ready) - ready_count)
 
 
 @kopf.on.resume(*RESOURCE)
@@ -171,6 +201,7 @@ def delete(
 ) -> None:
     """Delete both pipelines (processor first) unless the policy orphans them."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
+    memo.ready.pop(str(meta.get("uid")), None)
     try:
         spec = parse(body.get("spec", {}), name)
     except SpecError:

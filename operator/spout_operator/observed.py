@@ -15,3 +15,4 @@ class ObservedPipeline:
     spec: dict[str, Any] = field(default_factory=dict)  # canonical pipeline-spec JSON
     recent_error: str = ""
     reason: str = ""
+    project: str = "default"

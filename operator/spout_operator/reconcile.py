@@ -6,6 +6,7 @@ check alike. The only I/O is through the gateway; planning and status are pure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from spout_operator.gateway import Gateway, PachdError, canonical
@@ -34,7 +35,15 @@ def project_of(spec: PipelineSpec) -> str:
     return str(spec["pipeline"].get("project", {}).get("name", "default"))
 
 
-def ensure(pair: DesiredPair, running: bool, owner: str, gateway: Gateway) -> Outcome:
+def ensure(
+    pair: DesiredPair,
+    running: bool,
+    owner: str,
+    gateway: Gateway,
+    snapshot: Mapping[tuple[str, str], ObservedPipeline] | None = None,
+) -> Outcome:
+    """Bring pachd to the desired pair. With a snapshot (the drift check), the first look
+    at pachd comes from that shared listing; otherwise each pipeline is inspected."""
     spout_name, processor_name = (pipeline_name(spec) for spec in pair.in_creation_order())
     names = (spout_name, processor_name)
     observed: dict[str, ObservedPipeline | None] = {}
@@ -45,7 +54,10 @@ def ensure(pair: DesiredPair, running: bool, owner: str, gateway: Gateway) -> Ou
         desired = [canonical(with_pachd_defaults(spec)) for spec in pair.in_creation_order()]
         for spec in desired:
             name = pipeline_name(spec)
-            observed[name] = gateway.inspect(name, project_of(spec))
+            if snapshot is None:
+                observed[name] = gateway.inspect(name, project_of(spec))
+            else:
+                observed[name] = snapshot.get((project_of(spec), name))
             plans.append(plan_pipeline(spec, observed[name], running, owner))
         spout_plan = plans[0]
         for spec, plan in zip(desired, plans, strict=True):

@@ -26,6 +26,7 @@ class Settings:
     pachd_timeout_s: float = 10.0
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
     # For resources that name no Secret of their own; kept out of repr so it never hits logs.
     pachd_auth_token: str = field(default="", repr=False)
 
@@ -40,6 +41,7 @@ class Settings:
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
             namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
             pachd_auth_token=env.get(PREFIX + "PACHD_AUTH_TOKEN", "").strip(),
+            metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
         )
 
 
@@ -54,3 +56,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0.1 <= value <= 86400:
         raise SettingsError(f"{PREFIX}{name} must be between 0.1 and 86400 seconds, got {raw!r}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(PREFIX + name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SettingsError(f"{PREFIX}{name} must be a port number (0 turns it off), got {raw!r}")
+    return int(raw)

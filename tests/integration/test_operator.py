@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import python_pachyderm
 import yaml
 from conftest import eventually, kubectl
-from devstack.stack import State
+from devstack.stack import State, free_port
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "spoutpipelines.yaml"
 SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
 DRIFT_INTERVAL_S = 2
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,7 @@ def operator_env(stack: State) -> None:
     os.environ["SPOUT_OPERATOR_PACHD_ADDRESS"] = stack.pachds[0].address
     os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
     os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
+    os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
 
 
 @contextlib.contextmanager
@@ -382,3 +385,50 @@ def test_spout_edit_refused_by_pachd_is_reported(
     assert condition(obj, "Synced")["reason"] == "PachdRejected"
     assert "provenance" in condition(obj, "Synced")["message"]
     assert versions(pachd_client, spout, processor) == {spout: 1, processor: 1}
+
+
+def scrape() -> dict[str, float]:
+    """The operator's Prometheus counters, by sample name with labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
+    stack: State, namespace: str, operator: Any, pachd_client: Any
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    pairs = [(f"s{i}-{suffix}", f"p{i}-{suffix}") for i in range(3)]
+    try:
+        for i, (spout, processor) in enumerate(pairs):
+            apply(stack, namespace, resource(f"steady-{i}", spout, processor))
+        for i in range(len(pairs)):
+            wait_condition(stack, namespace, f"steady-{i}", "Ready", "True")
+        time.sleep(DRIFT_INTERVAL_S)  # let the first drift checks settle
+        before = scrape()
+        window_s = 5 * DRIFT_INTERVAL_S
+        time.sleep(window_s)
+        after = scrape()
+
+        def delta(key: str) -> float:
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        assert delta("spout_operator_pachd_writes_total") == 0
+        assert delta('spout_operator_pachd_calls_total{method="InspectPipeline"}') == 0
+        sweeps = window_s / DRIFT_INTERVAL_S
+        listings = delta('spout_operator_pachd_calls_total{method="ListPipeline"}')
+        # Three resources, checked every interval: the shared listing (at most interval/2 old)
+        # costs about two calls per interval, not one per resource.
+        assert 1 <= listings <= 2 * sweeps + 1, listings
+        assert after['spout_operator_resources{ready="True"}'] >= 3
+        assert after["spout_operator_convergence_seconds_count"] >= 3
+    finally:
+        for spout, processor in pairs:
+            for name in (processor, spout):
+                with contextlib.suppress(Exception):
+                    pachd_client.delete_pipeline(name, force=True)
