@@ -31,6 +31,14 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 # Read at import so the timer interval below is the configured one; a bad value stops
 # the operator at start-up with a message naming the variable.
 SETTINGS = Settings.from_env()
+STARTING_WAIT_S = 15.0
+STARTING_POLL_S = 0.5
+
+
+def _starting(outcome: Outcome) -> bool:
+    return outcome.error is None and any(
+        p is not None and p.state == "STARTING" for p in outcome.observed.values()
+    )
 
 
 class Gateways:
@@ -62,7 +70,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = 32
     memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
@@ -172,6 +180,12 @@ def apply(
 ) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
     outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
+    # pachd takes a few seconds to move new pipelines from STARTING to RUNNING; look again
+    # briefly so Ready follows within a second instead of at the next drift check.
+    deadline = time.monotonic() + STARTING_WAIT_S
+    while outcome is not None and _starting(outcome) and time.monotonic() < deadline:
+        time.sleep(STARTING_POLL_S)
+        outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
     if outcome is not None and isinstance(outcome.error, PachdUnavailable):
         raise kopf.TemporaryError(str(outcome.error), delay=SETTINGS.retry_delay_s)
     # A rejected spec is reported in status and retried only by the drift check's slow
