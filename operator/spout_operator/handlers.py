@@ -19,7 +19,7 @@ import kubernetes
 
 from spout_operator import metrics
 from spout_operator import render as rendering
-from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.reconcile import Outcome, ensure, remove
 from spout_operator.settings import Settings
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
@@ -55,6 +55,9 @@ class Gateways:
                 self._by_endpoint[endpoint] = Gateway(endpoint, self._timeout_s)
             return self._by_endpoint[endpoint]
 
+    def __len__(self) -> int:
+        return len(self._by_endpoint)
+
     def close(self) -> None:
         with self._lock:
             for gateway in self._by_endpoint.values():
@@ -89,7 +92,7 @@ def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="gateways")
 def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
     """Liveness reports the operator's own health only, never pachd's."""
-    return len(getattr(memo, "gateways", Gateways(1))._by_endpoint)
+    return len(memo.gateways) if hasattr(memo, "gateways") else 0
 
 
 def _now() -> str:
@@ -225,7 +228,16 @@ def delete(
         logger.info("Deletion policy is Orphan: pipelines stay in pachd")
         return
     owner = rendering.owner_id(namespace, name)
-    gateway = memo.gateways.get(_endpoint(spec, namespace))
+    try:
+        gateway = memo.gateways.get(_endpoint(spec, namespace))
+    except PachdRejected as err:  # an address no pachd can have: nothing was ever created there
+        logger.info(f"Nothing to delete: {err}")
+        return
+    except (SpecError, kubernetes.client.ApiException) as err:  # e.g. the token Secret is gone
+        message = str(getattr(err, "reason", None) or err)
+        raise kopf.TemporaryError(
+            f"cannot reach pachd to delete pipelines: {message}", delay=SETTINGS.retry_delay_s
+        ) from None
     removal = remove(rendering.render(spec, owner), owner, gateway)
     if removal.error is not None or removal.remaining:
         message = (

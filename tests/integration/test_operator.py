@@ -432,3 +432,16 @@ def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
             for name in (processor, spout):
                 with contextlib.suppress(Exception):
                     pachd_client.delete_pipeline(name, force=True)
+
+
+def test_impossible_pachd_address_is_reported_and_deletable(
+    stack: State, namespace: str, operator: Any, names: tuple[str, str]
+) -> None:
+    """A port above 65535 passes the schema's pattern: it must end in status, not a crash,
+    and the resource must still delete (nothing can exist at such an address)."""
+    spout, processor = names
+    apply(stack, namespace, resource("odd", spout, processor, pachd={"address": "grpc://127.0.0.1:99999"}))
+    obj = wait_condition(stack, namespace, "odd", "Synced", "False")
+    assert condition(obj, "Synced")["reason"] == "InvalidSpec"
+    assert "invalid port" in condition(obj, "Synced")["message"]
+    kubectl(stack, "delete", "spoutpipeline", "odd", "-n", namespace, "--timeout=60s")
