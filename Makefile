@@ -10,7 +10,6 @@ IMAGE_REGISTRY ?= ghcr.io/spout-operator
 VERSION ?= 0.1.0
 OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)/spout-operator:$(VERSION)
 WORKER_IMAGE ?= $(IMAGE_REGISTRY)/spout101:$(VERSION)
-SYSTEM_PACKAGES := etcd-server postgresql openssl
 
 ##@ General
 
@@ -31,11 +30,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed ## Create the Python virtualenv with pinned dependencies
 
 .PHONY: deps
-deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, openssl)
+deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, openssl, iproute2)
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -74,8 +74,8 @@ stack-build: venv ## Build kube-apiserver, kube-controller-manager, pachd, pachc
 	$(STACK) build
 
 .PHONY: stack-up
-stack-up: deps ## Start the local stack in the background (state in .devstack/)
-	$(STACK) up
+stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds)
+	$(STACK) up --pachds $(or $(PACHDS),1)
 
 .PHONY: stack-down
 stack-down: venv ## Stop the local stack

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -49,10 +50,58 @@ class Pachd:
     peer_port: int
     pid: int = 0
     env: dict[str, str] = field(default_factory=dict)  # what pachd was started with; sidecars reuse it
+    host: str = "127.0.0.1"  # the pachd's own address: loopback, or its network namespace's
+    netns: str = ""  # network namespace it runs in ("" = the machine's own)
 
     @property
     def address(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        return f"grpc://{self.host}:{self.port}"
+
+
+@dataclass
+class Link:
+    """A network namespace for one pachd, joined to the machine by a veth pair.
+
+    pachd 2.6 binds port 1658 on every interface with no way to move it, so several
+    pachds on one machine each need a network namespace of their own.
+    """
+
+    netns: str
+    veth: str  # the machine's end
+    host_ip: str  # the machine's address on the link: etcd, PostgreSQL, kube-apiserver
+    pachd_ip: str  # the namespace's address: pachd
+
+
+def plan_links(count: int) -> list[Link]:
+    """/30 links in 10.231.<random>.0/24: 63 at most, unlikely to meet another stack's."""
+    if count > 63:
+        raise StackError("at most 63 pachd instances in one stack")
+    tag, octet = secrets.token_hex(2), secrets.randbelow(256)
+    return [
+        Link(f"dvs{tag}{i}", f"dvh{tag}{i}", f"10.231.{octet}.{4 * i + 1}", f"10.231.{octet}.{4 * i + 2}")
+        for i in range(count)
+    ]
+
+
+def _create_link(link: Link) -> None:
+    ip = _require("ip", "install Debian's iproute2 (`make deps`)")
+    peer = link.veth.replace("dvh", "dvn", 1)
+    for args in (
+        ["netns", "add", link.netns],
+        ["link", "add", link.veth, "type", "veth", "peer", "name", peer],
+        ["link", "set", peer, "netns", link.netns],
+        ["addr", "add", f"{link.host_ip}/30", "dev", link.veth],
+        ["link", "set", link.veth, "up"],
+        ["-n", link.netns, "addr", "add", f"{link.pachd_ip}/30", "dev", peer],
+        ["-n", link.netns, "link", "set", peer, "up"],
+        ["-n", link.netns, "link", "set", "lo", "up"],
+    ):
+        _run([ip, *args])
+
+
+def _delete_link(link: Link) -> None:
+    # Deleting the namespace deletes the veth pair with it.
+    subprocess.run(["ip", "netns", "delete", link.netns], capture_output=True, check=False)
 
 
 @dataclass
@@ -66,6 +115,7 @@ class State:
     pachctl_config: str
     pids: dict[str, int] = field(default_factory=dict)
     pachds: list[Pachd] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)  # network namespaces made for pachds
 
     def save(self) -> None:
         Path(self.root, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -74,6 +124,7 @@ class State:
     def load(cls, root: Path) -> State:
         raw = json.loads((root / "state.json").read_text())
         raw["pachds"] = [Pachd(**p) for p in raw["pachds"]]
+        raw["links"] = [Link(**link) for link in raw.get("links", [])]
         return cls(**raw)
 
     def env(self) -> dict[str, str]:
@@ -336,6 +387,11 @@ class Stack:
             pachctl_config=str(self.root / "pachctl-config.json"),
         )
         try:
+            if pachd_count > 1:
+                state.links = plan_links(pachd_count)
+                state.save()  # before creating anything, so down() can remove it
+                for link in state.links:
+                    _create_link(link)
             self._start_etcd(etcd, logs, deadline_s)
             self._start_apiserver(binaries["kube-apiserver"], logs, deadline_s)
             self._start_controller_manager(binaries["kube-controller-manager"], logs)
@@ -356,7 +412,8 @@ class Stack:
     def _start_etcd(self, etcd: str, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
         peer = free_port()
-        url = f"http://127.0.0.1:{self.state.etcd_port}"
+        hosts = ["127.0.0.1", *(link.host_ip for link in self.state.links)]
+        url = ",".join(f"http://{host}:{self.state.etcd_port}" for host in hosts)
         pid = _spawn(
             [
                 etcd,
@@ -379,7 +436,8 @@ class Stack:
             env={"ETCD_UNSUPPORTED_ARCH": ""},
         )
         self._record("etcd", pid)
-        wait_until("etcd", lambda: _http_ok(f"{url}/health"), deadline_s, logs / "etcd.log", pid)
+        health = f"http://127.0.0.1:{self.state.etcd_port}/health"
+        wait_until("etcd", lambda: _http_ok(health), deadline_s, logs / "etcd.log", pid)
 
     def _start_apiserver(self, binary: Path, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
@@ -392,7 +450,8 @@ class Stack:
             [
                 str(binary),
                 f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
-                "--bind-address=127.0.0.1",
+                # Loopback only, unless pachds in network namespaces must reach it too.
+                "--bind-address=" + ("0.0.0.0" if self.state.links else "127.0.0.1"),
                 f"--secure-port={port}",
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
@@ -455,6 +514,10 @@ class Stack:
                 args = ["runuser", "-u", user, "--", *args]
             if subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
                 raise StackError(f"initdb failed; last lines of {log}:\n{log_tail(log)}")
+        if self.state.links:  # pachds in network namespaces connect from their links
+            with (data / "db" / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {link.pachd_ip}/32 trust\n" for link in self.state.links)
+        listen = ",".join(["127.0.0.1", *(link.host_ip for link in self.state.links)])
         pid = _spawn(
             [
                 _postgres_bin("postgres"),
@@ -465,7 +528,7 @@ class Stack:
                 "-k",
                 str(data),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={listen}",
                 "-c",
                 "fsync=off",
                 "-c",
@@ -501,18 +564,22 @@ class Stack:
         for db in (f"pachyderm_{index}", f"dex_{index}"):
             self._psql(f"CREATE DATABASE {db}")
         self._prepare_pachd_namespace(namespace)
+        link = self.state.links[index] if self.state.links else None
         pachd = Pachd(index=index, namespace=namespace, port=free_port(), peer_port=free_port())
+        if link is not None:
+            pachd.host, pachd.netns = link.pachd_ip, link.netns
+        server = link.host_ip if link is not None else "127.0.0.1"  # etcd, PostgreSQL, kube-apiserver
         token_file = self.root / "pki" / "pachd-token"
         token_file.write_text(PACHD_TOKEN)
         storage = self.root / f"pachd-{index}"
         storage.mkdir(exist_ok=True)
         env = {
-            "ETCD_SERVICE_HOST": "127.0.0.1",
+            "ETCD_SERVICE_HOST": server,
             "ETCD_SERVICE_PORT": str(self.state.etcd_port),
             "ETCD_PREFIX": f"pachd{index}/",
-            "PG_BOUNCER_HOST": "127.0.0.1",
+            "PG_BOUNCER_HOST": server,
             "PG_BOUNCER_PORT": str(self.state.postgres_port),
-            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_HOST": server,
             "POSTGRES_PORT": str(self.state.postgres_port),
             "POSTGRES_DATABASE": f"pachyderm_{index}",
             "POSTGRES_USER": POSTGRES_USER,
@@ -528,10 +595,10 @@ class Stack:
             "OIDC_PORT": str(free_port()),
             "PACH_NAMESPACE": namespace,
             "PACHD_POD_NAME": "pachd",
-            "PACHD_SERVICE_HOST": "127.0.0.1",
+            "PACHD_SERVICE_HOST": pachd.host,
             "PACHD_SERVICE_PORT": str(pachd.port),
             "METRICS": "false",
-            "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1",
+            "KUBERNETES_PORT_443_TCP_ADDR": server,
             "KUBERNETES_PORT": str(self.state.apiserver_port),
             "KUBERNETES_SERVICE_HOST": "",
             "KUBERNETES_BEARER_TOKEN_FILE": str(token_file),
@@ -540,20 +607,30 @@ class Stack:
         }
         pachd.env = env
         log = logs / f"pachd-{index}.log"
-        wait_until(
-            f"port {PACHD_IDENTITY_PORT} to be free (another pachd holds it; pachd 2.6 cannot move it)",
-            lambda: _port_free(PACHD_IDENTITY_PORT),
-            float(os.environ.get("DEVSTACK_PORT_WAIT_SECONDS", "900")),
-            log,
-            None,
-        )
+        command = [str(binary)]
+        if link is not None:
+            command = ["ip", "netns", "exec", link.netns, *command]
+        else:
+            wait_until(
+                f"port {PACHD_IDENTITY_PORT} to be free (another pachd holds it; pachd 2.6 cannot move it)",
+                lambda: _port_free(PACHD_IDENTITY_PORT),
+                float(os.environ.get("DEVSTACK_PORT_WAIT_SECONDS", "900")),
+                log,
+                None,
+            )
         # With SSL_CERT_DIR set, pachd mounts a TLS-cert Secret named by TLS_CERT_SECRET_NAME
         # into every worker RC; unset, that name is empty and the RC is invalid.
-        pachd.pid = _spawn([str(binary)], log, env=env, unset=("SSL_CERT_DIR",))
+        pachd.pid = _spawn(command, log, env=env, unset=("SSL_CERT_DIR",))
         self._record(f"pachd-{index}", pachd.pid)
         self.state.pachds.append(pachd)
         self.state.save()
-        wait_until(f"pachd-{index}", lambda: _pachd_ready(pachd.port), max(deadline_s, 120), log, pachd.pid)
+        wait_until(
+            f"pachd-{index}",
+            lambda: _pachd_ready(pachd.host, pachd.port),
+            max(deadline_s, 120),
+            log,
+            pachd.pid,
+        )
 
     def _prepare_pachd_namespace(self, namespace: str) -> None:
         """The objects pachd expects around it in Kubernetes: its own Pod (read for the
@@ -624,6 +701,8 @@ class Stack:
             _stop(pid, name)
         if state.postgres_data:
             shutil.rmtree(state.postgres_data, ignore_errors=True)
+        for link in state.links:
+            _delete_link(link)
         state.pids.clear()
         state.save()
 
@@ -637,10 +716,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pachd_ready(port: int) -> bool:
+def _pachd_ready(host: str, port: int) -> bool:
     import python_pachyderm
 
-    python_pachyderm.Client("127.0.0.1", port).inspect_cluster()  # unary: really connects
+    python_pachyderm.Client(host, port).inspect_cluster()  # unary: really connects
     return True
 
 

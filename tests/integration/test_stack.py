@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from typing import Any
@@ -143,3 +144,30 @@ def test_client_commit_of_two_files_is_listed(pachd_client: Any) -> None:
         assert files == {("/a.txt", 1024), ("/b.txt", 2048)}
     finally:
         pachd_client.delete_repo(repo, force=True)
+
+
+def test_several_pachd_instances_each_in_a_network_namespace(
+    stack_prerequisites: None, tmp_path: Any
+) -> None:
+    """K pachds on one machine (pachd 2.6 pins port 1658, so each gets a namespace)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    from devstack.stack import Stack
+
+    second = Stack(tmp_path / "k2")
+    try:
+        state = second.up(pachd_count=2)
+        assert len({p.address for p in state.pachds}) == 2
+        for pachd in state.pachds:
+            client = python_pachyderm.Client(pachd.host, pachd.port)
+            client.create_pipeline_from_request(
+                python_pachyderm.parse_dict_pipeline_spec(
+                    {"pipeline": {"name": "s"}, "transform": {"image": "a", "cmd": ["x"]}, "spout": {}}
+                )
+            )
+            eventually(lambda c=client: _states(c) == {"s": "PIPELINE_RUNNING"}, 60, what=f"{pachd.address}")
+        netns = [p.netns for p in state.pachds]
+    finally:
+        second.down()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(name in listed for name in netns)
