@@ -195,3 +195,37 @@ def test_processor_sorts_the_spouts_files(
         time_of_day, _, logged_path = written[relative].read_text().rstrip("\n").partition(" ")
         assert logged_path == str(input_dir / name)
         assert time_of_day.count(":") == 2
+
+
+def test_consumer_commits_into_a_real_spout_through_its_sidecar(stack: Any, pachd_client: Any) -> None:
+    """The way it runs in a spout pod: pachd refuses a plain client's commit to the
+    spout's output branch, so the consumer talks to the pod's pachd sidecar."""
+    import python_pachyderm
+    from devstack.sidecar import start_spout_sidecar, stop_spout_sidecar
+
+    name = f"spout101-real-{uuid.uuid4().hex[:6]}"
+    pachd_client.create_pipeline_from_request(
+        python_pachyderm.parse_dict_pipeline_spec(
+            {"pipeline": {"name": name}, "transform": {"image": "x", "cmd": ["x"]}, "spout": {}}
+        )
+    )
+    sidecar = None
+    try:
+        before = {c.commit.id for c in pachd_client.list_commit(name)}  # pachd's own, if any
+        sidecar = start_spout_sidecar(stack, stack.pachds[0], name)
+        client = consumer.connect(sidecar.address)
+        made = consumer.run(
+            client,
+            Target(name, "master"),
+            EmulatedSource(0, 0, (1024, 2048)),
+            threading.Event(),
+            max_rounds=3,
+        )
+        assert made == 3
+        ours = [c for c in commits_oldest_first(pachd_client, name) if c.commit.id not in before]
+        assert len(ours) == 3
+        assert sorted(files_at(pachd_client, ours[-1].commit).values()) == [1024] * 3 + [2048] * 3
+    finally:
+        if sidecar is not None:
+            stop_spout_sidecar(stack, sidecar)
+        pachd_client.delete_pipeline(name, force=True)

@@ -1,0 +1,810 @@
+"""Benchmark the operator against the real local stack, and against the floor of talking
+to pachd directly (issue 6). One run, six measures, a table on stdout and a JSON file:
+
+1. apply -> Ready of one resource (p50 over --repeats) vs. creating the same two pipelines
+   with python-pachyderm and waiting for RUNNING;
+2. N resources applied at once: time to all Ready vs. the same 2N pipelines created directly;
+3. drift repair latency p50/p95 at that N (processor deleted, processor image changed,
+   spout stopped, behind the operator's back);
+4. steady state at that N: pachd writes, ListPipeline/InspectPipeline calls, versions;
+5. the operator's resident memory at that N and with --unreachable resources whose pachd
+   is unreachable;
+6. the spout101 consumer's commit rate with a zero interval vs. direct commits.
+
+    cd tests && ../.venv/bin/python -m bench.bench [--n 8] [--steady-seconds 300] ...
+
+The operator runs as a subprocess (`python -m spout_operator`, watching namespace `bench`),
+so its RSS is its own. `main()` starts and stops a stack of its own; `run()` takes the
+State of a running one (the integration test passes its session's stack).
+
+Only one pachd can run per machine (pachd 2.6 hard-codes port 1658), so --pachds K>1 needs
+network namespaces and is not supported yet; a community pachd holds 16 pipelines, so N<=8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import python_pachyderm
+from devstack.stack import Stack, State, free_port
+from python_pachyderm.proto.v2.pps import pps_pb2
+from spout101.consumer import EmulatedSource, Target
+from spout101.consumer import run as consumer_run
+from spout_operator import render as rendering
+from spout_operator.spec import parse
+
+from bench import ROOT
+
+NAMESPACE = "bench"
+GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
+OTHER_IMAGE = "busybox:1"
+UNREACHABLE = "grpc://127.0.0.1:9"
+MAX_PAIRS_PER_PACHD = 8  # a community-edition pachd holds 16 pipelines
+POLL_S = 0.1
+DEFAULT_OUT = ROOT / "bench-results" / "bench.json"
+DRIFT_KINDS = ("delete-processor", "change-processor-image", "stop-spout")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    n: int = 8
+    repeats: int = 3
+    steady_s: float = 300.0
+    unreachable: int = 500
+    drift_interval_s: float = 10.0
+    drift_rounds: int = 2
+    consumer_s: float = 15.0
+    pachds: int = 1
+    timeout_s: float = 180.0
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def kubectl(state: State, *args: str, input: str | None = None, check: bool = True) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise BenchError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, interval_s: float = POLL_S) -> float:
+    """Poll until check() holds; return the monotonic time it first held."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return time.monotonic()
+        time.sleep(interval_s)
+    raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pachd": "2.6.0",
+    }
+
+
+def resource(name: str, spout: str, processor: str, address: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "spout": {"name": spout, "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.consumer"]}},
+        "processor": {
+            "name": processor,
+            "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"]},
+        },
+    }
+    if address is not None:
+        spec["pachd"] = {"address": address}
+        spec["deletionPolicy"] = "Orphan"  # nothing to delete on a pachd nobody can reach
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SpoutPipeline",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def pipeline_specs(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two pipeline specs the operator would send for `body`, spout first."""
+    name = str(body["metadata"]["name"])
+    pair = rendering.render(parse(body["spec"], name), rendering.owner_id(NAMESPACE, name))
+    return pair.in_creation_order()
+
+
+def state_name(info: Any) -> str:
+    return str(pps_pb2.PipelineState.Name(info.state)).removeprefix("PIPELINE_")
+
+
+class Pachd:
+    """Direct access to the pachd under test (the floor, drift injection, observation)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client: Any = python_pachyderm.Client("127.0.0.1", port)
+
+    def pipelines(self, prefix: str) -> dict[str, Any]:
+        return {
+            p.pipeline.name: p
+            for p in self.client.list_pipeline(details=True)
+            if str(p.pipeline.name).startswith(prefix)
+        }
+
+    def all_running(self, names: set[str]) -> bool:
+        found = {n: i for n, i in self.pipelines("").items() if n in names}
+        return set(found) == names and all(state_name(i) == "RUNNING" for i in found.values())
+
+    def create_pair(self, body: dict[str, Any], client: Any = None) -> None:
+        for spec in pipeline_specs(body):
+            (client or self.client).create_pipeline_from_request(
+                python_pachyderm.parse_dict_pipeline_spec(spec)
+            )
+
+    def delete_prefix(self, prefix: str, timeout_s: float) -> None:
+        """Delete every pipeline named with `prefix` (processors first) and wait until gone."""
+        for name in sorted(self.pipelines(prefix), key=lambda n: not n.endswith("-p")):
+            with contextlib.suppress(Exception):
+                self.client.delete_pipeline(name, force=True)
+        wait_for(f"pipelines {prefix}* gone", lambda: not self.pipelines(prefix), timeout_s, 0.3)
+
+
+class Operator:
+    """`python -m spout_operator` as a subprocess, watching the bench namespace only."""
+
+    def __init__(self, state: State, options: Options, log: Path) -> None:
+        self.metrics_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOUT_OPERATOR_")}
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT / "operator"),
+                "KUBECONFIG": state.kubeconfig,
+                "SPOUT_OPERATOR_PACHD_ADDRESS": state.pachds[0].address,
+                "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(options.drift_interval_s),
+                "SPOUT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+                "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+                "SPOUT_OPERATOR_NAMESPACES": NAMESPACE,
+            }
+        )
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spout_operator"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    def wait_started(self, timeout_s: float) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise BenchError(f"operator exited ({self.proc.returncode}); see {self.log}")
+            try:
+                self.scrape()
+            except OSError:
+                return False
+            return True
+
+        wait_for("operator metrics endpoint", up, timeout_s, 0.2)
+        time.sleep(1.0)  # the startup handler serves metrics; the watch starts right after
+
+    def scrape(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+        return samples
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise BenchError("no VmRSS for the operator")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Kube:
+    """Reads of the bench namespace's SpoutPipelines through the API (faster than kubectl)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        client = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)  # type: ignore[no-untyped-call]
+        self.api = kubernetes.client.CustomObjectsApi(client)
+
+    def items(self) -> list[dict[str, Any]]:
+        found: Any = self.api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
+        return list(found["items"])
+
+    def ready(self, names: set[str]) -> bool:
+        ready = {
+            str(o["metadata"]["name"])
+            for o in self.items()
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in o.get("status", {}).get("conditions", [])
+            )
+        }
+        return names <= ready
+
+    def with_status(self, names: set[str]) -> bool:
+        done = {str(o["metadata"]["name"]) for o in self.items() if o.get("status", {}).get("summary")}
+        return names <= done
+
+    def apply(self, bodies: list[dict[str, Any]], chunk: int = 100) -> None:
+        for start in range(0, len(bodies), chunk):
+            listing = {"apiVersion": "v1", "kind": "List", "items": bodies[start : start + chunk]}
+            kubectl(self.state, "apply", "-f", "-", input=json.dumps(listing))
+
+    def delete_all(self, timeout_s: float) -> None:
+        kubectl(self.state, "delete", PLURAL, "--all", "-n", NAMESPACE, "--wait=false")
+        wait_for("resources deleted", lambda: not self.items(), timeout_s, 0.3)
+
+    def strip_finalizers(self) -> None:
+        """Last resort once the operator is gone: let leftover resources be deleted."""
+        for obj in self.items():
+            with contextlib.suppress(kubernetes.client.ApiException):
+                self.api.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    NAMESPACE,
+                    PLURAL,
+                    obj["metadata"]["name"],
+                    {"metadata": {"finalizers": None}},
+                )
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    state: State
+    options: Options
+    prefix: str  # every pipeline and repo name of this run starts with it
+    pachd: Pachd
+    kube: Kube
+    operator: Operator
+
+    def pair(self, tag: str, address: str | None = None) -> dict[str, Any]:
+        return resource(tag, f"{self.prefix}-{tag}-s", f"{self.prefix}-{tag}-p", address)
+
+    def names(self, bodies: list[dict[str, Any]]) -> set[str]:
+        return {str(b["spec"][role]["name"]) for b in bodies for role in ("spout", "processor")}
+
+    def clean(self) -> None:
+        """Delete the resources, then wait until pachd holds none of this run's pipelines."""
+        self.kube.delete_all(self.options.timeout_s)
+        self.pachd.delete_prefix(self.prefix, self.options.timeout_s)
+
+
+def phase_one_resource(ctx: Context) -> dict[str, Any]:
+    floor: list[float] = []
+    operator: list[float] = []
+    for r in range(ctx.options.repeats):
+        body = ctx.pair(f"f1-{r}")
+        start = time.monotonic()
+        ctx.pachd.create_pair(body)
+        done = wait_for("floor pair RUNNING", lambda b=body: ctx.pachd.all_running(ctx.names([b])), 120)  # type: ignore[misc]
+        floor.append(done - start)
+        ctx.pachd.delete_prefix(ctx.prefix, ctx.options.timeout_s)
+
+        body = ctx.pair(f"o1-{r}")
+        name = str(body["metadata"]["name"])
+        start = time.monotonic()
+        ctx.kube.apply([body])
+        done = wait_for("resource Ready", lambda n=name: ctx.kube.ready({n}), 120)  # type: ignore[misc]
+        operator.append(done - start)
+        ctx.clean()
+        say(f"one resource, repeat {r + 1}: floor {floor[-1]:.2f}s, operator {operator[-1]:.2f}s")
+    return {
+        "floor_p50_s": statistics.median(floor),
+        "operator_p50_s": statistics.median(operator),
+        "floor_s": floor,
+        "operator_s": operator,
+    }
+
+
+def phase_n_resources(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    n = ctx.options.n
+    floor_bodies = [ctx.pair(f"fn-{i}") for i in range(n)]
+    names = ctx.names(floor_bodies)
+
+    def create(body: dict[str, Any]) -> None:
+        ctx.pachd.create_pair(body, python_pachyderm.Client("127.0.0.1", ctx.pachd.port))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        list(pool.map(create, floor_bodies))
+    floor = wait_for(f"{2 * n} floor pipelines RUNNING", lambda: ctx.pachd.all_running(names), 300) - start
+    ctx.pachd.delete_prefix(ctx.prefix, ctx.options.timeout_s)
+
+    bodies = [ctx.pair(f"n-{i}") for i in range(n)]
+    start = time.monotonic()
+    ctx.kube.apply(bodies)
+    resource_names = {str(b["metadata"]["name"]) for b in bodies}
+    operator = wait_for(f"{n} resources Ready", lambda: ctx.kube.ready(resource_names), 300) - start
+    say(f"{n} resources: floor {floor:.2f}s, operator {operator:.2f}s")
+    return {"n": n, "floor_s": floor, "operator_s": operator, "ratio": operator / floor}, bodies
+
+
+def _inject(ctx: Context, kind: str, body: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """Change the pair behind the operator's back; return the check that it is restored."""
+    spout, processor = str(body["spec"]["spout"]["name"]), str(body["spec"]["processor"]["name"])
+    client = ctx.pachd.client
+    if kind == "delete-processor":
+        client.delete_pipeline(processor)
+        return lambda found: processor in found and found[processor].details.transform.image == IMAGE
+    if kind == "change-processor-image":
+        # pachd 2.6.0 refuses any update of a spout with a downstream pipeline: change the
+        # processor, keeping the operator's owner annotation so it is still ours.
+        info = ctx.pachd.pipelines(processor)[processor]
+        changed = python_pachyderm.parse_dict_pipeline_spec(
+            {
+                "pipeline": {"name": processor},
+                "transform": {"image": OTHER_IMAGE, "cmd": ["sh"]},
+                "input": {"pfs": {"repo": spout, "glob": "/*"}},
+                "metadata": {
+                    "labels": dict(info.details.metadata.labels),
+                    "annotations": dict(info.details.metadata.annotations),
+                },
+            }
+        )
+        changed.update = True
+        client.create_pipeline_from_request(changed)
+        return lambda found: processor in found and found[processor].details.transform.image == IMAGE
+    client.stop_pipeline(spout)
+    return lambda found: spout in found and not found[spout].stopped
+
+
+def phase_drift(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    resource_names = {str(b["metadata"]["name"]) for b in bodies}
+    latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
+    for round_ in range(ctx.options.drift_rounds):
+        wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+        pending: dict[int, tuple[str, float, Callable[[dict[str, Any]], bool]]] = {}
+        for i, body in enumerate(bodies):
+            kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
+            check = _inject(ctx, kind, body)
+            pending[i] = (kind, time.monotonic(), check)
+        end = time.monotonic() + ctx.options.drift_interval_s * 3 + 60
+        while pending and time.monotonic() < end:
+            found = ctx.pachd.pipelines(ctx.prefix)
+            now = time.monotonic()
+            for i, (kind, injected, check) in list(pending.items()):
+                if check(found):
+                    latencies.append(now - injected)
+                    by_kind[kind].append(now - injected)
+                    del pending[i]
+            time.sleep(POLL_S)
+        if pending:
+            raise BenchError(f"drift not repaired on {len(pending)} resource(s): {sorted(pending.values())}")
+        say(f"drift round {round_ + 1}: repaired {len(bodies)} in <= {max(latencies[-len(bodies) :]):.2f}s")
+    wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+    return {
+        "samples": len(latencies),
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "max_s": max(latencies),
+        "p50_by_kind_s": {k: statistics.median(v) for k, v in by_kind.items() if v},
+        "interval_s": ctx.options.drift_interval_s,
+    }
+
+
+def phase_steady(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    interval = ctx.options.drift_interval_s
+    time.sleep(interval)  # let the drift checks that follow the repairs settle
+    names = ctx.names(bodies)
+    versions_before = {n: int(i.version) for n, i in ctx.pachd.pipelines(ctx.prefix).items() if n in names}
+    before = ctx.operator.scrape()
+    rss: list[float] = []
+    end = time.monotonic() + ctx.options.steady_s
+    while time.monotonic() < end:
+        rss.append(ctx.operator.rss_mb())
+        time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+    after = ctx.operator.scrape()
+    versions_after = {n: int(i.version) for n, i in ctx.pachd.pipelines(ctx.prefix).items() if n in names}
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    sweeps = ctx.options.steady_s / interval
+    listings = delta('spout_operator_pachd_calls_total{method="ListPipeline"}')
+    result = {
+        "seconds": ctx.options.steady_s,
+        "sweeps": sweeps,
+        "pachds": ctx.options.pachds,
+        "pachd_writes": delta("spout_operator_pachd_writes_total"),
+        "list_pipeline_calls": listings,
+        "listings_per_sweep_per_pachd": listings / sweeps / ctx.options.pachds,
+        "inspect_pipeline_calls": delta('spout_operator_pachd_calls_total{method="InspectPipeline"}'),
+        "drift_repairs": delta("spout_operator_drift_repairs_total"),
+        "versions_unchanged": versions_before == versions_after and len(versions_before) == len(names),
+        "rss_mb_max": max(rss),
+    }
+    say(f"steady state: {result}")
+    return result
+
+
+def phase_memory(ctx: Context, rss_at_n: float) -> dict[str, Any]:
+    ctx.clean()
+    time.sleep(1)
+    rss_empty = ctx.operator.rss_mb()
+    count = ctx.options.unreachable
+    bodies = [ctx.pair(f"u-{i:04d}", UNREACHABLE) for i in range(count)]
+    start = time.monotonic()
+    ctx.kube.apply(bodies)
+    names = {str(b["metadata"]["name"]) for b in bodies}
+    wait_for(f"{count} unreachable resources with a status", lambda: ctx.kube.with_status(names), 600, 1.0)
+    all_status_s = time.monotonic() - start
+    rss = [ctx.operator.rss_mb()]
+    for _ in range(4):  # a couple of drift sweeps over all of them
+        time.sleep(ctx.options.drift_interval_s / 2)
+        rss.append(ctx.operator.rss_mb())
+    say(f"{count} unreachable resources: status after {all_status_s:.1f}s, RSS {max(rss):.1f} MB")
+    ctx.kube.delete_all(600)
+    return {
+        "n": ctx.options.n,
+        "rss_mb_at_n": rss_at_n,
+        "rss_mb_no_resources": rss_empty,
+        "unreachable": count,
+        "rss_mb_unreachable": max(rss),
+        "unreachable_all_status_s": all_status_s,
+    }
+
+
+def phase_consumer(ctx: Context) -> dict[str, Any]:
+    repo = f"{ctx.prefix}-consumer"
+    client = ctx.pachd.client
+    client.create_repo(repo)
+    seconds = ctx.options.consumer_s
+    floor: list[float] = []
+    consumer: list[float] = []
+    try:
+        for _ in range(ctx.options.repeats):
+            commits, start = 0, time.monotonic()
+            while time.monotonic() - start < seconds:
+                commit = client.start_commit(repo, "master")
+                client.put_file_bytes(commit, f"/{uuid.uuid4().hex}.txt", os.urandom(1024))
+                client.put_file_bytes(commit, f"/{uuid.uuid4().hex}.txt", os.urandom(2048))
+                client.finish_commit(commit)
+                commits += 1
+            floor.append(commits / (time.monotonic() - start))
+
+            stop = threading.Event()
+            timer = threading.Timer(seconds, stop.set)
+            source = EmulatedSource(0, 0, (1024, 2048))
+            start = time.monotonic()
+            timer.start()
+            commits = consumer_run(client, Target(repo, "master"), source, stop)
+            consumer.append(commits / (time.monotonic() - start))
+            say(f"consumer: floor {floor[-1]:.1f}/s, consumer {consumer[-1]:.1f}/s")
+    finally:
+        with contextlib.suppress(Exception):
+            client.delete_repo(repo, force=True)
+    floor_rate, consumer_rate = statistics.median(floor), statistics.median(consumer)
+    return {
+        "seconds_each": seconds,
+        "floor_commits_per_s": floor_rate,
+        "consumer_commits_per_s": consumer_rate,
+        "ratio": consumer_rate / floor_rate,
+    }
+
+
+def targets(results: dict[str, Any], options: Options) -> list[dict[str, Any]]:
+    one, many, drift = results["one_resource"], results["n_resources"], results["drift"]
+    steady, memory, consumer = results["steady"], results["memory"], results["consumer"]
+    one_delta = one["operator_p50_s"] - one["floor_p50_s"]
+    drift_limit = options.drift_interval_s + 2
+    return [
+        {
+            "target": "one resource p50 within 1 s of floor",
+            "value": f"+{one_delta:.2f} s",
+            "pass": one_delta <= 1.0,
+        },
+        {
+            "target": f"converge N={many['n']} <= 1.3x floor",
+            "value": f"{many['ratio']:.2f}x",
+            "pass": many["ratio"] <= 1.3,
+        },
+        {
+            "target": f"drift p95 <= interval + 2 s ({drift_limit:g} s)",
+            "value": f"{drift['p95_s']:.2f} s",
+            "pass": drift["p95_s"] <= drift_limit,
+        },
+        {
+            "target": "steady: 0 pachd writes",
+            "value": f"{steady['pachd_writes']:g}",
+            "pass": steady["pachd_writes"] == 0,
+        },
+        {
+            "target": "steady: about one listing per sweep per pachd (<= 1.5), no inspections",
+            "value": f"{steady['listings_per_sweep_per_pachd']:.2f}/sweep, "
+            f"{steady['inspect_pipeline_calls']:g} inspect",
+            "pass": steady["listings_per_sweep_per_pachd"] <= 1.5 and steady["inspect_pipeline_calls"] == 0,
+        },
+        {
+            "target": "steady: pipeline versions unchanged",
+            "value": str(steady["versions_unchanged"]),
+            "pass": bool(steady["versions_unchanged"]),
+        },
+        {
+            "target": f"RSS <= 150 MB at {memory['unreachable']} (unreachable) resources",
+            "value": f"{memory['rss_mb_unreachable']:.1f} MB",
+            "pass": memory["rss_mb_unreachable"] <= 150,
+        },
+        {
+            "target": "consumer >= 0.9x floor",
+            "value": f"{consumer['ratio']:.2f}x",
+            "pass": consumer["ratio"] >= 0.9,
+        },
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    one, many, drift = results["one_resource"], results["n_resources"], results["drift"]
+    steady, memory, consumer = results["steady"], results["memory"], results["consumer"]
+    n = many["n"]
+    rows: list[tuple[str, str, str, str]] = [
+        ("measure", "operator", "floor (direct)", "ratio / delta"),
+        (
+            f"1. apply -> Ready, 1 resource (p50 of {len(one['operator_s'])})",
+            f"{one['operator_p50_s']:.2f} s",
+            f"{one['floor_p50_s']:.2f} s",
+            f"+{one['operator_p50_s'] - one['floor_p50_s']:.2f} s",
+        ),
+        (
+            f"2. {n} resources -> all Ready",
+            f"{many['operator_s']:.2f} s",
+            f"{many['floor_s']:.2f} s",
+            f"{many['ratio']:.2f}x",
+        ),
+        (
+            f"3. drift repair p50 / p95 (N={n}, {drift['samples']} samples)",
+            f"{drift['p50_s']:.2f} / {drift['p95_s']:.2f} s",
+            "-",
+            f"interval {drift['interval_s']:g} s",
+        ),
+        (
+            f"4. steady {steady['seconds']:g} s: pachd writes",
+            f"{steady['pachd_writes']:g}",
+            "-",
+            "-",
+        ),
+        (
+            "   ListPipeline per sweep per pachd / InspectPipeline",
+            f"{steady['listings_per_sweep_per_pachd']:.2f} / {steady['inspect_pipeline_calls']:g}",
+            "-",
+            f"{steady['sweeps']:g} sweeps",
+        ),
+        ("   pipeline versions unchanged", str(steady["versions_unchanged"]), "-", "-"),
+        (f"5. operator RSS at N={n}", f"{memory['rss_mb_at_n']:.1f} MB", "-", "-"),
+        (
+            f"   RSS at {memory['unreachable']} unreachable resources",
+            f"{memory['rss_mb_unreachable']:.1f} MB",
+            f"{memory['rss_mb_no_resources']:.1f} MB (0 res.)",
+            "-",
+        ),
+        (
+            "6. consumer commits/s (zero interval)",
+            f"{consumer['consumer_commits_per_s']:.1f}",
+            f"{consumer['floor_commits_per_s']:.1f}",
+            f"{consumer['ratio']:.2f}x",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    for target in results["targets"]:
+        lines.append(f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['value']}")
+    m = results["machine"]
+    lines.append("")
+    lines.append(
+        f"machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, pachd {m['pachd']}"
+    )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _namespace_and_crd(state: State) -> Iterator[None]:
+    """The CRD and the bench namespace; removed afterwards if this run created them."""
+    had_crd = "NotFound" not in kubectl(state, "get", "crd", CRD_NAME, check=False)
+    kubectl(state, "apply", "-f", str(ROOT / "crds" / "spoutpipelines.yaml"))
+    kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    # A namespace from an earlier run may still be terminating.
+    if "Terminating" in kubectl(state, "get", "namespace", NAMESPACE, check=False):
+        wait_for(
+            f"namespace {NAMESPACE} gone",
+            lambda: "NotFound" in kubectl(state, "get", "namespace", NAMESPACE, check=False),
+            120,
+            0.5,
+        )
+    had_namespace = "NotFound" not in kubectl(state, "get", "namespace", NAMESPACE, check=False)
+    if not had_namespace:
+        kubectl(state, "create", "namespace", NAMESPACE)
+    try:
+        yield
+    finally:
+        if not had_namespace:
+            kubectl(state, "delete", "namespace", NAMESPACE, "--timeout=120s", check=False)
+        if not had_crd:
+            kubectl(state, "delete", "crd", CRD_NAME, "--timeout=60s", check=False)
+
+
+def run(state: State, options: Options, out: Path | None = None) -> dict[str, Any]:
+    """Run every phase against the running stack `state`; print the table, save JSON to `out`.
+
+    Deletes whatever it created: resources, the bench namespace (and the CRD) if it made
+    them, and every pachd pipeline and repo named with this run's prefix.
+    """
+    if options.pachds != 1 or len(state.pachds) < 1:
+        raise BenchError(
+            "K>1 pachd needs network namespaces (pachd 2.6 hard-codes port 1658): not supported yet"
+        )
+    if not 1 <= options.n <= MAX_PAIRS_PER_PACHD * options.pachds:
+        raise BenchError(f"--n must be 1..{MAX_PAIRS_PER_PACHD * options.pachds} (16 pipelines per pachd)")
+    prefix = f"bench{uuid.uuid4().hex[:4]}"
+    log_dir = Path(state.root) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pachd = Pachd(state.pachds[0].port)
+    results: dict[str, Any] = {"machine": machine(), "parameters": asdict(options)}
+    with _namespace_and_crd(state):
+        kube = Kube(state)
+        operator = Operator(state, options, log_dir / f"bench-operator-{prefix}.log")
+        ctx = Context(state, options, prefix, pachd, kube, operator)
+        try:
+            operator.wait_started(60)
+            say(f"operator pid {operator.proc.pid}, metrics on :{operator.metrics_port}, log {operator.log}")
+            results["one_resource"] = phase_one_resource(ctx)
+            results["n_resources"], bodies = phase_n_resources(ctx)
+            results["drift"] = phase_drift(ctx, bodies)
+            results["steady"] = phase_steady(ctx, bodies)
+            results["memory"] = phase_memory(ctx, operator.rss_mb())
+            results["consumer"] = phase_consumer(ctx)
+        finally:
+            with contextlib.suppress(Exception):
+                kube.delete_all(120)
+            operator.stop()
+            kube.strip_finalizers()
+            with contextlib.suppress(Exception):
+                kube.delete_all(60)
+            with contextlib.suppress(Exception):
+                pachd.delete_prefix(prefix, 120)
+    results["targets"] = targets(results, options)
+    print(table(results), flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        say(f"results saved to {out}")
+    return results
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = Options()
+    parser.add_argument(
+        "--n", type=int, default=defaults.n, help="resources (pairs) at once (max 8 per pachd)"
+    )
+    parser.add_argument(
+        "--pachds", type=int, default=defaults.pachds, help="pachd instances (only 1 supported)"
+    )
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--steady-seconds", type=float, default=defaults.steady_s)
+    parser.add_argument("--unreachable", type=int, default=defaults.unreachable)
+    parser.add_argument("--drift-interval", type=float, default=defaults.drift_interval_s)
+    parser.add_argument("--drift-rounds", type=int, default=defaults.drift_rounds)
+    parser.add_argument("--consumer-seconds", type=float, default=defaults.consumer_s)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    options = Options(
+        n=args.n,
+        repeats=args.repeats,
+        steady_s=args.steady_seconds,
+        unreachable=args.unreachable,
+        drift_interval_s=args.drift_interval,
+        drift_rounds=args.drift_rounds,
+        consumer_s=args.consumer_seconds,
+        pachds=args.pachds,
+    )
+    if options.pachds != 1:
+        print("error: --pachds > 1 needs network namespaces (pachd 2.6 binds port 1658); not supported yet")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    stack = Stack(root)
+    try:
+        say(f"starting a local stack in {root} (waits while another pachd holds port 1658)")
+        state = stack.up(pachd_count=options.pachds)
+        run(state, options, args.out)
+    except (BenchError, KeyboardInterrupt) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        say("stopping the local stack")
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
