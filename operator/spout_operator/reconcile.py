@@ -26,10 +26,6 @@ class Outcome:
     error: PachdError | None = None
     skipped: tuple[str, ...] = field(default=())  # not touched because the spout is not ours
 
-    @property
-    def wrote(self) -> bool:
-        return bool(self.applied)
-
 
 def project_of(spec: PipelineSpec) -> str:
     return str(spec["pipeline"].get("project", {}).get("name", "default"))
@@ -44,8 +40,7 @@ def ensure(
 ) -> Outcome:
     """Bring pachd to the desired pair. With a snapshot (the drift check), the first look
     at pachd comes from that shared listing; otherwise each pipeline is inspected."""
-    spout_name, processor_name = (pipeline_name(spec) for spec in pair.in_creation_order())
-    names = (spout_name, processor_name)
+    names = (pipeline_name(pair.spout), pipeline_name(pair.processor))
     observed: dict[str, ObservedPipeline | None] = {}
     plans: list[PipelinePlan] = []
     applied: list[tuple[str, Step]] = []

@@ -140,7 +140,7 @@ def test_creates_the_spout_before_the_processor() -> None:
 
     assert gateway.writes() == [("create", "spout"), ("create", "processor")]
     assert outcome.applied == (("spout", Step.CREATE), ("processor", Step.CREATE))
-    assert outcome.wrote is True
+    assert outcome.applied
     assert outcome.error is None
     assert [p.name for p in outcome.plans] == ["spout", "processor"]
 
@@ -199,7 +199,7 @@ def test_no_writes_when_pachd_matches(running: bool) -> None:
     assert gateway.writes() == []
     assert gateway.log == [("inspect", "spout"), ("inspect", "processor")]
     assert outcome.applied == ()
-    assert outcome.wrote is False
+    assert outcome.applied == ()
     assert outcome.error is None
     assert all(p.steps == () for p in outcome.plans)
     assert {name: p.version for name, p in gateway.pipelines.items()} == {"spout": 1, "processor": 1}
