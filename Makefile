@@ -91,6 +91,10 @@ sandbox: deps ## Run everything on this machine: stack, operator, spout.yaml (Ct
 sandbox-down: venv ## Stop a sandbox left running in the background
 	$(STACK) down
 
+.PHONY: bench
+bench: deps ## Benchmark against a fresh local stack (N=8, 5 min steady state; JSON in bench-results/)
+	cd tests && ../$(PY) -m bench.bench
+
 .PHONY: run
 run: venv ## Run the operator locally against the current kubeconfig
 	PYTHONPATH=operator $(PY) -m spout_operator

@@ -1,0 +1,55 @@
+"""A tiny run of the benchmark (`make bench`) against the session's stack, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import python_pachyderm
+from bench.bench import NAMESPACE, Options, run
+from conftest import kubectl
+from devstack.stack import State
+
+pytestmark = pytest.mark.integration
+
+SECTIONS = ("one_resource", "n_resources", "drift", "steady", "memory", "consumer")
+
+
+def _numbers(section: dict[str, object]) -> list[float]:
+    return [v for v in section.values() if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
+    client = python_pachyderm.Client("127.0.0.1", stack.pachds[0].port)
+    pipelines_before = {p.pipeline.name for p in client.list_pipeline()}
+    repos_before = {r.repo.name for r in client.list_repo()}
+    options = Options(
+        n=1, repeats=1, steady_s=4, drift_interval_s=2, drift_rounds=1, unreachable=20, consumer_s=2
+    )
+    out = tmp_path / "bench.json"
+
+    run(stack, options, out)
+
+    data = json.loads(out.read_text())
+    assert data["machine"]["nproc"] >= 1 and data["machine"]["cpu_model"]
+    for section in SECTIONS:
+        numbers = _numbers(data[section])
+        assert numbers, f"{section} has no figures: {data[section]}"
+        assert all(v >= 0 for v in numbers), data[section]
+    assert data["one_resource"]["operator_p50_s"] > 0 and data["one_resource"]["floor_p50_s"] > 0
+    assert data["n_resources"]["operator_s"] > 0 and data["n_resources"]["floor_s"] > 0
+    assert data["drift"]["samples"] == 1 and data["drift"]["p95_s"] > 0
+    assert data["steady"]["pachd_writes"] == 0
+    assert data["steady"]["list_pipeline_calls"] >= 1
+    assert data["steady"]["versions_unchanged"] is True
+    assert data["memory"]["rss_mb_at_n"] > 0 and data["memory"]["rss_mb_unreachable"] > 0
+    assert data["consumer"]["consumer_commits_per_s"] > 0 and data["consumer"]["floor_commits_per_s"] > 0
+    assert {t["target"] for t in data["targets"]} and all(
+        isinstance(t["pass"], bool) for t in data["targets"]
+    )
+
+    # It deleted whatever it created: pipelines, repos, resources, the namespace.
+    assert {p.pipeline.name for p in client.list_pipeline()} <= pipelines_before
+    assert {r.repo.name for r in client.list_repo()} <= repos_before
+    assert "NotFound" in kubectl(stack, "get", "namespace", NAMESPACE, check=False)
