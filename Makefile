@@ -92,7 +92,7 @@ sandbox-down: venv ## Stop a sandbox left running in the background
 	$(STACK) down
 
 .PHONY: bench
-bench: deps ## Benchmark against a fresh local stack (N=8, 5 min steady state; JSON in bench-results/)
+bench: deps ## Benchmark against a fresh local stack (N=48 over K=6 pachds, 5 min steady; JSON in bench-results/)
 	cd tests && ../$(PY) -m bench.bench
 
 .PHONY: run

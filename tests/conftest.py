@@ -8,6 +8,7 @@ is a failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,7 +65,8 @@ def stack(stack_prerequisites: None) -> Iterator[State]:
     saved = {key: os.environ.get(key) for key in state.env()}
     os.environ.update(state.env())
     try:
-        yield state
+        with use_kubeconfig(state.kubeconfig):
+            yield state
     finally:
         running.down()
         for key, value in saved.items():
@@ -73,6 +75,28 @@ def stack(stack_prerequisites: None) -> Iterator[State]:
             else:
                 os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def use_kubeconfig(path: str) -> Iterator[None]:
+    """Point KUBECONFIG, and the in-process kubernetes client library, at `path`.
+
+    The library reads KUBECONFIG once, when it is imported (here: while tests are
+    collected, long before the stack exists), and kopf's default login goes through it.
+    Without this the in-process operator would use ~/.kube/config, or find nothing.
+    """
+    from kubernetes.config import kube_config
+
+    saved = os.environ.get("KUBECONFIG"), kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    os.environ["KUBECONFIG"] = kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+    try:
+        yield
+    finally:
+        env, kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved
+        if env is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = env
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,15 @@ a deadline (see gateway.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 import datetime
+import functools
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 import kubernetes
@@ -31,8 +34,9 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 # Read at import so the timer interval below is the configured one; a bad value stops
 # the operator at start-up with a message naming the variable.
 SETTINGS = Settings.from_env()
-STARTING_WAIT_S = 15.0
+STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
+Trigger = Literal["change", "poll", "drift"]
 
 
 def _starting(outcome: Outcome) -> bool:
@@ -74,6 +78,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.execution.max_workers = 32
+    memo.executor = settings.execution.executor  # for the async handler's blocking passes
     memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
@@ -117,12 +122,12 @@ def _reconcile(
     status: kopf.Status,
     patch: kopf.Patch,
     memo: kopf.Memo,
-    drift_check: bool,
+    trigger: Trigger,
 ) -> Outcome | None:
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid"))
     generation = int(meta.get("generation") or 0)
-    trigger = "drift" if drift_check else "change"
-    if not drift_check:
+    drift_check = trigger == "drift"
+    if trigger == "change":
         memo.changed_at.setdefault((uid, generation), time.monotonic())
     try:
         spec = parse(body.get("spec", {}), name)
@@ -136,9 +141,10 @@ def _reconcile(
         return None
     owner = rendering.owner_id(namespace, name)
     snapshot = None
-    if drift_check:
+    if trigger != "change":  # polls and drift checks share one listing per pachd
+        max_age_s = STARTING_POLL_S if trigger == "poll" else SETTINGS.drift_interval_s / 2
         try:
-            snapshot = gateway.snapshot(max_age_s=SETTINGS.drift_interval_s / 2)
+            snapshot = gateway.snapshot(max_age_s=max_age_s)
         except PachdError:
             snapshot = None  # ensure() inspects and reports the error the usual way
     outcome = ensure(rendering.render(spec, owner), spec.running, owner, gateway, snapshot)
@@ -178,21 +184,50 @@ def _record_ready(memo: kopf.Memo, uid: str, generation: int, ready: bool) -> No
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-def apply(
-    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+async def apply(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
-    outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
-    # pachd takes a few seconds to move new pipelines from STARTING to RUNNING; look again
-    # briefly so Ready follows within a second instead of at the next drift check.
+    loop = asyncio.get_running_loop()
+
+    async def reconcile(trigger: Trigger) -> Outcome | None:
+        # Each pass blocks on pachd, so it runs in kopf's thread pool, in a copy of this
+        # context as sync handlers do (kopf.info() finds its settings there).
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, _reconcile, body, meta, status, patch, memo, trigger)
+        return await loop.run_in_executor(memo.executor, call)
+
+    outcome = await reconcile("change")
+    if outcome is not None and _starting(outcome):
+        # kopf writes `patch` only when the handler returns: show the change in progress now,
+        # so no one reads the previous generation's Ready=True while pachd starts this one.
+        await loop.run_in_executor(memo.executor, _publish_status, meta, patch)
+    # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
+    # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
+    # a poll instead of at the next drift check. The waits hold no thread: many resources
+    # starting at once never starve the pool that creates the next ones.
     deadline = time.monotonic() + STARTING_WAIT_S
     while outcome is not None and _starting(outcome) and time.monotonic() < deadline:
-        time.sleep(STARTING_POLL_S)
-        outcome = _reconcile(body, meta, status, patch, memo, drift_check=False)
+        await asyncio.sleep(STARTING_POLL_S)
+        outcome = await reconcile("poll")
     if outcome is not None and isinstance(outcome.error, PachdUnavailable):
         raise kopf.TemporaryError(str(outcome.error), delay=SETTINGS.retry_delay_s)
     # A rejected spec is reported in status and retried only by the drift check's slow
     # cadence (e.g. once another pipeline frees a community-edition slot), never hot.
+
+
+def _publish_status(meta: kopf.Meta, patch: kopf.Patch) -> None:
+    try:
+        kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            GROUP, VERSION, str(meta["namespace"]), PLURAL, str(meta["name"]), {"status": dict(patch.status)}
+        )
+    except kubernetes.client.ApiException as err:  # the handler's own patch follows anyway
+        logging.getLogger(__name__).warning(f"early status write failed: {err.reason}")
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.drift_interval_s, initial_delay=SETTINGS.drift_interval_s)
@@ -204,7 +239,7 @@ def check_drift(
         return
     if status.get("observedGeneration") != meta.get("generation"):
         return  # a spec change is pending: the update handler owns it
-    _reconcile(body, meta, status, patch, memo, drift_check=True)
+    _reconcile(body, meta, status, patch, memo, "drift")
 
 
 @kopf.on.delete(*RESOURCE)

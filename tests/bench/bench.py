@@ -17,8 +17,9 @@ The operator runs as a subprocess (`python -m spout_operator`, watching namespac
 so its RSS is its own. `main()` starts and stops a stack of its own; `run()` takes the
 State of a running one (the integration test passes its session's stack).
 
-Only one pachd can run per machine (pachd 2.6 hard-codes port 1658), so --pachds K>1 needs
-network namespaces and is not supported yet; a community pachd holds 16 pipelines, so N<=8.
+With --pachds K the stack starts K pachd instances (beyond the first, each in a network
+namespace of its own, since pachd 2.6 hard-codes port 1658) and resource i names pachd
+i mod K by address. A community pachd holds 16 pipelines, so N <= 8K.
 """
 
 from __future__ import annotations
@@ -74,14 +75,14 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Options:
-    n: int = 8
+    n: int = 48
     repeats: int = 3
     steady_s: float = 300.0
     unreachable: int = 500
     drift_interval_s: float = 10.0
     drift_rounds: int = 2
     consumer_s: float = 5.0
-    pachds: int = 1
+    pachds: int = 6
     timeout_s: float = 180.0
 
 
@@ -175,11 +176,14 @@ def state_name(info: Any) -> str:
 
 
 class Pachd:
-    """Direct access to the pachd under test (the floor, drift injection, observation)."""
+    """Direct access to one pachd under test (the floor, drift injection, observation)."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.client: Any = python_pachyderm.Client("127.0.0.1", port)
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.client: Any = python_pachyderm.Client(host, port)
+
+    def new_client(self) -> Any:
+        return python_pachyderm.Client(self.host, self.port)
 
     def pipelines(self, prefix: str) -> dict[str, Any]:
         return {
@@ -332,20 +336,44 @@ class Context:
     state: State
     options: Options
     prefix: str  # every pipeline and repo name of this run starts with it
-    pachd: Pachd
+    pachds: list[Pachd]  # the first is the operator's default pachd
     kube: Kube
     operator: Operator
+
+    @property
+    def pachd(self) -> Pachd:
+        return self.pachds[0]
 
     def pair(self, tag: str, address: str | None = None) -> dict[str, Any]:
         return resource(tag, f"{self.prefix}-{tag}-s", f"{self.prefix}-{tag}-p", address)
 
+    def spread(self, tag: str, count: int) -> list[tuple[Pachd, dict[str, Any]]]:
+        """`count` pairs, pair i on pachd i mod K (named by address unless it is the default)."""
+        placed = []
+        for i in range(count):
+            index = i % len(self.pachds)
+            address = self.state.pachds[index].address if index else None
+            placed.append((self.pachds[index], self.pair(f"{tag}-{i}", address)))
+        return placed
+
     def names(self, bodies: list[dict[str, Any]]) -> set[str]:
         return {str(b["spec"][role]["name"]) for b in bodies for role in ("spout", "processor")}
 
+    def pipelines(self) -> dict[str, Any]:
+        """This run's pipelines on every pachd (names are unique across them)."""
+        return {n: i for pachd in self.pachds for n, i in pachd.pipelines(self.prefix).items()}
+
+    def all_running(self, placed: list[tuple[Pachd, dict[str, Any]]]) -> bool:
+        return all(pachd.all_running(self.names([body])) for pachd, body in placed)
+
+    def delete_pipelines(self) -> None:
+        for pachd in self.pachds:
+            pachd.delete_prefix(self.prefix, self.options.timeout_s)
+
     def clean(self) -> None:
-        """Delete the resources, then wait until pachd holds none of this run's pipelines."""
+        """Delete the resources, then wait until no pachd holds any of this run's pipelines."""
         self.kube.delete_all(self.options.timeout_s)
-        self.pachd.delete_prefix(self.prefix, self.options.timeout_s)
+        self.delete_pipelines()
 
 
 def phase_one_resource(ctx: Context) -> dict[str, Any]:
@@ -388,26 +416,27 @@ def phase_one_resource(ctx: Context) -> dict[str, Any]:
     }
 
 
-def phase_n_resources(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def phase_n_resources(ctx: Context) -> tuple[dict[str, Any], list[tuple[Pachd, dict[str, Any]]]]:
     n = ctx.options.n
-    floor_bodies = [ctx.pair(f"fn-{i}") for i in range(n)]
-    names = ctx.names(floor_bodies)
+    floor_placed = ctx.spread("fn", n)
 
-    def create(body: dict[str, Any]) -> None:
-        ctx.pachd.create_pair(body, python_pachyderm.Client("127.0.0.1", ctx.pachd.port))
+    def create(placed: tuple[Pachd, dict[str, Any]]) -> None:
+        pachd, body = placed
+        pachd.create_pair(body, pachd.new_client())
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=n) as pool:
-        list(pool.map(create, floor_bodies))
-    floor = wait_for(f"{2 * n} floor pipelines RUNNING", lambda: ctx.pachd.all_running(names), 300) - start
-    ctx.pachd.delete_prefix(ctx.prefix, ctx.options.timeout_s)
+        list(pool.map(create, floor_placed))
+    floor = wait_for(f"{2 * n} floor pipelines RUNNING", lambda: ctx.all_running(floor_placed), 300) - start
+    ctx.delete_pipelines()
 
-    bodies = [ctx.pair(f"n-{i}") for i in range(n)]
-    resource_names, pipeline_names = {str(b["metadata"]["name"]) for b in bodies}, ctx.names(bodies)
+    placed = ctx.spread("n", n)
+    bodies = [body for _, body in placed]
+    resource_names = {str(b["metadata"]["name"]) for b in bodies}
     running_at: list[float] = []
 
     def ready() -> bool:
-        if not running_at and ctx.pachd.all_running(pipeline_names):
+        if not running_at and ctx.all_running(placed):
             running_at.append(time.monotonic())
         return bool(running_at) and ctx.kube.ready(resource_names)
 
@@ -420,25 +449,26 @@ def phase_n_resources(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]
     )
     result = {
         "n": n,
+        "pachds": len(ctx.pachds),
         "floor_s": floor,
         "operator_s": operator,
         "operator_pachd_running_s": pachd_running,
         "ratio": operator / floor,
     }
-    return result, bodies
+    return result, placed
 
 
-def _inject(ctx: Context, kind: str, body: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+def _inject(pachd: Pachd, kind: str, body: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
     """Change the pair behind the operator's back; return the check that it is restored."""
     spout, processor = str(body["spec"]["spout"]["name"]), str(body["spec"]["processor"]["name"])
-    client = ctx.pachd.client
+    client = pachd.client
     if kind == "delete-processor":
         client.delete_pipeline(processor)
         return lambda found: processor in found and found[processor].details.transform.image == IMAGE
     if kind == "change-processor-image":
         # pachd 2.6.0 refuses any update of a spout with a downstream pipeline: change the
         # processor, keeping the operator's owner annotation so it is still ours.
-        info = ctx.pachd.pipelines(processor)[processor]
+        info = pachd.pipelines(processor)[processor]
         changed = python_pachyderm.parse_dict_pipeline_spec(
             {
                 "pipeline": {"name": processor},
@@ -457,20 +487,20 @@ def _inject(ctx: Context, kind: str, body: dict[str, Any]) -> Callable[[dict[str
     return lambda found: spout in found and not found[spout].stopped
 
 
-def phase_drift(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    resource_names = {str(b["metadata"]["name"]) for b in bodies}
+def phase_drift(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
+    resource_names = {str(b["metadata"]["name"]) for _, b in placed}
     latencies: list[float] = []
     by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
     for round_ in range(ctx.options.drift_rounds):
         wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
         pending: dict[int, tuple[str, float, Callable[[dict[str, Any]], bool]]] = {}
-        for i, body in enumerate(bodies):
+        for i, (pachd, body) in enumerate(placed):
             kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
-            check = _inject(ctx, kind, body)
+            check = _inject(pachd, kind, body)
             pending[i] = (kind, time.monotonic(), check)
         end = time.monotonic() + ctx.options.drift_interval_s * 3 + 60
         while pending and time.monotonic() < end:
-            found = ctx.pachd.pipelines(ctx.prefix)
+            found = ctx.pipelines()
             now = time.monotonic()
             for i, (kind, injected, check) in list(pending.items()):
                 if check(found):
@@ -480,7 +510,7 @@ def phase_drift(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
             time.sleep(POLL_S)
         if pending:
             raise BenchError(f"drift not repaired on {len(pending)} resource(s): {sorted(pending.values())}")
-        say(f"drift round {round_ + 1}: repaired {len(bodies)} in <= {max(latencies[-len(bodies) :]):.2f}s")
+        say(f"drift round {round_ + 1}: repaired {len(placed)} in <= {max(latencies[-len(placed) :]):.2f}s")
     wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
     return {
         "samples": len(latencies),
@@ -492,11 +522,11 @@ def phase_drift(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def phase_steady(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
     interval = ctx.options.drift_interval_s
     time.sleep(interval)  # let the drift checks that follow the repairs settle
-    names = ctx.names(bodies)
-    versions_before = {n: int(i.version) for n, i in ctx.pachd.pipelines(ctx.prefix).items() if n in names}
+    names = ctx.names([body for _, body in placed])
+    versions_before = {n: int(i.version) for n, i in ctx.pipelines().items() if n in names}
     before = ctx.operator.scrape()
     rss: list[float] = []
     end = time.monotonic() + ctx.options.steady_s
@@ -504,7 +534,7 @@ def phase_steady(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
         rss.append(ctx.operator.rss_mb())
         time.sleep(min(5.0, max(0.0, end - time.monotonic())))
     after = ctx.operator.scrape()
-    versions_after = {n: int(i.version) for n, i in ctx.pachd.pipelines(ctx.prefix).items() if n in names}
+    versions_after = {n: int(i.version) for n, i in ctx.pipelines().items() if n in names}
 
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -514,10 +544,10 @@ def phase_steady(ctx: Context, bodies: list[dict[str, Any]]) -> dict[str, Any]:
     result = {
         "seconds": ctx.options.steady_s,
         "sweeps": sweeps,
-        "pachds": ctx.options.pachds,
+        "pachds": len(ctx.pachds),
         "pachd_writes": delta("spout_operator_pachd_writes_total"),
         "list_pipeline_calls": listings,
-        "listings_per_sweep_per_pachd": listings / sweeps / ctx.options.pachds,
+        "listings_per_sweep_per_pachd": listings / sweeps / len(ctx.pachds),
         "inspect_pipeline_calls": delta('spout_operator_pachd_calls_total{method="InspectPipeline"}'),
         "drift_repairs": delta("spout_operator_drift_repairs_total"),
         "versions_unchanged": versions_before == versions_after and len(versions_before) == len(names),
@@ -758,28 +788,26 @@ def run(state: State, options: Options, out: Path | None = None) -> dict[str, An
     Deletes whatever it created: resources, the bench namespace (and the CRD) if it made
     them, and every pachd pipeline and repo named with this run's prefix.
     """
-    if options.pachds != 1 or len(state.pachds) < 1:
-        raise BenchError(
-            "K>1 pachd needs network namespaces (pachd 2.6 hard-codes port 1658): not supported yet"
-        )
+    if not 1 <= options.pachds <= len(state.pachds):
+        raise BenchError(f"--pachds must be 1..{len(state.pachds)} (the pachds this stack runs)")
     if not 1 <= options.n <= MAX_PAIRS_PER_PACHD * options.pachds:
         raise BenchError(f"--n must be 1..{MAX_PAIRS_PER_PACHD * options.pachds} (16 pipelines per pachd)")
     prefix = f"bench{uuid.uuid4().hex[:4]}"
     log_dir = Path(state.root) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    pachd = Pachd(state.pachds[0].port)
+    pachds = [Pachd(p.host, p.port) for p in state.pachds[: options.pachds]]
     results: dict[str, Any] = {"machine": machine(), "parameters": asdict(options)}
     with _namespace_and_crd(state):
         kube = Kube(state)
         operator = Operator(state, options, log_dir / f"bench-operator-{prefix}.log")
-        ctx = Context(state, options, prefix, pachd, kube, operator)
+        ctx = Context(state, options, prefix, pachds, kube, operator)
         try:
             operator.wait_started(60)
             say(f"operator pid {operator.proc.pid}, metrics on :{operator.metrics_port}, log {operator.log}")
             results["one_resource"] = phase_one_resource(ctx)
-            results["n_resources"], bodies = phase_n_resources(ctx)
-            results["drift"] = phase_drift(ctx, bodies)
-            results["steady"] = phase_steady(ctx, bodies)
+            results["n_resources"], placed = phase_n_resources(ctx)
+            results["drift"] = phase_drift(ctx, placed)
+            results["steady"] = phase_steady(ctx, placed)
             results["memory"] = phase_memory(ctx, operator.rss_mb())
             results["consumer"] = phase_consumer(ctx)
         finally:
@@ -792,8 +820,9 @@ def run(state: State, options: Options, out: Path | None = None) -> dict[str, An
             kube.strip_finalizers()
             with contextlib.suppress(Exception):
                 kube.delete_all(60)
-            with contextlib.suppress(Exception):
-                pachd.delete_prefix(prefix, 120)
+            for pachd in pachds:
+                with contextlib.suppress(Exception):
+                    pachd.delete_prefix(prefix, 120)
             if out is not None and "consumer" not in results:  # interrupted: keep what was measured
                 out.write_text(json.dumps({**results, "incomplete": True}, indent=2))
     results["targets"] = targets(results, options)
@@ -820,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         "--n", type=int, default=defaults.n, help="resources (pairs) at once (max 8 per pachd)"
     )
     parser.add_argument(
-        "--pachds", type=int, default=defaults.pachds, help="pachd instances (only 1 supported)"
+        "--pachds", type=int, default=defaults.pachds, help="pachd instances the resources spread over"
     )
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--steady-seconds", type=float, default=defaults.steady_s)
@@ -840,8 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         consumer_s=args.consumer_seconds,
         pachds=args.pachds,
     )
-    if options.pachds != 1:
-        print("error: --pachds > 1 needs network namespaces (pachd 2.6 binds port 1658); not supported yet")
+    if not 1 <= options.n <= MAX_PAIRS_PER_PACHD * options.pachds:
+        print(f"error: --n must be 1..{MAX_PAIRS_PER_PACHD * options.pachds} for --pachds {options.pachds}")
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="bench-stack-"))

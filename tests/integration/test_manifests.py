@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kubectl
+from conftest import kubectl, use_kubeconfig
 from devstack.stack import State, service_account_kubeconfig
 from test_operator import (  # fixtures are registered where they are imported
     condition,
@@ -95,12 +94,8 @@ def test_rbac_allows_only_what_the_operator_needs(
 def as_service_account(stack: State) -> Iterator[None]:
     """Point the in-process operator (kopf and the kubernetes client) at the ServiceAccount."""
     kubeconfig = service_account_kubeconfig(stack, SYSTEM_NAMESPACE, "spout-operator")
-    saved = os.environ["KUBECONFIG"]
-    os.environ["KUBECONFIG"] = str(kubeconfig)
-    try:
+    with use_kubeconfig(str(kubeconfig)):
         yield
-    finally:
-        os.environ["KUBECONFIG"] = saved
 
 
 def test_operator_with_service_account_rights_runs_the_full_lifecycle(

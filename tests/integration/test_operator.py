@@ -190,8 +190,10 @@ def test_spec_edit_updates_only_the_changed_pipeline(
     )
     info = pipelines(pachd_client, processor)[processor]
     assert dict(info.details.transform.env) == {"LOG_LEVEL": "debug"}
-    obj = wait_condition(stack, namespace, "edit", "Ready", "True")
-    assert obj["status"]["observedGeneration"] == 2
+    # The status moves to the new generation as soon as the change is made (not only once
+    # pachd has restarted the processor), then becomes Ready.
+    eventually(lambda: get(stack, namespace, "edit")["status"]["observedGeneration"] == 2, 10)
+    wait_condition(stack, namespace, "edit", "Ready", "True")
     time.sleep(2 * DRIFT_INTERVAL_S)
     assert versions(pachd_client, spout, processor) == {spout: 1, processor: 2}
 
