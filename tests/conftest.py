@@ -108,7 +108,7 @@ def pachd_address(stack: State) -> str:
 def pachd_client(stack: State) -> Any:
     import python_pachyderm
 
-    return python_pachyderm.Client("127.0.0.1", stack.pachds[0].port)
+    return python_pachyderm.Client(stack.pachds[0].host, stack.pachds[0].port)
 
 
 def kubectl(stack: State, *args: str, input: str | None = None, check: bool = True) -> str:

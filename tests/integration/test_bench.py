@@ -21,7 +21,7 @@ def _numbers(section: dict[str, object]) -> list[float]:
 
 
 def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
-    client = python_pachyderm.Client("127.0.0.1", stack.pachds[0].port)
+    client = python_pachyderm.Client(stack.pachds[0].host, stack.pachds[0].port)
     pipelines_before = {p.pipeline.name for p in client.list_pipeline()}
     repos_before = {r.repo.name for r in client.list_repo()}
     k = len(stack.pachds)  # DEVSTACK_PACHDS=2 runs it over two pachds, one resource each
