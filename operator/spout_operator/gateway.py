@@ -9,6 +9,7 @@ spec), pipeline missing.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -117,7 +118,8 @@ class Gateway:
         self._pps = pps_pb2_grpc.APIStub(self._channel)
         self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
         self._snapshot: Snapshot | None = None
-        self._snapshot_taken = 0.0
+        self._snapshot_error: PachdError | None = None
+        self._snapshot_taken = -math.inf  # never
         self._snapshot_lock = threading.Lock()
 
     def close(self) -> None:
@@ -158,16 +160,25 @@ class Gateway:
 
         The periodic drift check of N resources on one pachd then costs one ListPipeline
         per interval, not N inspections. Any write through this gateway drops it.
+        A failed listing is shared the same way: N resources on an unreachable pachd wait
+        for one deadline per sweep, not N of them in a row.
         """
         with self._snapshot_lock:
-            if self._snapshot is None or time.monotonic() - self._snapshot_taken > max_age_s:
-                self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
+            if time.monotonic() - self._snapshot_taken > max_age_s:
+                try:
+                    self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
+                    self._snapshot_error = None
+                except PachdError as err:
+                    self._snapshot, self._snapshot_error = None, err
                 self._snapshot_taken = time.monotonic()
+            if self._snapshot_error is not None:
+                raise self._snapshot_error
+            assert self._snapshot is not None
             return self._snapshot
 
     def invalidate(self) -> None:
         with self._snapshot_lock:
-            self._snapshot = None
+            self._snapshot, self._snapshot_error, self._snapshot_taken = None, None, -math.inf
 
     # --- writes ---------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import kopf
 import kubernetes
@@ -23,7 +24,7 @@ import kubernetes
 from spout_operator import metrics
 from spout_operator import render as rendering
 from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
-from spout_operator.reconcile import Outcome, ensure, remove
+from spout_operator.reconcile import Outcome, ensure, remove, unobserved
 from spout_operator.settings import Settings
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import status_patch
@@ -37,6 +38,7 @@ SETTINGS = Settings.from_env()
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
 Trigger = Literal["change", "poll", "drift"]
+T = TypeVar("T")
 
 
 def _starting(outcome: Outcome) -> bool:
@@ -81,6 +83,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.executor = settings.execution.executor  # for the async handler's blocking passes
     memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
+    memo.locks = {}  # resource uid -> the lock that keeps its passes one at a time
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
     metrics.serve(SETTINGS.metrics_port)
     try:
@@ -124,6 +127,25 @@ def _reconcile(
     memo: kopf.Memo,
     trigger: Trigger,
 ) -> Outcome | None:
+    uid = str(meta.get("uid"))
+    # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
+    # drift pass that read the old spec can never undo the update handler's new one.
+    with memo.locks.setdefault(uid, threading.Lock()):
+        if trigger == "drift" and (
+            meta.get("deletionTimestamp") or status.get("observedGeneration") != meta.get("generation")
+        ):
+            return None  # being deleted, or a spec change is pending: the handlers own those
+        return _reconcile_locked(body, meta, status, patch, memo, trigger)
+
+
+def _reconcile_locked(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    trigger: Trigger,
+) -> Outcome | None:
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid"))
     generation = int(meta.get("generation") or 0)
     drift_check = trigger == "drift"
@@ -140,14 +162,17 @@ def _reconcile(
         _record_ready(memo, uid, generation, ready=False)
         return None
     owner = rendering.owner_id(namespace, name)
-    snapshot = None
-    if trigger != "change":  # polls and drift checks share one listing per pachd
+    pair = rendering.render(spec, owner)
+    if trigger == "change":
+        outcome = ensure(pair, spec.running, owner, gateway)
+    else:  # polls and drift checks share one listing per pachd
         max_age_s = STARTING_POLL_S if trigger == "poll" else SETTINGS.drift_interval_s / 2
         try:
             snapshot = gateway.snapshot(max_age_s=max_age_s)
-        except PachdError:
-            snapshot = None  # ensure() inspects and reports the error the usual way
-    outcome = ensure(rendering.render(spec, owner), spec.running, owner, gateway, snapshot)
+        except PachdError as err:  # the sweep's one failed listing answers for every resource
+            outcome = unobserved(pair, err)
+        else:
+            outcome = ensure(pair, spec.running, owner, gateway, snapshot)
     repairs = len(outcome.applied) if drift_check else 0
     new_status = status_patch(outcome, spec.running, generation, status, _now(), drift_repairs=repairs)
     patch.status.update(new_status)
@@ -193,20 +218,11 @@ async def apply(
     **_: Any,
 ) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
-    loop = asyncio.get_running_loop()
-
-    async def reconcile(trigger: Trigger) -> Outcome | None:
-        # Each pass blocks on pachd, so it runs in kopf's thread pool, in a copy of this
-        # context as sync handlers do (kopf.info() finds its settings there).
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, _reconcile, body, meta, status, patch, memo, trigger)
-        return await loop.run_in_executor(memo.executor, call)
-
-    outcome = await reconcile("change")
+    outcome = await _in_pool(memo, _reconcile, body, meta, status, patch, memo, "change")
     if outcome is not None and _starting(outcome):
         # kopf writes `patch` only when the handler returns: show the change in progress now,
         # so no one reads the previous generation's Ready=True while pachd starts this one.
-        await loop.run_in_executor(memo.executor, _publish_status, meta, patch)
+        await _in_pool(memo, _write_status, meta, dict(patch.status))
     # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
     # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
     # a poll instead of at the next drift check. The waits hold no thread: many resources
@@ -214,32 +230,63 @@ async def apply(
     deadline = time.monotonic() + STARTING_WAIT_S
     while outcome is not None and _starting(outcome) and time.monotonic() < deadline:
         await asyncio.sleep(STARTING_POLL_S)
-        outcome = await reconcile("poll")
+        outcome = await _in_pool(memo, _reconcile, body, meta, status, patch, memo, "poll")
     if outcome is not None and isinstance(outcome.error, PachdUnavailable):
         raise kopf.TemporaryError(str(outcome.error), delay=SETTINGS.retry_delay_s)
     # A rejected spec is reported in status and retried only by the drift check's slow
     # cadence (e.g. once another pipeline frees a community-edition slot), never hot.
 
 
-def _publish_status(meta: kopf.Meta, patch: kopf.Patch) -> None:
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def watch_for_drift(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Every sweep, restore pipelines changed, stopped or deleted behind the operator's back.
+
+    All resources wake at the same instants (multiples of the interval), so each pachd is
+    listed once per sweep and every resource is compared against that one listing: a
+    repair follows a change within one interval, and a quiet sweep writes nothing anywhere.
+    """
+    while not stopped:
+        await stopped.wait(until_next_sweep(time.monotonic(), SETTINGS.drift_interval_s))
+        if stopped:
+            return
+        new_status = await _in_pool(memo, _drift_pass, body, meta, status, memo)
+        if any(status.get(k) != v for k, v in new_status.items()):
+            await _in_pool(memo, _write_status, meta, new_status)
+
+
+def until_next_sweep(now: float, interval_s: float) -> float:
+    """Seconds from `now` to the next multiple of the interval: the shared sweep grid."""
+    return interval_s - now % interval_s
+
+
+def _drift_pass(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo) -> dict[str, Any]:
+    patch = kopf.Patch()
+    _reconcile(body, meta, status, patch, memo, "drift")
+    return dict(patch.status)
+
+
+async def _in_pool(memo: kopf.Memo, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking `fn` (pachd or API calls) in kopf's thread pool, in a copy of this
+    context as kopf does for sync handlers (kopf.info() finds its settings there)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(memo.executor, call)
+
+
+def _write_status(meta: kopf.Meta, status: dict[str, Any]) -> None:
+    """Merge-patch .status directly, outside kopf's once-per-handler patch."""
     try:
         kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, str(meta["namespace"]), PLURAL, str(meta["name"]), {"status": dict(patch.status)}
+            GROUP, VERSION, str(meta["namespace"]), PLURAL, str(meta["name"]), {"status": status}
         )
-    except kubernetes.client.ApiException as err:  # the handler's own patch follows anyway
-        logging.getLogger(__name__).warning(f"early status write failed: {err.reason}")
-
-
-@kopf.timer(*RESOURCE, interval=SETTINGS.drift_interval_s, initial_delay=SETTINGS.drift_interval_s)
-def check_drift(
-    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
-) -> None:
-    """Restore pipelines changed, stopped or deleted behind the operator's back."""
-    if meta.get("deletionTimestamp"):
-        return
-    if status.get("observedGeneration") != meta.get("generation"):
-        return  # a spec change is pending: the update handler owns it
-    _reconcile(body, meta, status, patch, memo, "drift")
+    except kubernetes.client.ApiException as err:  # the next pass or handler writes it again
+        logging.getLogger(__name__).warning(f"status write for {meta.get('name')} failed: {err.reason}")
 
 
 @kopf.on.delete(*RESOURCE)
@@ -254,6 +301,7 @@ def delete(
     """Delete both pipelines (processor first) unless the policy orphans them."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
     memo.ready.pop(str(meta.get("uid")), None)
+    memo.locks.pop(str(meta.get("uid")), None)
     try:
         spec = parse(body.get("spec", {}), name)
     except SpecError:

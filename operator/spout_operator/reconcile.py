@@ -70,6 +70,11 @@ def ensure(
     return Outcome(names, tuple(plans), observed, tuple(applied), None, tuple(skipped))
 
 
+def unobserved(pair: DesiredPair, error: PachdError) -> Outcome:
+    """The outcome of a pass that could not look at pachd at all."""
+    return Outcome((pipeline_name(pair.spout), pipeline_name(pair.processor)), (), {}, error=error)
+
+
 def _apply(gateway: Gateway, spec: PipelineSpec, step: Step) -> None:
     name, project = pipeline_name(spec), project_of(spec)
     if step is Step.CREATE:
