@@ -25,16 +25,13 @@ from spout_operator import metrics
 from spout_operator import render as rendering
 from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.reconcile import Outcome, ensure, remove, unobserved
-from spout_operator.settings import Settings
+from spout_operator.settings import Settings, SettingsError
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import status_patch
 
 GROUP, VERSION, PLURAL = rendering.GROUP, "v1alpha1", "spoutpipelines"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
-# Read at import so the timer interval below is the configured one; a bad value stops
-# the operator at start-up with a message naming the variable.
-SETTINGS = Settings.from_env()
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
 Trigger = Literal["change", "poll", "drift"]
@@ -73,7 +70,13 @@ class Gateways:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Pin kopf's bookkeeping to our own prefix and share the gateways through memo."""
+    """Read our settings, pin kopf's bookkeeping to our own prefix, share state through memo."""
+    try:
+        # Read when the operator starts, not when this module is imported: whatever set the
+        # environment before `kopf run` (or a test, before its operator) is what counts.
+        memo.settings = Settings.from_env()
+    except SettingsError as err:
+        raise kopf.PermanentError(str(err)) from None
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -81,11 +84,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.execution.max_workers = 32
     memo.executor = settings.execution.executor  # for the async handler's blocking passes
-    memo.gateways = Gateways(SETTINGS.pachd_timeout_s)
+    memo.gateways = Gateways(memo.settings.pachd_timeout_s)
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.locks = {}  # resource uid -> the lock that keeps its passes one at a time
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
-    metrics.serve(SETTINGS.metrics_port)
+    metrics.serve(memo.settings.metrics_port)
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -107,8 +110,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _endpoint(spec: SpoutPipelineSpec, namespace: str) -> Endpoint:
-    token = SETTINGS.pachd_auth_token or None
+def _endpoint(spec: SpoutPipelineSpec, namespace: str, settings: Settings) -> Endpoint:
+    token = settings.pachd_auth_token or None
     ref = spec.pachd.auth_token_secret
     if ref is not None:
         secret = kubernetes.client.CoreV1Api().read_namespaced_secret(ref.name, namespace)
@@ -116,7 +119,7 @@ def _endpoint(spec: SpoutPipelineSpec, namespace: str) -> Endpoint:
         if encoded is None:
             raise SpecError(f"Secret {ref.name} has no key {ref.key!r} for the pachd auth token")
         token = base64.b64decode(encoded).decode().strip()
-    return Endpoint(spec.pachd.address or SETTINGS.pachd_address, spec.pachd.tls, token)
+    return Endpoint(spec.pachd.address or settings.pachd_address, spec.pachd.tls, token)
 
 
 def _reconcile(
@@ -153,7 +156,7 @@ def _reconcile_locked(
         memo.changed_at.setdefault((uid, generation), time.monotonic())
     try:
         spec = parse(body.get("spec", {}), name)
-        gateway = memo.gateways.get(_endpoint(spec, namespace))
+        gateway = memo.gateways.get(_endpoint(spec, namespace, memo.settings))
     except (SpecError, PachdError, kubernetes.client.ApiException) as err:
         message = str(getattr(err, "reason", None) or err)
         patch.status.update(status_patch(None, True, generation, status, _now(), spec_error=message))
@@ -166,7 +169,7 @@ def _reconcile_locked(
     if trigger == "change":
         outcome = ensure(pair, spec.running, owner, gateway)
     else:  # polls and drift checks share one listing per pachd
-        max_age_s = STARTING_POLL_S if trigger == "poll" else SETTINGS.drift_interval_s / 2
+        max_age_s = STARTING_POLL_S if trigger == "poll" else memo.settings.drift_interval_s / 2
         try:
             snapshot = gateway.snapshot(max_age_s=max_age_s)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
@@ -232,7 +235,7 @@ async def apply(
         await asyncio.sleep(STARTING_POLL_S)
         outcome = await _in_pool(memo, _reconcile, body, meta, status, patch, memo, "poll")
     if outcome is not None and isinstance(outcome.error, PachdUnavailable):
-        raise kopf.TemporaryError(str(outcome.error), delay=SETTINGS.retry_delay_s)
+        raise kopf.TemporaryError(str(outcome.error), delay=memo.settings.retry_delay_s)
     # A rejected spec is reported in status and retried only by the drift check's slow
     # cadence (e.g. once another pipeline frees a community-edition slot), never hot.
 
@@ -253,7 +256,7 @@ async def watch_for_drift(
     repair follows a change within one interval, and a quiet sweep writes nothing anywhere.
     """
     while not stopped:
-        await stopped.wait(until_next_sweep(time.monotonic(), SETTINGS.drift_interval_s))
+        await stopped.wait(until_next_sweep(time.monotonic(), memo.settings.drift_interval_s))
         if stopped:
             return
         new_status = await _in_pool(memo, _drift_pass, body, meta, status, memo)
@@ -312,14 +315,14 @@ def delete(
         return
     owner = rendering.owner_id(namespace, name)
     try:
-        gateway = memo.gateways.get(_endpoint(spec, namespace))
+        gateway = memo.gateways.get(_endpoint(spec, namespace, memo.settings))
     except PachdRejected as err:  # an address no pachd can have: nothing was ever created there
         logger.info(f"Nothing to delete: {err}")
         return
     except (SpecError, kubernetes.client.ApiException) as err:  # e.g. the token Secret is gone
         message = str(getattr(err, "reason", None) or err)
         raise kopf.TemporaryError(
-            f"cannot reach pachd to delete pipelines: {message}", delay=SETTINGS.retry_delay_s
+            f"cannot reach pachd to delete pipelines: {message}", delay=memo.settings.retry_delay_s
         ) from None
     removal = remove(rendering.render(spec, owner), owner, gateway)
     if removal.error is not None or removal.remaining:
@@ -336,6 +339,6 @@ def delete(
                 "lastTransitionTime": _now(),
             }
         ]
-        raise kopf.TemporaryError(message, delay=SETTINGS.retry_delay_s)
+        raise kopf.TemporaryError(message, delay=memo.settings.retry_delay_s)
     for foreign in removal.foreign:
         logger.warning(f"Pipeline {foreign} belongs to another owner; left in pachd")

@@ -38,7 +38,7 @@ def crd(stack: State) -> None:
 
 @pytest.fixture(scope="session")
 def operator_env(stack: State) -> None:
-    # Read once when the handlers module is imported, so set before any operator starts.
+    # The operator reads these when it starts (its startup handler), so set them before.
     os.environ["SPOUT_OPERATOR_PACHD_ADDRESS"] = stack.pachds[0].address
     os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
     os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
@@ -87,7 +87,11 @@ def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, An
 
 @pytest.fixture
 def names(pachd_client: Any) -> Iterator[tuple[str, str]]:
-    """Unique pipeline names for one test; whatever is left in pachd is removed after it."""
+    """Unique pipeline names for one test; whatever is left in pachd is removed after it.
+
+    Request it before `operator`: fixtures end in reverse order, so the operator has stopped
+    by then (a running one would restore the pipelines at its next sweep, and they would leak).
+    """
     suffix = uuid.uuid4().hex[:6]
     spout, processor = f"sp-{suffix}", f"pr-{suffix}"
     yield spout, processor
@@ -135,7 +139,7 @@ def versions(client: Any, *names: str) -> dict[str, int]:
 
 
 def test_apply_creates_both_pipelines_and_reports_ready(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     apply(stack, namespace, resource("pair", spout, processor))
@@ -175,7 +179,7 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
 
 
 def test_spec_edit_updates_only_the_changed_pipeline(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     body = resource("edit", spout, processor)
@@ -199,7 +203,7 @@ def test_spec_edit_updates_only_the_changed_pipeline(
 
 
 def test_drift_is_repaired(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     apply(stack, namespace, resource("drift", spout, processor))
@@ -239,7 +243,7 @@ def test_drift_is_repaired(
 
 
 def test_stopped_state_keeps_pipelines_stopped(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     apply(stack, namespace, resource("paused", spout, processor, state="Stopped"))
@@ -251,7 +255,7 @@ def test_stopped_state_keeps_pipelines_stopped(
 
 
 def test_foreign_pipeline_is_left_alone_and_reported(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     pachd_client.create_pipeline_from_request(
@@ -286,7 +290,7 @@ def test_invalid_spec_is_rejected_by_the_api_server(stack: State, namespace: str
 
 
 def test_spec_pachd_rejects_is_reported_without_hot_loop(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     body = resource("rejected", spout, processor, project="no-such-project")
@@ -298,7 +302,7 @@ def test_spec_pachd_rejects_is_reported_without_hot_loop(
 
 
 def test_delete_removes_pipelines_and_orphan_keeps_them(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     apply(stack, namespace, resource("gone", spout, processor))
@@ -314,7 +318,7 @@ def test_delete_removes_pipelines_and_orphan_keeps_them(
 
 
 def test_unreachable_pachd_is_reported_and_recovers(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
     body = resource("away", spout, processor, pachd={"address": "grpc://127.0.0.1:9"})
@@ -373,7 +377,7 @@ def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pac
 
 
 def test_spout_edit_refused_by_pachd_is_reported(
-    stack: State, namespace: str, operator: Any, pachd_client: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     """pachd 2.6.0 refuses to update a spout that has a downstream pipeline (a commit
     provenance error). The resource must say so, keep the running pair, and not loop."""
@@ -441,6 +445,8 @@ def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
         assert after['spout_operator_resources{ready="True"}'] >= 3
         assert after["spout_operator_convergence_seconds_count"] >= 3
     finally:
+        # Through the operator first: it is still running, and would restore what we delete.
+        kubectl(stack, "delete", "spoutpipelines", "--all", "-n", namespace, "--timeout=60s", check=False)
         for spout, processor in pairs:
             for name in (processor, spout):
                 with contextlib.suppress(Exception):
@@ -448,7 +454,7 @@ def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
 
 
 def test_impossible_pachd_address_is_reported_and_deletable(
-    stack: State, namespace: str, operator: Any, names: tuple[str, str]
+    stack: State, namespace: str, names: tuple[str, str], operator: Any
 ) -> None:
     """A port above 65535 passes the schema's pattern: it must end in status, not a crash,
     and the resource must still delete (nothing can exist at such an address)."""
