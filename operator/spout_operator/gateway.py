@@ -119,8 +119,10 @@ class Gateway:
         self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
         self._snapshot: Snapshot | None = None
         self._snapshot_error: PachdError | None = None
-        self._snapshot_taken = -math.inf  # never
+        self._snapshot_taken = -math.inf  # when the listing started; never
         self._snapshot_lock = threading.Lock()
+        self._written_at: dict[tuple[str, str], float] = {}  # (project, name) -> last write started
+        self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
     def close(self) -> None:
         self._channel.close()
@@ -129,11 +131,10 @@ class Gateway:
         metrics.PACHD_CALLS.labels(method).inc()
         if method in _WRITES:
             metrics.PACHD_WRITES.inc()
-            self.invalidate()
         try:
             return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise _translate(err, method) from None
+            raise _translate(err) from None
 
     # --- reads ----------------------------------------------------------------------
 
@@ -153,47 +154,64 @@ class Gateway:
         try:
             return [_observed(info) for info in stream]
         except grpc.RpcError as err:  # errors of a server stream surface while reading it
-            raise _translate(err, "ListPipeline") from None
+            raise _translate(err) from None
 
     def snapshot(self, max_age_s: float) -> Snapshot:
         """Every pipeline of this pachd from one shared listing, at most max_age_s old.
 
         The periodic drift check of N resources on one pachd then costs one ListPipeline
-        per interval, not N inspections. Any write through this gateway drops it.
+        per interval, not N inspections. A pipeline written through this gateway since the
+        listing started is left out (the caller inspects it), and only that one: a sweep
+        that repairs many pipelines still shares one listing.
+
         A failed listing is shared the same way: N resources on an unreachable pachd wait
         for one deadline per sweep, not N of them in a row.
         """
         with self._snapshot_lock:
             if time.monotonic() - self._snapshot_taken > max_age_s:
+                started = time.monotonic()
                 try:
                     self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
                     self._snapshot_error = None
                 except PachdError as err:
                     self._snapshot, self._snapshot_error = None, err
-                self._snapshot_taken = time.monotonic()
+                self._snapshot_taken = started
             if self._snapshot_error is not None:
                 raise self._snapshot_error
             assert self._snapshot is not None
-            return self._snapshot
+            with self._written_lock:
+                newer = {k for k, t in self._written_at.items() if t >= self._snapshot_taken}
+                self._written_at = {k: self._written_at[k] for k in newer}
+            if not newer:
+                return self._snapshot
+            return {k: p for k, p in self._snapshot.items() if k not in newer}
 
     def invalidate(self) -> None:
         with self._snapshot_lock:
             self._snapshot, self._snapshot_error, self._snapshot_taken = None, None, -math.inf
+
+    def _written(self, name: str, project: str) -> None:
+        with self._written_lock:
+            self._written_at[(project, name)] = time.monotonic()
 
     # --- writes ---------------------------------------------------------------------
 
     def create(self, spec: PipelineSpec, update: bool) -> None:
         request = python_pachyderm.parse_dict_pipeline_spec(spec)
         request.update = update
+        self._written(request.pipeline.name, request.pipeline.project.name or "default")
         self._call("CreatePipeline", request)
 
     def start(self, name: str, project: str) -> None:
+        self._written(name, project)
         self._call("StartPipeline", pps_pb2.StartPipelineRequest(pipeline=_pipeline(name, project)))
 
     def stop(self, name: str, project: str) -> None:
+        self._written(name, project)
         self._call("StopPipeline", pps_pb2.StopPipelineRequest(pipeline=_pipeline(name, project)))
 
     def delete(self, name: str, project: str) -> None:
+        self._written(name, project)
         self._call("DeletePipeline", pps_pb2.DeletePipelineRequest(pipeline=_pipeline(name, project)))
 
 
@@ -201,9 +219,11 @@ def _pipeline(name: str, project: str) -> Any:
     return pps_pb2.Pipeline(name=name, project=pfs_pb2.Project(name=project))
 
 
-def _translate(err: grpc.RpcError, method: str) -> PachdError:
+def _translate(err: grpc.RpcError) -> PachdError:
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (err.details() if isinstance(err, grpc.Call) else str(err)) or code.name
     if code in _UNAVAILABLE:
-        return PachdUnavailable(f"pachd unreachable ({code.name.lower()} on {method}): {details}")
+        # The same words whichever call failed: the status that carries them stays put
+        # from one pass to the next, instead of being rewritten with each call's name.
+        return PachdUnavailable(f"pachd unreachable ({code.name.lower()}): {details}")
     return PachdRejected(details, not_found=code == grpc.StatusCode.NOT_FOUND or "not found" in details)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextvars
 import datetime
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import kopf
@@ -23,7 +24,7 @@ import kubernetes
 
 from spout_operator import metrics
 from spout_operator import render as rendering
-from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected
 from spout_operator.reconcile import Outcome, ensure, remove, unobserved
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
@@ -32,6 +33,7 @@ from spout_operator.status import status_patch
 GROUP, VERSION, PLURAL = rendering.GROUP, "v1alpha1", "spoutpipelines"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
+WORKERS = 32  # threads for blocking pachd and API calls
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
 Trigger = Literal["change", "poll", "drift"]
@@ -82,8 +84,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.execution.max_workers = 32
-    memo.executor = settings.execution.executor  # for the async handler's blocking passes
+    settings.execution.max_workers = WORKERS
+    memo.executor = settings.execution.executor  # for the async handlers' blocking passes
+    # Polls for pipelines that are starting get a few threads of their own: while pachd is
+    # slow to list, they wait there and never hold up the passes that create pipelines.
+    memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
     memo.gateways = Gateways(memo.settings.pachd_timeout_s)
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.locks = {}  # resource uid -> the lock that keeps its passes one at a time
@@ -93,10 +98,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    # One API client for every thread (each new one builds its own TLS context and pool).
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.connection_pool_maxsize = WORKERS
+    api = kubernetes.client.ApiClient(config)
+    memo.core_api = kubernetes.client.CoreV1Api(api)
+    memo.custom_api = kubernetes.client.CustomObjectsApi(api)
 
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.poll_executor.shutdown(wait=False, cancel_futures=True)
     memo.gateways.close()
 
 
@@ -110,11 +122,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _endpoint(spec: SpoutPipelineSpec, namespace: str, settings: Settings) -> Endpoint:
+def _endpoint(spec: SpoutPipelineSpec, namespace: str, memo: kopf.Memo) -> Endpoint:
+    settings: Settings = memo.settings
     token = settings.pachd_auth_token or None
     ref = spec.pachd.auth_token_secret
     if ref is not None:
-        secret = kubernetes.client.CoreV1Api().read_namespaced_secret(ref.name, namespace)
+        secret = memo.core_api.read_namespaced_secret(ref.name, namespace)
         encoded = (secret.data or {}).get(ref.key)
         if encoded is None:
             raise SpecError(f"Secret {ref.name} has no key {ref.key!r} for the pachd auth token")
@@ -156,11 +169,13 @@ def _reconcile_locked(
         memo.changed_at.setdefault((uid, generation), time.monotonic())
     try:
         spec = parse(body.get("spec", {}), name)
-        gateway = memo.gateways.get(_endpoint(spec, namespace, memo.settings))
+        gateway = memo.gateways.get(_endpoint(spec, namespace, memo))
     except (SpecError, PachdError, kubernetes.client.ApiException) as err:
         message = str(getattr(err, "reason", None) or err)
-        patch.status.update(status_patch(None, True, generation, status, _now(), spec_error=message))
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        new_status = status_patch(None, True, generation, status, _now(), spec_error=message)
+        patch.status.update(new_status)
+        if trigger == "change" or _news(status, new_status):
+            kopf.warn(body, reason="InvalidSpec", message=message)
         metrics.RECONCILES.labels(trigger, "InvalidSpec").inc()
         _record_ready(memo, uid, generation, ready=False)
         return None
@@ -183,18 +198,33 @@ def _reconcile_locked(
         reason = "DriftRepaired" if drift_check else "Pipeline" + step.value.capitalize()
         kopf.info(body, reason=reason, message=f"{step.value} pipeline {pipeline}")
     metrics.DRIFT_REPAIRS.inc(repairs)
+    # Warnings go out when something changed, not at every sweep: 500 resources on a pachd
+    # that is down would otherwise post 50 Events a second, to the API server and to memory.
+    warn = trigger == "change" or _news(status, new_status)
     for plan in outcome.plans:
-        if plan.foreign:
+        if plan.foreign and warn:
             kopf.warn(
                 body,
                 reason="ForeignPipeline",
                 message=f"pipeline {plan.name} exists and belongs to {plan.foreign_owner}; left untouched",
             )
-    if outcome.error is not None:
+    if outcome.error is not None and warn:
         kopf.warn(body, reason=type(outcome.error).__name__, message=str(outcome.error))
     metrics.RECONCILES.labels(trigger, new_status["summary"]).inc()
     _record_ready(memo, uid, generation, ready=new_status["summary"] == "Ready")
     return outcome
+
+
+def _news(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether any condition's status, reason or message differs from the previous status."""
+
+    def essence(status: Mapping[str, Any]) -> set[tuple[Any, ...]]:
+        return {
+            (c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+            for c in status.get("conditions") or []
+        }
+
+    return essence(previous) != essence(new)
 
 
 def _record_ready(memo: kopf.Memo, uid: str, generation: int, ready: bool) -> None:
@@ -221,11 +251,11 @@ async def apply(
     **_: Any,
 ) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
-    outcome = await _in_pool(memo, _reconcile, body, meta, status, patch, memo, "change")
+    outcome = await _in_pool(memo.executor, _reconcile, body, meta, status, patch, memo, "change")
     if outcome is not None and _starting(outcome):
         # kopf writes `patch` only when the handler returns: show the change in progress now,
         # so no one reads the previous generation's Ready=True while pachd starts this one.
-        await _in_pool(memo, _write_status, meta, dict(patch.status))
+        await _in_pool(memo.executor, _write_status, memo, meta, dict(patch.status))
     # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
     # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
     # a poll instead of at the next drift check. The waits hold no thread: many resources
@@ -233,11 +263,10 @@ async def apply(
     deadline = time.monotonic() + STARTING_WAIT_S
     while outcome is not None and _starting(outcome) and time.monotonic() < deadline:
         await asyncio.sleep(STARTING_POLL_S)
-        outcome = await _in_pool(memo, _reconcile, body, meta, status, patch, memo, "poll")
-    if outcome is not None and isinstance(outcome.error, PachdUnavailable):
-        raise kopf.TemporaryError(str(outcome.error), delay=memo.settings.retry_delay_s)
-    # A rejected spec is reported in status and retried only by the drift check's slow
-    # cadence (e.g. once another pipeline frees a community-edition slot), never hot.
+        outcome = await _in_pool(memo.poll_executor, _reconcile, body, meta, status, patch, memo, "poll")
+    # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
+    # retries it (one listing per pachd per sweep, however many resources wait on it), so
+    # the handler ends here: no per-resource retry loop, no Event at every attempt.
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
@@ -259,9 +288,9 @@ async def watch_for_drift(
         await stopped.wait(until_next_sweep(time.monotonic(), memo.settings.drift_interval_s))
         if stopped:
             return
-        new_status = await _in_pool(memo, _drift_pass, body, meta, status, memo)
+        new_status = await _in_pool(memo.executor, _drift_pass, body, meta, status, memo)
         if any(status.get(k) != v for k, v in new_status.items()):
-            await _in_pool(memo, _write_status, meta, new_status)
+            await _in_pool(memo.executor, _write_status, memo, meta, new_status)
 
 
 def until_next_sweep(now: float, interval_s: float) -> float:
@@ -275,17 +304,17 @@ def _drift_pass(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kop
     return dict(patch.status)
 
 
-async def _in_pool(memo: kopf.Memo, fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking `fn` (pachd or API calls) in kopf's thread pool, in a copy of this
-    context as kopf does for sync handlers (kopf.info() finds its settings there)."""
+async def _in_pool(executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking `fn` (pachd or API calls) in a thread pool, in a copy of this context
+    as kopf does for sync handlers (kopf.info() finds its settings there)."""
     call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(memo.executor, call)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
-def _write_status(meta: kopf.Meta, status: dict[str, Any]) -> None:
+def _write_status(memo: kopf.Memo, meta: kopf.Meta, status: dict[str, Any]) -> None:
     """Merge-patch .status directly, outside kopf's once-per-handler patch."""
     try:
-        kubernetes.client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        memo.custom_api.patch_namespaced_custom_object_status(
             GROUP, VERSION, str(meta["namespace"]), PLURAL, str(meta["name"]), {"status": status}
         )
     except kubernetes.client.ApiException as err:  # the next pass or handler writes it again
@@ -315,7 +344,7 @@ def delete(
         return
     owner = rendering.owner_id(namespace, name)
     try:
-        gateway = memo.gateways.get(_endpoint(spec, namespace, memo.settings))
+        gateway = memo.gateways.get(_endpoint(spec, namespace, memo))
     except PachdRejected as err:  # an address no pachd can have: nothing was ever created there
         logger.info(f"Nothing to delete: {err}")
         return

@@ -38,8 +38,8 @@ def ensure(
     gateway: Gateway,
     snapshot: Mapping[tuple[str, str], ObservedPipeline] | None = None,
 ) -> Outcome:
-    """Bring pachd to the desired pair. With a snapshot (the drift check), the first look
-    at pachd comes from that shared listing; otherwise each pipeline is inspected."""
+    """Bring pachd to the desired pair. With a snapshot (drift checks and polls), the first
+    look at pachd comes from that shared listing; otherwise each pipeline is inspected."""
     names = (pipeline_name(pair.spout), pipeline_name(pair.processor))
     observed: dict[str, ObservedPipeline | None] = {}
     plans: list[PipelinePlan] = []
@@ -49,10 +49,10 @@ def ensure(
         desired = [canonical(with_pachd_defaults(spec)) for spec in pair.in_creation_order()]
         for spec in desired:
             name = pipeline_name(spec)
-            if snapshot is None:
-                observed[name] = gateway.inspect(name, project_of(spec))
-            else:
-                observed[name] = snapshot.get((project_of(spec), name))
+            listed = None if snapshot is None else snapshot.get((project_of(spec), name))
+            # Absent from the listing (deleted, or written since it was taken): ask pachd, so
+            # nothing is ever created on the word of a listing that may be out of date.
+            observed[name] = listed if listed is not None else gateway.inspect(name, project_of(spec))
             plans.append(plan_pipeline(spec, observed[name], running, owner))
         spout_plan = plans[0]
         for spec, plan in zip(desired, plans, strict=True):

@@ -15,7 +15,7 @@ from spout_operator.status import Condition, conditions_for, render_conditions, 
 EARLIER = "2024-05-01T10:00:00Z"
 NOW = "2024-05-01T12:00:00Z"
 
-UNREACHABLE = "pachd unreachable (unavailable on InspectPipeline): failed to connect to all addresses"
+UNREACHABLE = "pachd unreachable (unavailable): failed to connect to all addresses"
 LIMIT = "pachyderm community edition supports up to 16 pipelines; an activation key is required"
 
 

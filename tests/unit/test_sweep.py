@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable
 from spout_operator.handlers import until_next_sweep
@@ -58,3 +60,34 @@ def test_failed_listing_is_shared_too() -> None:
         assert gateway.calls == 2
     finally:
         gateway.close()
+
+
+def test_a_write_hides_only_that_pipeline_until_the_next_listing() -> None:
+    """A repair in the middle of a sweep must not cost every other resource a new listing,
+    and the repaired pipeline must not be judged by a listing older than the repair."""
+    a, b = _observed("a"), _observed("b")
+    gateway = CountingGateway([a, b])
+    try:
+        assert set(gateway.snapshot(max_age_s=60)) == {("default", "a"), ("default", "b")}
+        with pytest.raises(PachdUnavailable):  # nothing listens at the gateway's address
+            gateway.start("a", "default")  # a write attempt all the same
+        assert set(gateway.snapshot(max_age_s=60)) == {("default", "b")}
+        assert gateway.calls == 1
+        time.sleep(0.01)
+        assert set(gateway.snapshot(max_age_s=0)) == {("default", "a"), ("default", "b")}
+        assert gateway.calls == 2
+    finally:
+        gateway.close()
+
+
+def _observed(name: str) -> ObservedPipeline:
+    return ObservedPipeline(
+        name=name,
+        project="default",
+        state="RUNNING",
+        stopped=False,
+        version=1,
+        spec={},
+        recent_error="",
+        reason="",
+    )
