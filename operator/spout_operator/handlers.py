@@ -36,6 +36,7 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 WORKERS = 32  # threads for blocking pachd and API calls
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
+SWEEP_WAKE_SLACK_S = 0.05  # a daemon's timer may fire a hair early; its listing still counts
 Trigger = Literal["change", "poll", "drift"]
 T = TypeVar("T")
 
@@ -142,6 +143,7 @@ def _reconcile(
     patch: kopf.Patch,
     memo: kopf.Memo,
     trigger: Trigger,
+    listed_since: float = 0.0,
 ) -> Outcome | None:
     uid = str(meta.get("uid"))
     # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
@@ -151,7 +153,7 @@ def _reconcile(
             meta.get("deletionTimestamp") or status.get("observedGeneration") != meta.get("generation")
         ):
             return None  # being deleted, or a spec change is pending: the handlers own those
-        return _reconcile_locked(body, meta, status, patch, memo, trigger)
+        return _reconcile_locked(body, meta, status, patch, memo, trigger, listed_since)
 
 
 def _reconcile_locked(
@@ -161,6 +163,7 @@ def _reconcile_locked(
     patch: kopf.Patch,
     memo: kopf.Memo,
     trigger: Trigger,
+    listed_since: float,
 ) -> Outcome | None:
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta.get("uid"))
     generation = int(meta.get("generation") or 0)
@@ -183,10 +186,9 @@ def _reconcile_locked(
     pair = rendering.render(spec, owner)
     if trigger == "change":
         outcome = ensure(pair, spec.running, owner, gateway)
-    else:  # polls and drift checks share one listing per pachd
-        max_age_s = STARTING_POLL_S if trigger == "poll" else memo.settings.drift_interval_s / 2
+    else:  # polls and drift checks share one listing per pachd (per poll, per sweep)
         try:
-            snapshot = gateway.snapshot(max_age_s=max_age_s)
+            snapshot = gateway.snapshot(not_before=listed_since)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             outcome = unobserved(pair, err)
         else:
@@ -263,7 +265,10 @@ async def apply(
     deadline = time.monotonic() + STARTING_WAIT_S
     while outcome is not None and _starting(outcome) and time.monotonic() < deadline:
         await asyncio.sleep(STARTING_POLL_S)
-        outcome = await _in_pool(memo.poll_executor, _reconcile, body, meta, status, patch, memo, "poll")
+        listed_since = time.monotonic() - STARTING_POLL_S
+        outcome = await _in_pool(
+            memo.poll_executor, _reconcile, body, meta, status, patch, memo, "poll", listed_since
+        )
     # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
     # retries it (one listing per pachd per sweep, however many resources wait on it), so
     # the handler ends here: no per-resource retry loop, no Event at every attempt.
@@ -285,10 +290,15 @@ async def watch_for_drift(
     repair follows a change within one interval, and a quiet sweep writes nothing anywhere.
     """
     while not stopped:
-        await stopped.wait(until_next_sweep(time.monotonic(), memo.settings.drift_interval_s))
+        now = time.monotonic()
+        sweep_at = now + until_next_sweep(now, memo.settings.drift_interval_s)
+        await stopped.wait(sweep_at - now)
         if stopped:
             return
-        new_status = await _in_pool(memo.executor, _drift_pass, body, meta, status, memo)
+        # Judge by a listing taken at this sweep, never one left over from a late pass of
+        # the previous sweep (that would hide a change made in between for a whole interval).
+        listed_since = sweep_at - SWEEP_WAKE_SLACK_S
+        new_status = await _in_pool(memo.executor, _drift_pass, body, meta, status, memo, listed_since)
         if any(status.get(k) != v for k, v in new_status.items()):
             await _in_pool(memo.executor, _write_status, memo, meta, new_status)
 
@@ -298,9 +308,11 @@ def until_next_sweep(now: float, interval_s: float) -> float:
     return interval_s - now % interval_s
 
 
-def _drift_pass(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo) -> dict[str, Any]:
+def _drift_pass(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, listed_since: float
+) -> dict[str, Any]:
     patch = kopf.Patch()
-    _reconcile(body, meta, status, patch, memo, "drift")
+    _reconcile(body, meta, status, patch, memo, "drift", listed_since)
     return dict(patch.status)
 
 

@@ -62,8 +62,9 @@ def ensure(
             for step in plan.steps:
                 _apply(gateway, spec, step)
                 applied.append((plan.name, step))
-        if applied:
-            for spec in desired:
+        written = {name for name, _ in applied}
+        for spec in desired:  # only what changed: at a sweep with many repairs, calls count
+            if pipeline_name(spec) in written:
                 observed[pipeline_name(spec)] = gateway.inspect(pipeline_name(spec), project_of(spec))
     except PachdError as err:
         return Outcome(names, tuple(plans), observed, tuple(applied), err, tuple(skipped))

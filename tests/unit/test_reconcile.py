@@ -188,6 +188,22 @@ def test_creates_only_the_missing_pipeline() -> None:
     assert gateway.pipelines["spout"].version == 1
 
 
+def test_after_a_repair_only_the_repaired_pipeline_is_looked_at_again() -> None:
+    gateway = created()
+    del gateway.pipelines["processor"]
+    gateway.log.clear()
+    outcome = ensure(pair(), True, OWNER, gateway)
+
+    assert gateway.log == [
+        ("inspect", "spout"),
+        ("inspect", "processor"),
+        ("create", "processor"),
+        ("inspect", "processor"),
+    ]
+    processor = outcome.observed["processor"]
+    assert processor is not None and processor.version == 1
+
+
 # --- ensure: nothing to do ----------------------------------------------------------------------
 
 

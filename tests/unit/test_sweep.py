@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -34,14 +36,35 @@ class CountingGateway(Gateway):
         return self.listing
 
 
-def test_snapshot_is_one_listing_within_its_age() -> None:
+def test_snapshot_is_one_listing_per_sweep() -> None:
     gateway = CountingGateway([])
     try:
+        sweep = time.monotonic()
         for _ in range(5):
-            assert gateway.snapshot(max_age_s=60) == {}
+            assert gateway.snapshot(not_before=sweep) == {}
         assert gateway.calls == 1
         gateway.invalidate()
-        gateway.snapshot(max_age_s=60)
+        gateway.snapshot(not_before=sweep)
+        assert gateway.calls == 2
+    finally:
+        gateway.close()
+
+
+def test_a_late_pass_of_one_sweep_never_serves_the_next() -> None:
+    """A pass that runs late in a sweep reuses that sweep's listing; the next sweep lists
+    again. (Ages in seconds got this wrong: a pass past half the interval relisted, and the
+    next sweep, seeing a listing younger than half the interval, judged by it, missing any
+    change made in between for a whole interval.)"""
+    gateway = CountingGateway([])
+    try:
+        first_sweep = time.monotonic()
+        gateway.snapshot(not_before=first_sweep)
+        time.sleep(0.02)
+        gateway.snapshot(not_before=first_sweep)  # a late pass of the same sweep
+        assert gateway.calls == 1
+        next_sweep = time.monotonic()
+        gateway.snapshot(not_before=next_sweep)
+        gateway.snapshot(not_before=next_sweep)
         assert gateway.calls == 2
     finally:
         gateway.close()
@@ -51,12 +74,13 @@ def test_failed_listing_is_shared_too() -> None:
     """N resources on an unreachable pachd cost one failed call per sweep, not N."""
     gateway = CountingGateway(PachdUnavailable("ListPipeline: connection refused"))
     try:
+        sweep = time.monotonic()
         for _ in range(5):
             with pytest.raises(PachdUnavailable, match="connection refused"):
-                gateway.snapshot(max_age_s=60)
+                gateway.snapshot(not_before=sweep)
         assert gateway.calls == 1
         with pytest.raises(PachdUnavailable):
-            gateway.snapshot(max_age_s=0)  # aged out: asks again, and fails again
+            gateway.snapshot(not_before=time.monotonic())  # the next sweep asks again, fails again
         assert gateway.calls == 2
     finally:
         gateway.close()
@@ -68,13 +92,14 @@ def test_a_write_hides_only_that_pipeline_until_the_next_listing() -> None:
     a, b = _observed("a"), _observed("b")
     gateway = CountingGateway([a, b])
     try:
-        assert set(gateway.snapshot(max_age_s=60)) == {("default", "a"), ("default", "b")}
+        sweep = time.monotonic()
+        assert set(gateway.snapshot(not_before=sweep)) == {("default", "a"), ("default", "b")}
         with pytest.raises(PachdUnavailable):  # nothing listens at the gateway's address
             gateway.start("a", "default")  # a write attempt all the same
-        assert set(gateway.snapshot(max_age_s=60)) == {("default", "b")}
+        assert set(gateway.snapshot(not_before=sweep)) == {("default", "b")}
         assert gateway.calls == 1
         time.sleep(0.01)
-        assert set(gateway.snapshot(max_age_s=0)) == {("default", "a"), ("default", "b")}
+        assert set(gateway.snapshot(not_before=time.monotonic())) == {("default", "a"), ("default", "b")}
         assert gateway.calls == 2
     finally:
         gateway.close()
@@ -91,3 +116,45 @@ def _observed(name: str) -> ObservedPipeline:
         recent_error="",
         reason="",
     )
+
+
+class SlowWritesGateway(Gateway):
+    """Writes that take `write_s` and record how many ran at once."""
+
+    def __init__(self, write_s: float, timeout_s: float) -> None:
+        super().__init__(Endpoint("127.0.0.1:9"), timeout_s=timeout_s)
+        self.write_s = write_s
+        self.running = 0
+        self.most_at_once = 0
+        self._count_lock = threading.Lock()
+
+    def _send(self, method: str, request: object) -> None:
+        with self._count_lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(self.write_s)
+        with self._count_lock:
+            self.running -= 1
+
+
+def test_writes_to_one_pachd_go_one_at_a_time() -> None:
+    gateway = SlowWritesGateway(write_s=0.02, timeout_s=5.0)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: gateway.start(f"p{i}", "default"), range(8)))
+        assert gateway.most_at_once == 1
+    finally:
+        gateway.close()
+
+
+def test_a_write_queued_behind_a_stuck_one_fails_as_unreachable() -> None:
+    gateway = SlowWritesGateway(write_s=0.5, timeout_s=0.1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            stuck = pool.submit(gateway.stop, "a", "default")
+            time.sleep(0.05)
+            with pytest.raises(PachdUnavailable, match="busy"):
+                gateway.stop("b", "default")
+            stuck.result()
+    finally:
+        gateway.close()
