@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
+import aiohttp
 import kopf
 import kubernetes
 
@@ -34,6 +35,7 @@ GROUP, VERSION, PLURAL = rendering.GROUP, "v1alpha1", "spoutpipelines"
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 WORKERS = 32  # threads for blocking pachd and API calls
+API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
 SWEEP_WAKE_SLACK_S = 0.05  # a daemon's timer may fire a hair early; its listing still counts
@@ -105,6 +107,37 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     api = kubernetes.client.ApiClient(config)
     memo.core_api = kubernetes.client.CoreV1Api(api)
     memo.custom_api = kubernetes.client.CustomObjectsApi(api)
+
+
+@kopf.on.login()
+async def login(
+    logger: kopf.Logger, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any
+) -> kopf.AiohttpSession | None:
+    """kopf's own login, on an HTTP session with a bounded number of connections.
+
+    kopf's default session opens a TLS connection for every request in flight (about 80
+    when 500 resources arrive at once), and what they allocate stays in the process:
+    RSS 171 MB at 500 resources, 152 MB with 10 connections for requests. Each watch
+    stream holds a connection for as long as it runs, so those come on top.
+    """
+    info = kopf.login_via_client(logger=logger, settings=settings)
+    if info is None:
+        return None
+    watches = max(1, len(memo.settings.namespaces)) + 2  # SpoutPipelines (per namespace), CRDs, namespaces
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS + watches, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        auth=info.as_aiohttp_basic_auth(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 @kopf.on.cleanup()
