@@ -47,7 +47,7 @@ deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, o
 lint: venv ## Lint and type-check (ruff, mypy --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/spout_operator tests/devstack images/spout101
+	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench images/spout101
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests (no I/O, seconds)

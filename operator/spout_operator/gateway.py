@@ -9,6 +9,7 @@ spec), pipeline missing.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -195,7 +196,9 @@ class Gateway:
                     self._snapshot, self._snapshot_error = None, err
                 self._snapshot_taken = started
             if self._snapshot_error is not None:
-                raise self._snapshot_error
+                # A copy for each caller: raising the one shared object again would chain every
+                # raise's frames (and their locals) onto its traceback for as long as pachd is down.
+                raise copy.copy(self._snapshot_error)
             assert self._snapshot is not None
             with self._written_lock:
                 newer = {k for k, t in self._written_at.items() if t >= self._snapshot_taken}

@@ -88,6 +88,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.execution.max_workers = WORKERS
+    # Events are ours (pipeline created, drift repaired, warnings), not a copy of kopf's INFO
+    # log ("Handler 'apply' succeeded"): that doubled the API writes of every change.
+    settings.posting.level = logging.WARNING
     memo.executor = settings.execution.executor  # for the async handlers' blocking passes
     # Polls for pipelines that are starting get a few threads of their own: while pachd is
     # slow to list, they wait there and never hold up the passes that create pipelines.
@@ -231,7 +234,7 @@ def _reconcile_locked(
     patch.status.update(new_status)
     for pipeline, step in outcome.applied:
         reason = "DriftRepaired" if drift_check else "Pipeline" + step.value.capitalize()
-        kopf.info(body, reason=reason, message=f"{step.value} pipeline {pipeline}")
+        kopf.event(body, type="Normal", reason=reason, message=f"{step.value} pipeline {pipeline}")
     metrics.DRIFT_REPAIRS.inc(repairs)
     # Warnings go out when something changed, not at every sweep: 500 resources on a pachd
     # that is down would otherwise post 50 Events a second, to the API server and to memory.
@@ -351,7 +354,7 @@ def _drift_pass(
 
 async def _in_pool(executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any) -> T:
     """Run blocking `fn` (pachd or API calls) in a thread pool, in a copy of this context
-    as kopf does for sync handlers (kopf.info() finds its settings there)."""
+    as kopf does for sync handlers (kopf.event() finds its settings there)."""
     call = functools.partial(contextvars.copy_context().run, fn, *args)
     return await asyncio.get_running_loop().run_in_executor(executor, call)
 

@@ -158,3 +158,28 @@ def test_a_write_queued_behind_a_stuck_one_fails_as_unreachable() -> None:
             stuck.result()
     finally:
         gateway.close()
+
+
+def test_a_shared_failure_does_not_keep_every_pass_alive() -> None:
+    """Raising one exception object again and again chains each raise's frames onto its
+    traceback: with pachd down, every pass of every sweep (and all its locals) stayed in
+    memory for as long as the operator ran."""
+    gateway = CountingGateway(PachdUnavailable("pachd unreachable (unavailable): connection refused"))
+
+    def frames_kept(err: BaseException) -> int:
+        count, tb = 0, err.__traceback__
+        while tb is not None:
+            count, tb = count + 1, tb.tb_next
+        return count
+
+    try:
+        sweep = time.monotonic()
+        kept = []
+        for _ in range(50):
+            with pytest.raises(PachdUnavailable) as raised:
+                gateway.snapshot(not_before=sweep)
+            kept.append(frames_kept(raised.value))
+        assert gateway.calls == 1
+        assert kept[-1] == kept[0]
+    finally:
+        gateway.close()
