@@ -130,7 +130,6 @@ async def login(
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=API_CONNECTIONS + watches, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
-        auth=info.as_aiohttp_basic_auth(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
     )
