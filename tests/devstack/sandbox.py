@@ -84,6 +84,9 @@ def start_consumer(state: State) -> None:
 
 
 def main() -> int:
+    # Ctrl-C must stop the sandbox however it was started: a shell starts background jobs
+    # with SIGINT ignored, and Python then leaves it ignored (a CI run hung that way).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack(Path(os.environ.get("DEVSTACK_DIR", str(DEFAULT_DIR))))
     stack.down()  # whatever an earlier sandbox left behind
     say("Starting the local stack (etcd, kube-apiserver, kube-controller-manager, PostgreSQL, pachd)")

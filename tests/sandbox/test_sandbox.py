@@ -41,6 +41,9 @@ def test_sandbox_runs_and_tears_down(stack_prerequisites: None) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Started the way a shell starts a background job (SIGINT ignored): Ctrl-C, the
+        # SIGINT below, must stop it all the same.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert proc.stdout is not None
     seen: list[str] = []
