@@ -141,6 +141,9 @@ class Gateway:
             raise PachdUnavailable(f"pachd unreachable (busy): no write slot within {self.timeout_s:g}s")
         try:
             metrics.PACHD_WRITES.inc()
+            pipeline = request.pipeline  # every write request names the pipeline it changes
+            with self._written_lock:
+                self._written_at[(pipeline.project.name or "default", pipeline.name)] = time.monotonic()
             return self._send(method, request)
         finally:
             self._write_lock.release()
@@ -207,32 +210,20 @@ class Gateway:
                 return self._snapshot
             return {k: p for k, p in self._snapshot.items() if k not in newer}
 
-    def invalidate(self) -> None:
-        with self._snapshot_lock:
-            self._snapshot, self._snapshot_error, self._snapshot_taken = None, None, -math.inf
-
-    def _written(self, name: str, project: str) -> None:
-        with self._written_lock:
-            self._written_at[(project, name)] = time.monotonic()
-
     # --- writes ---------------------------------------------------------------------
 
     def create(self, spec: PipelineSpec, update: bool) -> None:
         request = python_pachyderm.parse_dict_pipeline_spec(spec)
         request.update = update
-        self._written(request.pipeline.name, request.pipeline.project.name or "default")
         self._call("CreatePipeline", request)
 
     def start(self, name: str, project: str) -> None:
-        self._written(name, project)
         self._call("StartPipeline", pps_pb2.StartPipelineRequest(pipeline=_pipeline(name, project)))
 
     def stop(self, name: str, project: str) -> None:
-        self._written(name, project)
         self._call("StopPipeline", pps_pb2.StopPipelineRequest(pipeline=_pipeline(name, project)))
 
     def delete(self, name: str, project: str) -> None:
-        self._written(name, project)
         self._call("DeletePipeline", pps_pb2.DeletePipelineRequest(pipeline=_pipeline(name, project)))
 
 

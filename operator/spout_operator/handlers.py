@@ -1,8 +1,9 @@
 """kopf handlers: thin glue between Kubernetes events and the reconcile pass.
 
-Handlers are plain (sync) functions, so kopf runs them in its thread pool and the
-blocking gRPC calls to pachd never stall the event loop; every call also carries
-a deadline (see gateway.py).
+Every blocking call (gRPC to pachd, the Kubernetes client) runs in a thread pool,
+never on kopf's event loop, and every pachd call carries a deadline (see gateway.py).
+The async handlers await those passes, so waiting (for pachd to start pipelines, for
+the next sweep) holds no thread.
 """
 
 from __future__ import annotations

@@ -516,39 +516,43 @@ def _inject(pachd: Pachd, kind: str, body: dict[str, Any]) -> Callable[[dict[str
 
 def phase_drift(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
     resource_names = {str(b["metadata"]["name"]) for _, b in placed}
-    observer = ThreadPoolExecutor(max_workers=len(ctx.pachds))
 
     def timed_listing(pachd: Pachd) -> tuple[dict[str, Any], float]:
         return pachd.pipelines(ctx.prefix), time.monotonic()
 
     latencies: list[float] = []
     by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
-    for round_ in range(ctx.options.drift_rounds):
-        wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
-        pending: dict[int, tuple[str, float, Callable[[dict[str, Any]], bool]]] = {}
-        for i, (pachd, body) in enumerate(placed):
-            kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
-            check = _inject(pachd, kind, body)
-            pending[i] = (kind, time.monotonic(), check)
-        end = time.monotonic() + ctx.options.drift_interval_s * 3 + 60
-        while pending and time.monotonic() < end:
-            # Every pachd listed at once, each repair timed by its own pachd's listing: a
-            # sequential round over K pachds would add its own length to every latency.
-            listings = {id(pachd): observer.submit(timed_listing, pachd) for pachd in ctx.pachds}
-            for i, (pachd, _) in enumerate(placed):
-                if i not in pending:
-                    continue
-                found, seen_at = listings[id(pachd)].result()
-                kind, injected, check = pending[i]
-                if check(found):
-                    latencies.append(seen_at - injected)
-                    by_kind[kind].append(seen_at - injected)
-                    del pending[i]
-            time.sleep(POLL_S)
-        if pending:
-            raise BenchError(f"drift not repaired on {len(pending)} resource(s): {sorted(pending.values())}")
-        say(f"drift round {round_ + 1}: repaired {len(placed)} in <= {max(latencies[-len(placed) :]):.2f}s")
-    observer.shutdown()
+    with ThreadPoolExecutor(max_workers=len(ctx.pachds)) as observer:
+        for round_ in range(ctx.options.drift_rounds):
+            wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+            pending: dict[int, tuple[str, float, Callable[[dict[str, Any]], bool]]] = {}
+            for i, (pachd, body) in enumerate(placed):
+                kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
+                check = _inject(pachd, kind, body)
+                pending[i] = (kind, time.monotonic(), check)
+            end = time.monotonic() + ctx.options.drift_interval_s * 3 + 60
+            while pending and time.monotonic() < end:
+                # Every pachd listed at once, each repair timed by its own pachd's listing: a
+                # sequential round over K pachds would add its own length to every latency.
+                listings = {id(pachd): observer.submit(timed_listing, pachd) for pachd in ctx.pachds}
+                for i, (pachd, _) in enumerate(placed):
+                    if i not in pending:
+                        continue
+                    found, seen_at = listings[id(pachd)].result()
+                    kind, injected, check = pending[i]
+                    if check(found):
+                        latencies.append(seen_at - injected)
+                        by_kind[kind].append(seen_at - injected)
+                        del pending[i]
+                time.sleep(POLL_S)
+            if pending:
+                raise BenchError(
+                    f"drift not repaired on {len(pending)} resource(s): {sorted(pending.values())}"
+                )
+            say(
+                f"drift round {round_ + 1}: repaired {len(placed)}"
+                f" in <= {max(latencies[-len(placed) :]):.2f}s"
+            )
     wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
     return {
         "samples": len(latencies),
