@@ -73,6 +73,10 @@ test: deps lint ## Run every test tier (builds the stack binaries on first run)
 stack-build: venv ## Build kube-apiserver, kube-controller-manager, pachd, pachctl into the cache
 	$(STACK) build
 
+.PHONY: images
+images: deps ## Build the node's images (Debian-made base, spout101, operator, pachd worker/sidecar) into the cache
+	$(STACK) images
+
 .PHONY: stack-up
 stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds)
 	$(STACK) up --pachds $(or $(PACHDS),1)

@@ -1,6 +1,7 @@
 """Command line for the local stack.
 
 python -m devstack build            build missing binaries into the cache
+python -m devstack images           build missing node images into the cache
 python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
 python -m devstack env              print `export` lines for a running stack
 python -m devstack down             stop exactly the processes `up` started
@@ -13,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from devstack import build
+from devstack import build, images
 from devstack.stack import Stack, StackError, State
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / ".devstack"
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["build", "up", "env", "down"])
+    parser.add_argument("command", choices=["build", "images", "up", "env", "down"])
     parser.add_argument(
         "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)"
     )
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             build.build()
+        elif args.command == "images":
+            images.build_all()
         elif args.command == "up":
             Stack(args.dir).down()  # a stale stack in the same directory goes first
             state = Stack(args.dir).up(args.pachds)
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             print_env(State.load(args.dir))
         else:
             Stack(args.dir).down()
-    except (build.BuildError, StackError) as err:
+    except (build.BuildError, images.ImageError, StackError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

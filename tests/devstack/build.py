@@ -57,13 +57,30 @@ PROGRAMS = (
         KUBERNETES_VERSION,
         "k8s.io/kubernetes/cmd/kube-controller-manager",
     ),
+    Program("kube-scheduler", "kubernetes", KUBERNETES_VERSION, "k8s.io/kubernetes/cmd/kube-scheduler"),
+    Program("kubelet", "kubernetes", KUBERNETES_VERSION, "k8s.io/kubernetes/cmd/kubelet"),
     Program(
         "pachd", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachd"
     ),
     Program(
         "pachctl", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachctl"
     ),
+    # The worker image's binaries (upstream's Dockerfile.worker at the tag): the worker,
+    # the init container that copies it into the pod, and pachtf, which init copies too.
+    Program(
+        "worker", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/worker"
+    ),
+    Program("worker_init", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/etc/worker"),
+    Program(
+        "pachtf", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachtf"
+    ),
 )
+
+# What the control-plane-only stack needs; the node (kubelet, scheduler) and the
+# worker images need the rest.
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "pachd", "pachctl")
+NODE = ("kube-scheduler", "kubelet")
+WORKER = ("worker", "worker_init", "pachtf")
 
 
 def program(name: str) -> Program:
