@@ -3,6 +3,7 @@
 python -m devstack build            build missing binaries into the cache
 python -m devstack images           build missing node images into the cache
 python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
+python -m devstack up --node        ... with a node: pods run (images from `images`)
 python -m devstack env              print `export` lines for a running stack
 python -m devstack down             stop exactly the processes `up` started
 """
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: %(default)s)"
     )
     parser.add_argument("--pachds", type=int, default=1, help="number of pachd instances (default: 1)")
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a node (containerd, kubelet, kube-scheduler) so pods really run; one pachd",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             images.build_all()
         elif args.command == "up":
             Stack(args.dir).down()  # a stale stack in the same directory goes first
-            state = Stack(args.dir).up(args.pachds)
+            state = Stack(args.dir).up(args.pachds, node=args.node)
             print_env(state)
         elif args.command == "env":
             print_env(State.load(args.dir))

@@ -418,10 +418,10 @@ def plan() -> list[Image]:
 
     worker = Image(
         "worker",
-        WORKER_IMAGE,
+        _normalized(WORKER_IMAGE),
         _digest(
             [
-                WORKER_IMAGE.encode(),
+                _normalized(WORKER_IMAGE).encode(),
                 DUMB_INIT_VERSION.encode(),
                 *file_key(*(binaries[n] for n in ("worker", "worker_init", "pachctl", "pachtf"))),
             ]
@@ -429,7 +429,10 @@ def plan() -> list[Image]:
         _make_worker,
     )
     pachd = Image(
-        "pachd", SIDECAR_IMAGE, _digest([SIDECAR_IMAGE.encode(), *file_key(binaries["pachd"])]), _make_pachd
+        "pachd",
+        _normalized(SIDECAR_IMAGE),
+        _digest([_normalized(SIDECAR_IMAGE).encode(), *file_key(binaries["pachd"])]),
+        _make_pachd,
     )
     pause = Image("pause", "", "", _make_pause)
     pause_key = _digest([_catatonit().read_bytes()])

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack import build
+from devstack import build, images
+from devstack import node as nodes
+from devstack.node import NodeState
 
 PACHD_TOKEN = "devstack-pachd-token"
 POSTGRES_USER = "pachyderm"
@@ -36,6 +38,27 @@ POSTGRES_PASSWORD = "devstack"
 # pachd 2.6 binds its identity (dex) web server to this port, on every interface, with
 # no setting to move it: two full pachds cannot share one network namespace.
 PACHD_IDENTITY_PORT = 1658
+# pachd's own defaults, used when it runs beside a node (in a namespace of its own).
+PACHD_PORT = 1650
+PACHD_PEER_PORT = 1653
+PACHD_UID = 1000
+
+
+CONTROLLERS = ("garbage-collector-controller", "namespace-controller")
+# With a node: pachd's ReplicationControllers and the operator's Deployment become pods,
+# pods get ServiceAccounts and the cluster CA, Services get endpoints.
+NODE_CONTROLLERS = (
+    "replicationcontroller-controller",
+    "replicaset-controller",
+    "deployment-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "pod-garbage-collector-controller",
+    # Lifts the not-ready taint the kubelet registers its node with, once it is Ready.
+    "node-lifecycle-controller",
+)
 
 
 class StackError(RuntimeError):
@@ -72,11 +95,12 @@ class Link:
     pachd_ip: str  # the namespace's address: pachd
 
 
-def plan_links(count: int) -> list[Link]:
+def plan_links(count: int, tag: str = "", octet: int = -1) -> list[Link]:
     """/30 links in 10.231.<random>.0/24: 63 at most, unlikely to meet another stack's."""
     if count > 63:
         raise StackError("at most 63 pachd instances in one stack")
-    tag, octet = secrets.token_hex(2), secrets.randbelow(256)
+    tag = tag or secrets.token_hex(2)
+    octet = octet if octet >= 0 else secrets.randbelow(256)
     return [
         Link(f"dvs{tag}{i}", f"dvh{tag}{i}", f"10.231.{octet}.{4 * i + 1}", f"10.231.{octet}.{4 * i + 2}")
         for i in range(count)
@@ -116,6 +140,8 @@ class State:
     pids: dict[str, int] = field(default_factory=dict)
     pachds: list[Pachd] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)  # network namespaces made for pachds
+    node: NodeState | None = None  # the kubelet's node, when started with one
+    pachd_home: str = ""  # the node's pachd: storage shared with its workers' sidecars
 
     def save(self) -> None:
         Path(self.root, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -125,6 +151,7 @@ class State:
         raw = json.loads((root / "state.json").read_text())
         raw["pachds"] = [Pachd(**p) for p in raw["pachds"]]
         raw["links"] = [Link(**link) for link in raw.get("links", [])]
+        raw["node"] = NodeState(**raw["node"]) if raw.get("node") else None
         return cls(**raw)
 
     def env(self) -> dict[str, str]:
@@ -219,7 +246,7 @@ def _postgres_bin(name: str) -> str:
 # --- certificates -----------------------------------------------------------------
 
 
-def make_certs(pki: Path) -> None:
+def make_certs(pki: Path, extra_sans: tuple[str, ...] = ()) -> None:
     """One CA, a serving cert for 127.0.0.1, an admin client cert and a service-account key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     openssl = _require("openssl", "install Debian's openssl (`make deps`)")
@@ -242,7 +269,8 @@ def make_certs(pki: Path) -> None:
         "-subj",
         "/CN=devstack-ca",
     )
-    (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    sans = ",".join(("IP:127.0.0.1", "DNS:localhost", *extra_sans))
+    (pki / "serving.ext").write_text(f"subjectAltName={sans}\n")
     for name, subject, ext in (
         ("serving", "/CN=kube-apiserver", ["-extfile", "serving.ext"]),
         ("admin", "/O=system:masters/CN=devstack-admin", []),
@@ -368,12 +396,17 @@ class Stack:
 
     # Components are started in dependency order; each records its PID at once so a
     # failure half-way still lets `down()` stop whatever did start.
-    def up(self, pachd_count: int = 1, deadline_s: float = 180) -> State:
+    def up(self, pachd_count: int = 1, deadline_s: float = 180, node: bool = False) -> State:
+        """Start the stack; with `node`, also a kubelet node that runs pods (one pachd then)."""
+        if node and pachd_count != 1:
+            raise StackError("a stack with a node runs exactly one pachd")
         self.root.mkdir(parents=True, exist_ok=True)
-        binaries = {p.name: p.path for p in build.PROGRAMS}
+        wanted = [*build.CONTROL_PLANE, *(build.NODE + build.WORKER if node else ())]
+        binaries = {p.name: p.path for p in build.PROGRAMS if p.name in wanted}
         missing = [name for name, path in binaries.items() if not path.exists()]
         if missing:
             build.build(missing)
+        node_images = images.build_all() if node else []
         etcd = _require("etcd", "install Debian's etcd-server (`make deps`)")
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
@@ -387,8 +420,12 @@ class Stack:
             pachctl_config=str(self.root / "pachctl-config.json"),
         )
         try:
-            if pachd_count > 1:
-                state.links = plan_links(pachd_count)
+            if pachd_count > 1 or node:
+                tag, octet = secrets.token_hex(2), secrets.randbelow(256)
+                state.links = plan_links(pachd_count, tag, octet)
+                if node:
+                    link = state.links[0]
+                    state.node = nodes.plan(self.root, link.netns, link.pachd_ip, link.host_ip, tag, octet)
                 state.save()  # before creating anything, so down() can remove it
                 for link in state.links:
                     _create_link(link)
@@ -396,6 +433,9 @@ class Stack:
             self._start_apiserver(binaries["kube-apiserver"], logs, deadline_s)
             self._start_controller_manager(binaries["kube-controller-manager"], logs)
             self._start_postgres(logs, deadline_s)
+            if node:
+                self._start_scheduler(binaries["kube-scheduler"], logs)
+                self._start_node(binaries["kubelet"], node_images, logs, deadline_s)
             for index in range(pachd_count):
                 self._start_pachd(binaries["pachd"], index, logs, deadline_s)
             self._write_pachctl_config()
@@ -442,7 +482,18 @@ class Stack:
     def _start_apiserver(self, binary: Path, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
         pki = self.root / "pki"
-        make_certs(pki)
+        node = self.state.node
+        sans: tuple[str, ...] = ()
+        if node is not None:  # the kubelet and pods (through the `kubernetes` ClusterIP) dial it too
+            sans = (
+                f"IP:{node.host_ip}",
+                f"IP:{nodes.KUBERNETES_CLUSTER_IP}",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
+                "DNS:kubernetes.default.svc.cluster.local",
+            )
+        make_certs(pki, sans)
         (pki / "tokens.csv").write_text(f"{PACHD_TOKEN},pachd,pachd,system:masters\n")
         port = self.state.apiserver_port
         log = logs / "kube-apiserver.log"
@@ -464,7 +515,18 @@ class Stack:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
-                "--disable-admission-plugins=ServiceAccount",
+                # With a node, pods get their ServiceAccount tokens; without one there are
+                # no pods and no controller making ServiceAccounts.
+                *(
+                    [
+                        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                        f"--kubelet-client-key={pki / 'admin.key'}",
+                        # Dial the kubelet by its address: no DNS lookup of the node's name.
+                        "--kubelet-preferred-address-types=InternalIP",
+                    ]
+                    if node is not None
+                    else ["--disable-admission-plugins=ServiceAccount"]
+                ),
                 f"--token-auth-file={pki / 'tokens.csv'}",
             ],
             log,
@@ -488,7 +550,8 @@ class Stack:
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
-                "--controllers=garbage-collector-controller,namespace-controller",
+                "--controllers=" + ",".join(CONTROLLERS + (NODE_CONTROLLERS if self.state.node else ())),
+                *([f"--root-ca-file={self.root / 'pki' / 'ca.crt'}"] if self.state.node else []),
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
@@ -496,6 +559,100 @@ class Stack:
             logs / "kube-controller-manager.log",
         )
         self._record("kube-controller-manager", pid)
+
+    def _start_scheduler(self, binary: Path, logs: Path) -> None:
+        assert self.state is not None
+        kubeconfig = self.state.kubeconfig
+        pid = _spawn(
+            [
+                str(binary),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+            ],
+            logs / "kube-scheduler.log",
+        )
+        self._record("kube-scheduler", pid)
+
+    def _start_node(
+        self, kubelet: Path, node_images: list[images.Image], logs: Path, deadline_s: float
+    ) -> None:
+        """containerd and the kubelet in the node's namespaces; the images imported; Ready."""
+        state, node = self.state, self.state.node if self.state else None
+        assert state is not None and node is not None
+        pki = self.root / "pki"
+        kubeconfig = json.loads(Path(state.kubeconfig).read_text())
+        kubeconfig["clusters"][0]["cluster"]["server"] = f"https://{node.host_ip}:{state.apiserver_port}"
+        pause = next(i.ref for i in node_images if i.name == "pause")
+        files = nodes.write_configs(node, pki, kubeconfig, pause)
+        nodes.create_cgroup_root(node)
+        holder_log = logs / "node-holder.log"
+        node.holder_pid = _spawn(
+            # Not `ip netns exec`: it remounts /sys, hiding the cgroup hierarchies from the kubelet.
+            [
+                *("unshare", "--mount", "--propagation", "private", "--"),
+                *("nsenter", f"--net=/run/netns/{node.netns}", "--", "sh", str(files["holder"])),
+            ],
+            holder_log,
+        )
+        self._record("node-holder", node.holder_pid)
+        host_ns = nodes.mount_ns_of(os.getpid())
+
+        def holder_ready() -> bool:
+            # Its namespace is set up once it sleeps (the script ends in `exec sleep`).
+            ns = nodes.mount_ns_of(node.holder_pid)
+            cmdline = Path(f"/proc/{node.holder_pid}/cmdline").read_bytes()
+            return bool(ns) and ns != host_ns and cmdline.startswith(b"sleep")
+
+        wait_until("node namespaces", holder_ready, 30, holder_log, node.holder_pid)
+        node.mount_ns = nodes.mount_ns_of(node.holder_pid)
+        state.save()
+        containerd_log = logs / "containerd.log"
+        pid = _spawn(nodes.nsenter(node, "containerd", "--config", str(files["containerd"])), containerd_log)
+        self._record("containerd", pid)
+        ctr = ["ctr", "--address", node.containerd_socket]
+        wait_until("containerd", lambda: _run([*ctr, "version"]) != "", 60, containerd_log, pid)
+        started = time.monotonic()
+        images.import_all(node.containerd_socket, node_images, logs / "image-import.log")
+        print(f"[devstack] images imported into the node in {time.monotonic() - started:.0f}s", flush=True)
+        for rule in nodes.iptables_rules(node, state.apiserver_port, state.etcd_port, PACHD_PORT):
+            _run(nodes.netns_exec(node, "iptables", "-w", *rule))
+        kubelet_log = logs / "kubelet.log"
+        pid = _spawn(
+            nodes.nsenter(
+                node,
+                str(kubelet),
+                f"--config={files['kubelet']}",
+                f"--kubeconfig={files['kubeconfig']}",
+                f"--root-dir={Path(node.dir) / 'kubelet'}",
+                f"--cert-dir={Path(node.dir) / 'kubelet' / 'pki'}",
+                f"--hostname-override={nodes.NODE_NAME}",
+                f"--node-ip={node.node_ip}",
+                "--v=1",
+            ),
+            kubelet_log,
+        )
+        self._record("kubelet", pid)
+
+        def node_ready() -> bool:
+            out = _run(
+                [
+                    "kubectl",
+                    "--kubeconfig",
+                    state.kubeconfig,
+                    "get",
+                    "node",
+                    nodes.NODE_NAME,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                ]
+            )
+            return out.strip() == "True"
+
+        wait_until("the node (kubelet Ready)", node_ready, max(deadline_s, 120), kubelet_log, pid)
 
     def _start_postgres(self, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
@@ -572,6 +729,20 @@ class Stack:
         token_file = self.root / "pki" / "pachd-token"
         token_file.write_text(PACHD_TOKEN)
         storage = self.root / f"pachd-{index}"
+        if self.state.node is not None:
+            # Its workers' sidecars write the same storage through a hostPath volume, as uid
+            # 1000 (pachd's image user): pachd runs as that user too, in a directory it owns.
+            home = Path(tempfile.mkdtemp(prefix="devstack-pachd-"))
+            self.state.pachd_home = str(home)
+            self.state.save()
+            os.chmod(home, 0o755)
+            storage = home / "storage"
+            storage.mkdir()
+            token_file = home / "token"
+            token_file.write_text(PACHD_TOKEN)
+            for path in (home, storage, token_file):
+                os.chown(path, PACHD_UID, PACHD_UID)
+            pachd.port, pachd.peer_port = PACHD_PORT, PACHD_PEER_PORT
         storage.mkdir(exist_ok=True)
         env = {
             "ETCD_SERVICE_HOST": server,
@@ -605,9 +776,21 @@ class Stack:
             "WORKER_IMAGE": "pachyderm/worker:2.6.0",
             "WORKER_SIDECAR_IMAGE": "pachyderm/pachd:2.6.0",
         }
+        if self.state.node is not None:
+            # Upstream's own ports: in its namespace nothing else holds them, and pachd writes
+            # `localhost:1653` into every spout's config. Its workers' sidecars get the etcd and
+            # pachd addresses from Services (a pod's environment), not from ETCD_PREFIX.
+            for key in ("PROMETHEUS_PORT", "S3GATEWAY_PORT", "DOWNLOAD_PORT", "OIDC_PORT", "ETCD_PREFIX"):
+                env.pop(key)
+            tmp = Path(self.state.pachd_home, "tmp")
+            tmp.mkdir()
+            os.chown(tmp, PACHD_UID, PACHD_UID)
+            env.update({"STORAGE_HOST_PATH": str(storage), "HOME": self.state.pachd_home, "TMPDIR": str(tmp)})
         pachd.env = env
         log = logs / f"pachd-{index}.log"
         command = [str(binary)]
+        if self.state.node is not None:
+            command = ["setpriv", f"--reuid={PACHD_UID}", f"--regid={PACHD_UID}", "--clear-groups", *command]
         if link is not None:
             command = ["ip", "netns", "exec", link.netns, *command]
         else:
@@ -679,8 +862,73 @@ class Stack:
                 },
             },
         ]
+        if self.state.node is not None:
+            objects += self._node_objects(namespace)
+            # The Pod object must never run: it stands for the pachd this stack runs itself.
+            objects[2]["spec"]["nodeName"] = "devstack-no-such-node"  # type: ignore[index]
         manifest = "\n".join(json.dumps(o) for o in objects)
         _run(["kubectl", "--kubeconfig", self.state.kubeconfig, "apply", "-f", "-"], input=manifest)
+
+    def _node_objects(self, namespace: str) -> list[dict[str, Any]]:
+        """What pachd's worker pods need: their ServiceAccount (with rights in the namespace),
+        and the Services whose environment variables tell their sidecars where etcd and pachd are."""
+        assert self.state is not None
+        labels = {"app.kubernetes.io/part-of": "devstack"}
+        return [
+            # Every worker pod mounts it (object-store credentials); the LOCAL backend needs none.
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "pachyderm-storage-secret", "namespace": namespace, "labels": labels},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "pachyderm-worker", "namespace": namespace, "labels": labels},
+            },
+            # The worker reads its own Pod (the user container's image ID) and its pipeline's objects.
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "pachyderm-worker", "namespace": namespace, "labels": labels},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["pods", "services", "replicationcontrollers", "secrets", "endpoints"],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "pachyderm-worker", "namespace": namespace, "labels": labels},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "pachyderm-worker",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "pachyderm-worker", "namespace": namespace}],
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "etcd", "namespace": namespace, "labels": labels},
+                "spec": {
+                    "clusterIP": nodes.ETCD_CLUSTER_IP,
+                    "ports": [{"name": "client", "port": self.state.etcd_port}],
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "pachd", "namespace": namespace, "labels": labels},
+                "spec": {
+                    "clusterIP": nodes.PACHD_CLUSTER_IP,
+                    "ports": [{"name": "api-grpc-port", "port": PACHD_PORT}],
+                },
+            },
+        ]
 
     def _write_pachctl_config(self) -> None:
         assert self.state is not None
@@ -697,13 +945,35 @@ class Stack:
             if not (self.root / "state.json").exists():
                 return
             state = self.state = State.load(self.root)
+        if state.node is not None:
+            self._node_down(state, state.node)
         for name, pid in reversed(list(state.pids.items())):
             _stop(pid, name)
         if state.postgres_data:
             shutil.rmtree(state.postgres_data, ignore_errors=True)
+        if state.pachd_home:
+            shutil.rmtree(state.pachd_home, ignore_errors=True)
         for link in state.links:
             _delete_link(link)
         state.pids.clear()
+        state.save()
+
+    def _node_down(self, state: State, node: NodeState) -> None:
+        """The kubelet first (it would restart containers), then every container (by the
+        stack's cgroups), then containerd and its shims (by the node's mount namespace)."""
+        if "kubelet" in state.pids:
+            _stop(state.pids.pop("kubelet"), "kubelet")
+        nodes.kill_all(nodes.cgroup_pids(node), grace_s=5)
+        if "containerd" in state.pids:
+            _stop(state.pids.pop("containerd"), "containerd")
+        if node.mount_ns:
+            nodes.kill_all(nodes.pids_in_mount_ns(node.mount_ns), grace_s=5)
+        if "node-holder" in state.pids:
+            _stop(state.pids.pop("node-holder"), "node-holder")
+        nodes.kill_all(nodes.cgroup_pids(node), grace_s=1)
+        left = nodes.remove_cgroup_root(node)
+        if left:
+            print(f"[devstack] warning: cgroups left behind: {left}", flush=True)
         state.save()
 
 
@@ -742,9 +1012,9 @@ def _stop(pid: int, name: str, grace_s: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def running(root: Path, pachd_count: int = 1) -> Iterator[State]:
+def running(root: Path, pachd_count: int = 1, node: bool = False) -> Iterator[State]:
     stack = Stack(root)
     try:
-        yield stack.up(pachd_count)
+        yield stack.up(pachd_count, node=node)
     finally:
         stack.down()
