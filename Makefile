@@ -51,20 +51,26 @@ lint: venv ## Lint and type-check (ruff, mypy --strict)
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests (no I/O, seconds)
-	$(VENV)/bin/pytest -m "not integration and not sandbox" tests
+	$(VENV)/bin/pytest -m "not integration and not sandbox and not e2e" tests
 
 .PHONY: test-integration
 test-integration: deps ## Run the integration tests against the real local stack
 	$(VENV)/bin/pytest -m integration tests
+
+.PHONY: test-e2e
+test-e2e: deps ## Run the e2e tier: real pods on a node (builds the node's binaries and images on first run)
+	$(VENV)/bin/pytest -m e2e tests
 
 .PHONY: test-sandbox
 test-sandbox: deps ## Drive `make sandbox` end to end (its own stack, so its own session)
 	$(VENV)/bin/pytest -m sandbox tests
 
 # pachd 2.6 allows one stack per machine: the sandbox test runs after the main session.
+# The e2e tier has a session (and a stack with a node) of its own.
 .PHONY: test
-test: deps lint ## Run every test tier (builds the stack binaries on first run)
-	$(VENV)/bin/pytest -m "not sandbox" tests
+test: deps lint ## Run every test tier (builds the stack binaries and node images on first run)
+	$(VENV)/bin/pytest -m "not sandbox and not e2e" tests
+	$(VENV)/bin/pytest -m e2e tests
 	$(VENV)/bin/pytest -m sandbox tests
 
 ##@ Local stack (real etcd, kube-apiserver, pachd; no kubelet)

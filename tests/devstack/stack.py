@@ -864,8 +864,9 @@ class Stack:
         ]
         if self.state.node is not None:
             objects += self._node_objects(namespace)
-            # The Pod object must never run: it stands for the pachd this stack runs itself.
-            objects[2]["spec"]["nodeName"] = "devstack-no-such-node"  # type: ignore[index]
+            # The Pod object must never run: it stands for the pachd this stack runs itself. (Not
+            # bound to a missing node: the pod garbage collector deletes such pods.)
+            objects[2]["spec"]["nodeSelector"] = {"devstack.local/never": "true"}  # type: ignore[index]
         manifest = "\n".join(json.dumps(o) for o in objects)
         _run(["kubectl", "--kubeconfig", self.state.kubeconfig, "apply", "-f", "-"], input=manifest)
 

@@ -1,0 +1,122 @@
+"""Fixtures for the e2e tier: a local stack with a node, so pods really run.
+
+One stack per session (`Stack.up(node=True)`: containerd, kubelet, scheduler,
+pachd in a network namespace of its own) with the images of `make images`
+imported. Without what the node needs the tier skips locally with a reason; in
+CI (CI=true) that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IN_CI, use_kubeconfig
+from devstack import build
+from devstack.stack import Stack, State
+
+NODE_TOOLS = (
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("podman", "podman"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("catatonit", "catatonit"),
+    ("iptables", "iptables"),
+    ("nsenter", "util-linux"),
+    ("gcc", "gcc"),
+    ("kubectl", "kubectl"),
+    ("etcd", "etcd-server"),
+)
+
+
+def node_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the node needs root (network and mount namespaces, cgroups)"
+    missing = [p.name for p in build.PROGRAMS if not p.path.exists()]
+    if missing and shutil.which("go") is None:
+        return f"the node needs {', '.join(missing)} and Go is not installed to build them"
+    for tool, package in NODE_TOOLS:
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            return f"`{tool}` not found: run `make deps` (installs Debian's {package})"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "CNI plugins not found: run `make deps` (installs containernetworking-plugins)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def node_prerequisites() -> None:
+    reason = node_unavailable_reason()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI must run the e2e tier, but {reason}")
+        pytest.skip(reason)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def node_stack(node_prerequisites: None) -> Iterator[State]:
+    signal.signal(signal.SIGTERM, _interrupt)
+    root = Path(tempfile.mkdtemp(prefix="devstack-e2e-"))
+    running = Stack(root)
+    started = time.monotonic()
+    try:
+        state = running.up(node=True)
+        print(f"\n[e2e] stack with a node up in {time.monotonic() - started:.0f}s", flush=True)
+        with use_kubeconfig(state.kubeconfig):
+            yield state
+    finally:
+        running.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def kubectl(
+    state: State, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout + (result.stderr if not check else "")
+
+
+def kubectl_json(state: State, *args: str) -> Any:
+    return json.loads(kubectl(state, *args, "-o", "json"))
+
+
+def diagnostics(state: State, namespaces: tuple[str, ...]) -> str:
+    """What a failed e2e wait shows: pods, their description, events, node-side log tails."""
+    parts = []
+    for ns in namespaces:
+        parts.append(kubectl(state, "get", "pods", "-n", ns, "-o", "wide", check=False))
+        parts.append(kubectl(state, "describe", "pods", "-n", ns, check=False)[-6000:])
+        parts.append(
+            kubectl(state, "get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)[-3000:]
+        )
+    logs = Path(state.root) / "logs"
+    for name in ("kubelet.log", "containerd.log", "pachd-0.log", "kube-controller-manager.log"):
+        lines = (logs / name).read_text(errors="replace").splitlines()[-25:] if (logs / name).exists() else []
+        parts.append(f"--- {name} (last lines)\n" + "\n".join(line[:400] for line in lines))
+    if state.node is not None:
+        for log in sorted(Path(state.node.dir, "log", "pods").glob("*/*/*.log"))[-12:]:
+            tail = log.read_text(errors="replace").splitlines()[-8:]
+            parts.append(f"--- {log.relative_to(state.node.dir)}\n" + "\n".join(line[:400] for line in tail))
+    return "\n".join(parts)

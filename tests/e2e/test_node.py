@@ -1,0 +1,434 @@
+"""End to end with real pods: the operator as a pod, spout101 from apply to data processed.
+
+The stack runs a node (containerd, kubelet, scheduler); every image is the one
+`make images` built here. pachd turns the operator's pipelines into
+ReplicationControllers, the controller manager into pods, the kubelet runs them:
+the consumer commits from inside its pod, the processor's jobs run in theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from devstack import images
+from devstack import node as nodes
+from devstack.stack import PACHD_PORT, Stack, State
+from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
+
+__all__ = ["node_prerequisites", "node_stack"]
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_NAMESPACE = "spout-operator-system"
+SAMPLE_NAMESPACE = "e2e-spout101"
+PACHD_NAMESPACE = "pachyderm"
+# Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
+LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{64}\.txt)\n")
+
+
+def wait_for(
+    state: State, what: str, check: Callable[[], Any], timeout_s: float, namespaces: tuple[str, ...]
+) -> Any:
+    """Poll until `check` returns something truthy; on the deadline fail with the cluster's view."""
+    end = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as err:  # the condition may raise until it holds
+            last = err
+        time.sleep(1)
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f}s waiting for {what}; last saw {last!r}\n"
+        + diagnostics(state, namespaces)
+    )
+
+
+# --- the machine as the stack found it ----------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    mounts: set[str] = field(default_factory=set)
+    netns: set[str] = field(default_factory=set)
+    cgroups: set[str] = field(default_factory=set)
+    pids: set[int] = field(default_factory=set)
+
+
+def snapshot() -> Snapshot:
+    mounts = {" ".join(line.split()[3:5]) for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    netns_dir = Path("/run/netns")
+    netns = {p.name for p in netns_dir.iterdir()} if netns_dir.is_dir() else set()
+    cgroups = {str(p) for mount in nodes.cgroup_mounts() for p in mount.iterdir() if p.is_dir()}
+    pids = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    return Snapshot(mounts, netns, cgroups, pids)
+
+
+def test_node_teardown_leaves_the_machine_as_it_found_it(node_prerequisites: None) -> None:
+    """Processes, mounts, network namespaces and cgroups: listed before, during and after."""
+    root = Path(tempfile.mkdtemp(prefix="devstack-teardown-"))
+    before = snapshot()
+    stack = Stack(root)
+    try:
+        state = stack.up(node=True)
+        assert state.node is not None
+        node = state.node
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sleeper", "namespace": "default"},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "sleeper",
+                        "image": images.SPOUT101_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", "import time; time.sleep(3600)"],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                    }
+                ],
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+            },
+        }
+        kubectl(state, "apply", "-f", "-", input=json.dumps(pod))
+        wait_for(
+            state,
+            "a pod Running on the node",
+            lambda: kubectl_json(state, "get", "pod", "sleeper")["status"].get("phase") == "Running",
+            180,
+            ("default",),
+        )
+        during = snapshot()
+        ours_netns = {node.netns}
+        assert ours_netns <= during.netns
+        ours_cgroups = {c for c in during.cgroups if c.endswith(node.cgroup_root)}
+        assert ours_cgroups, "the kubelet's cgroup root exists while the node runs"
+        running = nodes.cgroup_pids(node) | nodes.pids_in_mount_ns(node.mount_ns) | set(state.pids.values())
+        assert len(nodes.cgroup_pids(node)) >= 2, "the pod's sandbox and container run in the stack's cgroups"
+        mount_ns = node.mount_ns
+    finally:
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+    after = snapshot()
+    assert not (ours_netns & after.netns), "the node's network namespace is gone"
+    assert not (ours_cgroups & after.cgroups), "the node's cgroups are gone"
+    assert not {c for c in after.cgroups - before.cgroups if "devstack" in c}
+    alive = {pid for pid in running if Path(f"/proc/{pid}").exists() and nodes.mount_ns_of(pid) != ""}
+    assert not (alive - before.pids), f"processes the stack started still run: {sorted(alive)}"
+    assert not nodes.pids_in_mount_ns(mount_ns), "no process is left in the node's mount namespace"
+    new_mounts = after.mounts - before.mounts
+    assert not {m for m in new_mounts if str(root) in m or "devstack" in m}, new_mounts
+
+
+# --- the operator as a pod ----------------------------------------------------------
+
+
+def pachd_address_for_pods(state: State) -> str:
+    """Where pods reach the stack's pachd: its Service's ClusterIP (the node's iptables lead it
+    to pachd). The one place the operator pod is told about pachd."""
+    return f"grpc://{nodes.PACHD_CLUSTER_IP}:{PACHD_PORT}"
+
+
+def operator_overlay(state: State, workdir: Path) -> Path:
+    """manifests/ as a user would deploy it, through kustomize: the image of `make images`
+    (kustomize's image name) and the pachd address."""
+    for name in ("manifests", "crds"):
+        shutil.copytree(ROOT / name, workdir / name)
+    overlay = workdir / "overlay"
+    overlay.mkdir()
+    name, _, tag = images.OPERATOR_IMAGE.rpartition(":")
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../manifests"],
+        "images": [{"name": "ghcr.io/spout-operator/spout-operator", "newName": name, "newTag": tag}],
+        "patches": [
+            {
+                "target": {"kind": "Deployment", "name": "spout-operator"},
+                "patch": json.dumps(
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": "spout-operator"},
+                        "spec": {
+                            "template": {
+                                "spec": {
+                                    "containers": [
+                                        {
+                                            "name": "operator",
+                                            "env": [
+                                                {
+                                                    "name": "SPOUT_OPERATOR_PACHD_ADDRESS",
+                                                    "value": pachd_address_for_pods(state),
+                                                }
+                                            ],
+                                        }
+                                    ]
+                                }
+                            }
+                        },
+                    }
+                ),
+            }
+        ],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return overlay
+
+
+def operator_pod(state: State) -> dict[str, Any]:
+    pods = kubectl_json(
+        state, "get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=spout-operator"
+    )
+    items = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert len(items) == 1, [p["metadata"]["name"] for p in items]
+    return dict(items[0])
+
+
+@pytest.fixture(scope="module")
+def deployed_operator(node_stack: State) -> Iterator[dict[str, Any]]:
+    state = node_stack
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-kustomize-"))
+    try:
+        overlay = operator_overlay(state, workdir)
+        rendered = kubectl(state, "kustomize", str(overlay))
+        assert f"image: {images.OPERATOR_IMAGE}" in rendered
+        kubectl(state, "apply", "-k", str(overlay))
+        wait_for(
+            state,
+            "the operator Deployment to be available",
+            lambda: any(
+                c["type"] == "Available" and c["status"] == "True"
+                for c in kubectl_json(state, "get", "deployment", "spout-operator", "-n", SYSTEM_NAMESPACE)
+                .get("status", {})
+                .get("conditions", [])
+            ),
+            240,
+            (SYSTEM_NAMESPACE,),
+        )
+        yield operator_pod(state)
+    finally:
+        kubectl(
+            state, "delete", "-k", str(workdir / "overlay"), "--ignore-not-found", "--wait=false", check=False
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_operator_pod_runs_hardened_and_stays_live(
+    node_stack: State, deployed_operator: dict[str, Any]
+) -> None:
+    state = node_stack
+    pod = deployed_operator
+    name = pod["metadata"]["name"]
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == images.OPERATOR_IMAGE
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # What the hardening means inside the running container.
+    probe = (
+        "import os, urllib.request\n"
+        "print(os.getuid(), os.getgid())\n"
+        "try:\n    open('/probe', 'w')\nexcept OSError as e:\n    print('rootfs', e.errno)\n"
+        "print(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=5).status)\n"
+        "print(os.environ['KUBERNETES_SERVICE_HOST'], os.path.exists("
+        "'/var/run/secrets/kubernetes.io/serviceaccount/token'))\n"
+    )
+    # Ready (its readiness probe passed) means /healthz answers; exec until that holds anyway.
+    out = wait_for(
+        state,
+        "an exec into the operator",
+        lambda: kubectl(
+            state, "exec", "-n", SYSTEM_NAMESPACE, name, "-c", "operator", "--", "python", "-c", probe
+        ),
+        60,
+        (SYSTEM_NAMESPACE,),
+    )
+    assert out.split("\n")[:4] == ["1000 1000", "rootfs 30", "200", f"{nodes.KUBERNETES_CLUSTER_IP} True"], (
+        out
+    )
+    # The liveness probe has run (its first period passed) and never failed: no restart.
+    liveness = container["livenessProbe"]
+    first_probe_s = liveness.get("initialDelaySeconds", 0) + liveness.get("periodSeconds", 10) + 5
+
+    def probed() -> bool:
+        current = operator_pod(state)
+        status = current["status"]["containerStatuses"][0]
+        assert status["restartCount"] == 0, status
+        started = datetime.fromisoformat(status["state"]["running"]["startedAt"].replace("Z", "+00:00"))
+        return bool((datetime.now(UTC) - started).total_seconds() > first_probe_s)
+
+    wait_for(state, "the liveness probe's first period", probed, first_probe_s + 120, (SYSTEM_NAMESPACE,))
+    events = kubectl(
+        state, "get", "events", "-n", SYSTEM_NAMESPACE, "--field-selector", f"involvedObject.name={name}"
+    )
+    # (A readiness failure in the first second, before kopf serves, is expected.)
+    assert "Liveness probe failed" not in events, events
+    # In-cluster configuration: no kubeconfig in the pod, and it watches through the API server.
+    logs = kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, name)
+    assert "Watching all namespaces" in logs, logs[-2000:]
+
+
+# --- spout101 with real pods --------------------------------------------------------
+
+
+def sample(interval: tuple[int, int]) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "crds" / "samples" / "spout.yaml").read_text())
+    assert body["spec"]["spout"]["transform"]["image"] == images.SPOUT101_IMAGE
+    # The consumer waits 10-30 s between batches upstream; a few seconds keep the tier quick.
+    body["spec"]["spout"]["transform"]["env"] = {
+        "SPOUT_INTERVAL_MIN": str(interval[0]),
+        "SPOUT_INTERVAL_MAX": str(interval[1]),
+    }
+    return fit_on_small_node(body)
+
+
+def fit_on_small_node(body: dict[str, Any]) -> dict[str, Any]:
+    """pachd requests one CPU per worker unless told otherwise: the pair and the operator
+    would not fit on a 2-core node (the scheduler says `Insufficient cpu`)."""
+    for part in ("spout", "processor"):
+        body["spec"][part]["resourceRequests"] = {"cpu": 0.2, "memory": "128Mi"}
+    return body
+
+
+def pachd_client(state: State) -> Any:
+    import python_pachyderm
+
+    return python_pachyderm.Client(state.pachds[0].host, state.pachds[0].port)
+
+
+def worker_pods_running(state: State, pipeline: str) -> bool:
+    pods = kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", f"pipelineName={pipeline}")
+    running = [
+        p["status"].get("phase") == "Running"
+        and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+        for p in pods["items"]
+    ]
+    return any(bool(r) for r in running)
+
+
+def files_at(client: Any, repo: str, commit_id: str, path: str = "/") -> dict[str, int]:
+    return {f.file.path: f.size_bytes for f in client.list_file((repo, commit_id), path)}
+
+
+@pytest.fixture(scope="module")
+def applied_sample(node_stack: State, deployed_operator: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    state = node_stack
+    kubectl(state, "create", "namespace", SAMPLE_NAMESPACE)
+    body = sample((3, 5))
+    kubectl(state, "apply", "-n", SAMPLE_NAMESPACE, "-f", "-", input=json.dumps(body))
+    try:
+        yield body
+    finally:
+        kubectl(
+            state, "delete", "spoutpipeline", "--all", "-n", SAMPLE_NAMESPACE, "--timeout=120s", check=False
+        )
+
+
+def test_sample_runs_in_pods_and_every_message_is_processed(
+    node_stack: State, applied_sample: dict[str, Any]
+) -> None:
+    state = node_stack
+    spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+
+    def ready() -> bool:
+        obj = kubectl_json(state, "get", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE)
+        return any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in obj.get("status", {}).get("conditions", [])
+        )
+
+    wait_for(state, "SpoutPipeline spout101 Ready", ready, 180, spaces)
+    for pipeline in ("spout", "processor"):
+        wait_for(
+            state,
+            f"{pipeline}'s worker pod Running",
+            lambda p=pipeline: worker_pods_running(state, p),  # type: ignore[misc]
+            240,
+            spaces,
+        )
+
+    client = pachd_client(state)
+
+    def commits_with_messages() -> list[Any]:
+        infos = [c for c in client.list_commit("spout") if c.finished.seconds]
+        infos.sort(key=lambda c: (c.started.seconds, c.started.nanos))
+        with_files = [c for c in infos if files_at(client, "spout", c.commit.id)]
+        return with_files if len(with_files) >= 2 else []
+
+    commits = wait_for(state, "2 commits from the consumer's pod", commits_with_messages, 180, spaces)
+    # Each commit adds exactly one 1024-byte and one 2048-byte message, named by its sha256.
+    previous: dict[str, int] = {}
+    for info in commits:
+        current = files_at(client, "spout", info.commit.id)
+        added = {path: size for path, size in current.items() if path not in previous}
+        assert sorted(added.values()) == [1024, 2048], (info.commit.id, added)
+        for path in added:
+            content = client.get_file(("spout", info.commit.id), path).read()
+            assert path == "/" + hashlib.sha256(content).hexdigest() + ".txt"
+        previous = current
+    logs = kubectl(
+        state, "logs", "-n", PACHD_NAMESPACE, "-l", "pipelineName=spout", "-c", "user", "--tail=200"
+    )
+    assert "Committed" in logs, logs[-2000:]
+
+    # Nothing lost: once the processor's job for the newest of these commits is done, its
+    # output holds exactly one entry per message the spout's repo holds at that commit.
+    head = commits[-1].commit.id
+
+    from python_pachyderm.proto.v2.pps import pps_pb2
+
+    ended = (pps_pb2.JOB_FAILURE, pps_pb2.JOB_SUCCESS, pps_pb2.JOB_KILLED, pps_pb2.JOB_UNRUNNABLE)
+
+    def job_done() -> Any:
+        job = next(iter(client.inspect_job(head, "processor")))
+        return job if job.state in ended else None
+
+    job = wait_for(state, f"the processor's job {head}", job_done, 300, spaces)
+    assert job.state == pps_pb2.JOB_SUCCESS, f"processor job {head} ended in state {job.state}: {job.reason}"
+    failed = [
+        j.job.id for j in client.list_job("processor") if j.state in ended and j.state != pps_pb2.JOB_SUCCESS
+    ]
+    assert not failed, f"processor jobs that did not succeed: {failed}"
+    messages = files_at(client, "spout", head)
+    outputs = {
+        **{("1K", p.rsplit("/", 1)[1]): p for p in files_at(client, "processor", head, "/1K.txt/")},
+        **{("2K", p.rsplit("/", 1)[1]): p for p in files_at(client, "processor", head, "/2K.txt/")},
+    }
+    expected = {("1K" if size == 1024 else "2K", path.lstrip("/")) for path, size in messages.items()}
+    assert set(outputs) == expected, {"missing": expected - set(outputs), "extra": set(outputs) - expected}
+    for (label, name), path in sorted(outputs.items())[:4]:
+        line = client.get_file(("processor", head), path).read().decode()
+        match = LINE.fullmatch(line)
+        assert match and match["name"] == name, (label, line)
+
+
+def test_sample_delete_removes_pipelines_and_pods(node_stack: State, applied_sample: dict[str, Any]) -> None:
+    state = node_stack
+    kubectl(state, "delete", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE, "--timeout=120s")
+    client = pachd_client(state)
+
+    def gone() -> bool:
+        pods = kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "app=pipeline")["items"]
+        names = {p.pipeline.name for p in client.list_pipeline()}
+        return not pods and not ({"spout", "processor"} & names)
+
+    wait_for(state, "the pipelines and their pods to be gone", gone, 180, (PACHD_NAMESPACE,))
