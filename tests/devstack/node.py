@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -78,6 +79,38 @@ def plan(root: Path, netns: str, node_ip: str, host_ip: str, tag: str, octet: in
         bridge=f"dvb{tag}",
         cgroup_root=f"/devstack-{tag}",
     )
+
+
+NODE_TOOLS = (
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("podman", "podman"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("catatonit", "catatonit"),
+    ("iptables", "iptables"),
+    ("nsenter", "util-linux"),
+    ("gcc", "gcc"),
+    ("kubectl", "kubectl"),
+    ("etcd", "etcd-server"),
+)
+
+
+def unavailable_reason() -> str | None:
+    """Why a node cannot run here (a sentence), or None."""
+    if os.geteuid() != 0:
+        return "the node needs root (network and mount namespaces, cgroups)"
+    from devstack import build
+
+    missing = [p.name for p in build.PROGRAMS if not p.path.exists()]
+    if missing and shutil.which("go") is None:
+        return f"the node needs {', '.join(missing)} and Go is not installed to build them"
+    for tool, package in NODE_TOOLS:
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            return f"`{tool}` not found: run `make deps` (installs Debian's {package})"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "CNI plugins not found: run `make deps` (installs containernetworking-plugins)"
+    return None
 
 
 # --- cgroups ------------------------------------------------------------------------

@@ -1,27 +1,29 @@
 """The whole thing on one machine: `make sandbox`.
 
-Starts the local stack, installs the CRD and RBAC, runs the operator with its
-ServiceAccount's own credentials, applies crds/samples/spout.yaml, waits for
-Ready, and runs the spout's consumer code locally (through a local copy of the
-spout pod's pachd sidecar) so commits visibly arrive in the `spout` repo.
-
-No kubelet runs here, so no pod ever starts: pachd creates the workers'
-ReplicationControllers and reports the pipelines RUNNING, but the processor's
-jobs never execute. Ctrl-C (or `make sandbox-down`) stops everything.
+Starts the local stack with a node (containerd, kubelet: pods really run),
+installs the CRD and RBAC, runs the operator with its ServiceAccount's own
+credentials, applies crds/samples/spout.yaml and waits for Ready. pachd's worker
+pods then run on the node: the spout's consumer commits from inside its pod, the
+processor's jobs run in theirs. The sandbox shows the pods, the commits arriving
+in `spout` and the processor's output growing. Ctrl-C (or `make sandbox-down`)
+stops everything.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from devstack import build
+import yaml
+
+from devstack import build, images
 from devstack.__main__ import DEFAULT_DIR
-from devstack.sidecar import start_spout_sidecar
 from devstack.stack import Stack, StackError, State, _spawn, free_port, service_account_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,13 +35,14 @@ def say(message: str) -> None:
     print(f"\033[1m==> {message}\033[0m", flush=True)
 
 
-def kubectl(state: State, *args: str) -> str:
+def kubectl(state: State, *args: str, input: str | None = None) -> str:
     result = subprocess.run(
         ["kubectl", "--kubeconfig", state.kubeconfig, *args],
+        input=input,
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=360,
     )
     if result.returncode != 0:
         raise StackError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -71,16 +74,29 @@ def start_operator(state: State) -> None:
     say(f"Operator started (log: {log})")
 
 
-def start_consumer(state: State) -> None:
-    sidecar = start_spout_sidecar(state, state.pachds[0], "spout")
-    env = {
-        "PYTHONPATH": str(ROOT / "images" / "spout101"),
-        "SPOUT_PACHD_ADDRESS": sidecar.address,
-        "PPS_PIPELINE_NAME": "spout",
-    }
-    log = Path(state.root) / "logs" / "consumer.log"
-    record(state, "consumer", _spawn([sys.executable, "-m", "spout101.consumer"], log, env=env))
-    say(f"Consumer started against the spout's sidecar {sidecar.address} (log: {log})")
+def sample() -> dict[str, Any]:
+    """crds/samples/spout.yaml as it is, but for two things a small machine needs: modest
+    resource requests (pachd's default is a CPU per worker; the pair would not fit on two
+    cores), and, when SPOUT_INTERVAL_MIN/MAX are set here, the consumer's interval."""
+    body: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    for part in ("spout", "processor"):
+        body["spec"][part]["resourceRequests"] = {"cpu": 0.2, "memory": "128Mi"}
+    env = {k: os.environ[k] for k in ("SPOUT_INTERVAL_MIN", "SPOUT_INTERVAL_MAX") if os.environ.get(k)}
+    if env:
+        body["spec"]["spout"]["transform"]["env"] = env
+    return body
+
+
+def show_pods(state: State) -> None:
+    out = kubectl(state, "get", "pods", "-n", "pachyderm", "-l", "app=pipeline", "-o", "wide")
+    print(out, end="", flush=True)
+
+
+def count_files(pachctl: list[str], env: dict[str, str], target: str) -> int:
+    out = subprocess.run(
+        [*pachctl, "list", "file", target], env=env, capture_output=True, text=True, check=False, timeout=60
+    ).stdout
+    return max(0, len(out.splitlines()) - 1)
 
 
 def main() -> int:
@@ -89,19 +105,22 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack(Path(os.environ.get("DEVSTACK_DIR", str(DEFAULT_DIR))))
     stack.down()  # whatever an earlier sandbox left behind
-    say("Starting the local stack (etcd, kube-apiserver, kube-controller-manager, PostgreSQL, pachd)")
+    say(
+        "Starting the local stack with a node (etcd, kube-apiserver, controllers, scheduler, "
+        "PostgreSQL, pachd, containerd, kubelet; images from `make images`)"
+    )
     try:
-        state = stack.up()
+        state = stack.up(node=True)
         start_operator(state)
-        say("kubectl apply -f crds/samples/spout.yaml")
-        print(kubectl(state, "apply", "-n", NAMESPACE, "-f", str(SAMPLE)), end="")
+        say("kubectl apply -f crds/samples/spout.yaml (with modest resource requests)")
+        print(kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(sample())), end="")
         kubectl(
             state,
             "wait",
             "-n",
             NAMESPACE,
             "--for=condition=Ready",
-            "--timeout=120s",
+            "--timeout=300s",
             "spoutpipeline/spout101",
         )
         say("kubectl get spoutpipelines")
@@ -110,14 +129,30 @@ def main() -> int:
         pach_env = {**os.environ, "PACH_CONFIG": state.pachctl_config}
         say("pachctl list pipeline")
         subprocess.run([*pachctl, "list", "pipeline"], env=pach_env, check=False)
-        start_consumer(state)
+        say("kubectl get pods -n pachyderm (pachd's workers, on the node)")
+        kubectl(
+            state,
+            "wait",
+            "-n",
+            "pachyderm",
+            "--for=condition=Ready",
+            "--timeout=300s",
+            "pod",
+            "-l",
+            "app=pipeline",
+        )
+        show_pods(state)
         say("Poke around in another terminal:")
         for key, value in state.env().items():
             print(f"    export {key}={value}")
-        print(f"    kubectl describe spoutpipeline spout101\n    {pachctl[0]} list commit spout")
-        say("Commits arriving in spout@master (every 10-30 s); Ctrl-C stops everything")
+        print(
+            "    kubectl get pods -n pachyderm\n"
+            "    kubectl logs -n pachyderm -l pipelineName=spout -c user\n"
+            f"    {pachctl[0]} list commit spout\n    {pachctl[0]} list file processor@master:/1K.txt/"
+        )
+        say("Commits arriving in spout@master, the processor's output growing; Ctrl-C stops everything")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        seen = 0
+        seen = (0, 0)
         while True:
             out = subprocess.run(
                 [*pachctl, "list", "commit", "spout@master"],
@@ -125,15 +160,21 @@ def main() -> int:
                 capture_output=True,
                 text=True,
                 check=False,
+                timeout=60,
             ).stdout
             commits = max(0, len(out.splitlines()) - 1)
-            if commits != seen:
+            if commits != seen[0]:
                 print(f"    spout@master now has {commits} commit(s)", flush=True)
-                seen = commits
+            processed = count_files(pachctl, pach_env, "processor@master:/1K.txt/") + count_files(
+                pachctl, pach_env, "processor@master:/2K.txt/"
+            )
+            if processed != seen[1]:
+                print(f"    processor@master now holds {processed} processed message(s)", flush=True)
+            seen = (commits, processed)
             time.sleep(5)
     except KeyboardInterrupt:
         say("Stopping everything the sandbox started")
-    except (StackError, build.BuildError, subprocess.CalledProcessError) as err:
+    except (StackError, build.BuildError, images.ImageError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         stack.down()
         return 1

@@ -9,7 +9,6 @@ CI (CI=true) that is a failure.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,41 +20,13 @@ from typing import Any
 
 import pytest
 from conftest import IN_CI, use_kubeconfig
-from devstack import build
+from devstack import node as nodes
 from devstack.stack import Stack, State
-
-NODE_TOOLS = (
-    ("containerd", "containerd"),
-    ("ctr", "containerd"),
-    ("runc", "runc"),
-    ("podman", "podman"),
-    ("mmdebstrap", "mmdebstrap"),
-    ("catatonit", "catatonit"),
-    ("iptables", "iptables"),
-    ("nsenter", "util-linux"),
-    ("gcc", "gcc"),
-    ("kubectl", "kubectl"),
-    ("etcd", "etcd-server"),
-)
-
-
-def node_unavailable_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the node needs root (network and mount namespaces, cgroups)"
-    missing = [p.name for p in build.PROGRAMS if not p.path.exists()]
-    if missing and shutil.which("go") is None:
-        return f"the node needs {', '.join(missing)} and Go is not installed to build them"
-    for tool, package in NODE_TOOLS:
-        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            return f"`{tool}` not found: run `make deps` (installs Debian's {package})"
-    if not Path("/usr/lib/cni/bridge").exists():
-        return "CNI plugins not found: run `make deps` (installs containernetworking-plugins)"
-    return None
 
 
 @pytest.fixture(scope="session")
 def node_prerequisites() -> None:
-    reason = node_unavailable_reason()
+    reason = nodes.unavailable_reason()
     if reason is not None:
         if IN_CI:
             pytest.fail(f"CI must run the e2e tier, but {reason}")
