@@ -30,16 +30,24 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed ## Create the Python virtualenv with pinned dependencies
 
 .PHONY: deps
-deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, openssl, iproute2)
+deps: venv ## Install system packages the local stack and its node need (etcd, PostgreSQL, containerd, podman, ...)
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v containerd >/dev/null || missing="$$missing containerd"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v catatonit >/dev/null || missing="$$missing catatonit"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v kubectl >/dev/null || { echo "error: kubectl not found: install kubectl 1.32 (https://kubernetes.io/docs/tasks/tools/)"; exit 1; }
 
@@ -47,7 +55,7 @@ deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, o
 lint: venv ## Lint and type-check (ruff, mypy --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench images/spout101
+	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench tests/e2e images/spout101
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests (no I/O, seconds)
@@ -73,10 +81,10 @@ test: deps lint ## Run every test tier (builds the stack binaries and node image
 	$(VENV)/bin/pytest -m e2e tests
 	$(VENV)/bin/pytest -m sandbox tests
 
-##@ Local stack (real etcd, kube-apiserver, pachd; no kubelet)
+##@ Local stack (real etcd, kube-apiserver, pachd; with NODE=1 a kubelet node too)
 
 .PHONY: stack-build
-stack-build: venv ## Build kube-apiserver, kube-controller-manager, pachd, pachctl into the cache
+stack-build: venv ## Build the stack's Go binaries (kube-*, kubelet, pachd, pachctl, worker) into the cache
 	$(STACK) build
 
 .PHONY: images
@@ -84,8 +92,8 @@ images: deps ## Build the node's images (Debian-made base, spout101, operator, p
 	$(STACK) images
 
 .PHONY: stack-up
-stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds)
-	$(STACK) up --pachds $(or $(PACHDS),1)
+stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds; NODE=1 for a node)
+	$(STACK) up --pachds $(or $(PACHDS),1) $(if $(NODE),--node)
 
 .PHONY: stack-down
 stack-down: venv ## Stop the local stack
