@@ -148,8 +148,21 @@ def cgroup_pids(node: NodeState) -> set[int]:
     return pids
 
 
-def remove_cgroup_root(node: NodeState) -> list[str]:
-    """rmdir every cgroup below the root, deepest first; returns those that stayed."""
+def remove_cgroup_root(node: NodeState, deadline_s: float = 20) -> list[str]:
+    """rmdir every cgroup below the root, deepest first; returns those that stayed.
+
+    A cgroup whose last task just died may refuse for a moment (a zombie not yet reaped):
+    retried until the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        left = _remove_cgroup_root_once(node)
+        if not left or time.monotonic() > end:
+            return left
+        kill_all(cgroup_pids(node), grace_s=0.5)
+        time.sleep(0.5)
+
+
+def _remove_cgroup_root_once(node: NodeState) -> list[str]:
     left = []
     for mount in cgroup_mounts():
         base = mount / node.cgroup_root.lstrip("/")
