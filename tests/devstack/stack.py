@@ -2,8 +2,11 @@
 PostgreSQL and one or more pachd instances, all on 127.0.0.1 with free ports.
 
 Everything lives in one state directory; `state.json` there records the PIDs
-this module started so `down` stops exactly those. No kubelet or scheduler
-runs: pods are API objects only and never execute.
+this module started so `down` stops exactly those. Without a node no kubelet or
+scheduler runs: pods are API objects only and never execute. With `up(node=True)`
+(one pachd, in a network namespace it shares with the node) kube-scheduler, the
+pod-making controllers, containerd and a kubelet run too (see node.py), and the
+images of images.py are imported: pods really run.
 """
 
 from __future__ import annotations
