@@ -89,9 +89,16 @@ def _podman_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
 
+# podman's and mmdebstrap's own mounts (overlays, the chroot's /proc and /dev) are made in
+# a mount namespace of their own, which ends with them: the machine's mounts are never touched.
+PRIVATE_MOUNTS = ("unshare", "--mount", "--propagation", "private", "--")
+
+
 def _run(
     args: list[str], log: Path, *, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> None:
+    if Path(args[0]).name in ("podman", "mmdebstrap"):
+        args = [*PRIVATE_MOUNTS, *args]
     with log.open("ab") as out:
         out.write(f"$ {' '.join(args)}\n".encode())
         out.flush()
@@ -255,9 +262,19 @@ def _make_base(image: Image, log: Path) -> None:
     with log.open("ab") as out:
         out.write(f"$ {' '.join(args)} | podman import - {image.ref}\n".encode())
         out.flush()
-        strap = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=out)
+        strap = subprocess.Popen([*PRIVATE_MOUNTS, *args], stdout=subprocess.PIPE, stderr=out)
         imported = subprocess.run(
-            [podman, "import", "--change", 'CMD=["python3"]', "--change", f"ENV={BASE_ENV}", "-", image.ref],
+            [
+                *PRIVATE_MOUNTS,
+                podman,
+                "import",
+                "--change",
+                'CMD=["python3"]',
+                "--change",
+                f"ENV={BASE_ENV}",
+                "-",
+                image.ref,
+            ],
             stdin=strap.stdout,
             stdout=out,
             stderr=subprocess.STDOUT,
