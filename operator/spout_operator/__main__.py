@@ -26,9 +26,9 @@ def main() -> int:
 
     kopf.configure(verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1", log_format=kopf.LogFormat.PLAIN)
     logging.getLogger(__name__).info(
-        "Watching %s; default pachd %s; drift check every %ss",
+        "Watching %s; connection Secrets of ClusterPachdConnections in %s; drift check every %ss",
         ", ".join(settings.namespaces) or "all namespaces",
-        settings.pachd_address,
+        settings.operator_namespace,
         settings.drift_interval_s,
     )
     asyncio.run(

@@ -14,15 +14,18 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 import python_pachyderm
 from google.protobuf import json_format
+from google.protobuf.empty_pb2 import Empty
+from python_pachyderm.proto.v2.auth import auth_pb2, auth_pb2_grpc
 from python_pachyderm.proto.v2.pfs import pfs_pb2
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
+from python_pachyderm.proto.v2.version.versionpb import version_pb2_grpc
 
 from spout_operator import metrics
 from spout_operator.observed import ObservedPipeline
@@ -54,11 +57,16 @@ class PachdRejected(PachdError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach one pachd."""
+    """How to reach one pachd, and the token that may be sent there (and nowhere else).
+
+    A value: gateways are keyed by the whole endpoint, so a token is bound to its address,
+    and a rotated token (or CA bundle) makes a new endpoint, hence a new channel.
+    """
 
     address: str  # grpc://host:port or grpcs://host:port (a bare host:port means grpc)
     tls: bool = False
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # never in logs or reprs
+    ca_bundle: bytes | None = field(default=None, repr=False)  # PEM roots; None: the system's
 
     @property
     def target(self) -> str:
@@ -113,10 +121,13 @@ class Gateway:
         self.timeout_s = timeout_s
         target = endpoint.target
         if endpoint.secure:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+            credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
+            self._channel = grpc.secure_channel(target, credentials)
         else:
             self._channel = grpc.insecure_channel(target)
         self._pps = pps_pb2_grpc.APIStub(self._channel)
+        self._version = version_pb2_grpc.APIStub(self._channel)
+        self._auth = auth_pb2_grpc.APIStub(self._channel)
         self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
         self._snapshot: Snapshot | None = None
         self._snapshot_error: PachdError | None = None
@@ -125,6 +136,9 @@ class Gateway:
         self._written_at: dict[tuple[str, str], float] = {}  # (project, name) -> last write started
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
+
+    def __repr__(self) -> str:  # the Endpoint's repr leaves the token out
+        return f"Gateway({self.endpoint!r})"
 
     def close(self) -> None:
         self._channel.close()
@@ -154,6 +168,30 @@ class Gateway:
             return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _translate(err) from None
+
+    # --- the connection itself --------------------------------------------------------
+
+    def version(self) -> str:
+        """pachd's version, e.g. 2.6.0: proves the address answers as a pachd."""
+        metrics.PACHD_CALLS.labels("GetVersion").inc()
+        try:
+            info = self._version.GetVersion(Empty(), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise _translate(err) from None
+        return f"{info.major}.{info.minor}.{info.micro}{info.additional}"
+
+    def auth_check(self) -> str | None:
+        """Who pachd takes the token for; None when pachd has auth off (no token needed).
+
+        Raises PachdRejected when pachd refuses the token (or its absence)."""
+        metrics.PACHD_CALLS.labels("WhoAmI").inc()
+        try:
+            who = self._auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None  # "the auth service is not activated"
+            raise _translate(err) from None
+        return str(who.username)
 
     # --- reads ----------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ the next sweep) holds no thread.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextvars
 import datetime
@@ -24,12 +23,13 @@ import aiohttp
 import kopf
 import kubernetes
 
-from spout_operator import metrics
+from spout_operator import connections, metrics
 from spout_operator import render as rendering
-from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected
+from spout_operator.connections import ConnectionProblem
+from spout_operator.gateway import Endpoint, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.reconcile import Outcome, ensure, remove, unobserved
 from spout_operator.settings import Settings, SettingsError
-from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
+from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, parse
 from spout_operator.status import status_patch
 
 GROUP, VERSION, PLURAL = rendering.GROUP, "v1alpha1", "spoutpipelines"
@@ -39,6 +39,8 @@ WORKERS = 32  # threads for blocking pachd and API calls
 API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
+# How long a deletion in a namespace being deleted waits for a pachd that does not answer.
+NAMESPACE_GONE_GRACE_S = 60.0
 SWEEP_WAKE_SLACK_S = 0.05  # a daemon's timer may fire a hair early; its listing still counts
 Trigger = Literal["change", "poll", "drift"]
 T = TypeVar("T")
@@ -48,30 +50,6 @@ def _starting(outcome: Outcome) -> bool:
     return outcome.error is None and any(
         p is not None and p.state == "STARTING" for p in outcome.observed.values()
     )
-
-
-class Gateways:
-    """One gateway (gRPC channel) per distinct pachd endpoint, shared by all resources."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._by_endpoint: dict[Endpoint, Gateway] = {}
-        self._lock = threading.Lock()
-
-    def get(self, endpoint: Endpoint) -> Gateway:
-        with self._lock:
-            if endpoint not in self._by_endpoint:
-                self._by_endpoint[endpoint] = Gateway(endpoint, self._timeout_s)
-            return self._by_endpoint[endpoint]
-
-    def __len__(self) -> int:
-        return len(self._by_endpoint)
-
-    def close(self) -> None:
-        with self._lock:
-            for gateway in self._by_endpoint.values():
-                gateway.close()
-            self._by_endpoint.clear()
 
 
 @kopf.on.startup()
@@ -96,7 +74,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Polls for pipelines that are starting get a few threads of their own: while pachd is
     # slow to list, they wait there and never hold up the passes that create pipelines.
     memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
-    memo.gateways = Gateways(memo.settings.pachd_timeout_s)
+    memo.gateways = connections.GatewayPool(memo.settings.pachd_timeout_s, _gateway_idle_s(memo.settings))
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.locks = {}  # resource uid -> the lock that keeps its passes one at a time
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
@@ -111,6 +89,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     api = kubernetes.client.ApiClient(config)
     memo.core_api = kubernetes.client.CoreV1Api(api)
     memo.custom_api = kubernetes.client.CustomObjectsApi(api)
+    memo.resolver = connections.Resolver(memo.core_api, memo.custom_api, memo.settings.operator_namespace)
 
 
 @kopf.on.login()
@@ -159,17 +138,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _endpoint(spec: SpoutPipelineSpec, namespace: str, memo: kopf.Memo) -> Endpoint:
-    settings: Settings = memo.settings
-    token = settings.pachd_auth_token or None
-    ref = spec.pachd.auth_token_secret
-    if ref is not None:
-        secret = memo.core_api.read_namespaced_secret(ref.name, namespace)
-        encoded = (secret.data or {}).get(ref.key)
-        if encoded is None:
-            raise SpecError(f"Secret {ref.name} has no key {ref.key!r} for the pachd auth token")
-        token = base64.b64decode(encoded).decode().strip()
-    return Endpoint(spec.pachd.address or settings.pachd_address, spec.pachd.tls, token)
+def _endpoint(
+    ref: ConnectionRef, namespace: str, memo: kopf.Memo, not_before: float = float("inf")
+) -> Endpoint:
+    """Where the resource's pipelines live, through its admin-owned connection only."""
+    resolver: connections.Resolver = memo.resolver
+    return resolver.endpoint(ref, namespace, not_before)
 
 
 def _reconcile(
@@ -208,14 +182,21 @@ def _reconcile_locked(
         memo.changed_at.setdefault((uid, generation), time.monotonic())
     try:
         spec = parse(body.get("spec", {}), name)
-        gateway = memo.gateways.get(_endpoint(spec, namespace, memo))
-    except (SpecError, PachdError, kubernetes.client.ApiException) as err:
-        message = str(getattr(err, "reason", None) or err)
-        new_status = status_patch(None, True, generation, status, _now(), spec_error=message)
+        # A change reads the connection and its Secret afresh; a sweep's passes share reads.
+        endpoint = _endpoint(
+            spec.connection, namespace, memo, listed_since if listed_since else time.monotonic()
+        )
+        gateway = memo.gateways.get(endpoint)
+    except (SpecError, PachdError, ConnectionProblem) as err:
+        message = str(err)
+        reason = err.condition_reason if isinstance(err, ConnectionProblem) else "InvalidSpec"
+        new_status = status_patch(
+            None, True, generation, status, _now(), spec_error=message, error_reason=reason
+        )
         patch.status.update(new_status)
         if trigger == "change" or _news(status, new_status):
-            kopf.warn(body, reason="InvalidSpec", message=message)
-        metrics.RECONCILES.labels(trigger, "InvalidSpec").inc()
+            kopf.warn(body, reason=reason, message=message)
+        metrics.RECONCILES.labels(trigger, reason).inc()
         _record_ready(memo, uid, generation, ready=False)
         return None
     owner = rendering.owner_id(namespace, name)
@@ -231,6 +212,9 @@ def _reconcile_locked(
             outcome = ensure(pair, spec.running, owner, gateway, snapshot)
     repairs = len(outcome.applied) if drift_check else 0
     new_status = status_patch(outcome, spec.running, generation, status, _now(), drift_repairs=repairs)
+    if not status.get("managed") and connections.wrote_to_pachd(outcome):
+        # Deletion reads this: a resource that never got this far is deleted without pachd.
+        new_status["managed"] = connections.managed_entry(spec.connection, endpoint.address)
     patch.status.update(new_status)
     for pipeline, step in outcome.applied:
         reason = "DriftRepaired" if drift_check else "Pipeline" + step.value.capitalize()
@@ -373,12 +357,18 @@ def _write_status(memo: kopf.Memo, meta: kopf.Meta, status: dict[str, Any]) -> N
 def delete(
     body: kopf.Body,
     meta: kopf.Meta,
+    status: kopf.Status,
     patch: kopf.Patch,
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    """Delete both pipelines (processor first) unless the policy orphans them."""
+    """Delete both pipelines (processor first) unless the policy orphans them.
+
+    Never wedges: a resource that never created anything (status.managed unset: invalid,
+    not allowed, never reachable) goes at once, and one whose connection or pachd is gone
+    goes within a bounded time when its namespace is being deleted (see
+    connections.finish_without_pachd). Otherwise deletionPolicy: Orphan lets it go."""
     namespace, name = str(meta["namespace"]), str(meta["name"])
     memo.ready.pop(str(meta.get("uid")), None)
     memo.locks.pop(str(meta.get("uid")), None)
@@ -390,22 +380,27 @@ def delete(
     if spec.deletion_policy is DeletionPolicy.ORPHAN:
         logger.info("Deletion policy is Orphan: pipelines stay in pachd")
         return
+    recorded = connections.recorded_connection(status)
+    ref = recorded or spec.connection  # where the pipelines were created, if anything was
     owner = rendering.owner_id(namespace, name)
-    try:
-        gateway = memo.gateways.get(_endpoint(spec, namespace, memo))
-    except PachdRejected as err:  # an address no pachd can have: nothing was ever created there
-        logger.info(f"Nothing to delete: {err}")
-        return
-    except (SpecError, kubernetes.client.ApiException) as err:  # e.g. the token Secret is gone
-        message = str(getattr(err, "reason", None) or err)
-        raise kopf.TemporaryError(
-            f"cannot reach pachd to delete pipelines: {message}", delay=memo.settings.retry_delay_s
-        ) from None
-    removal = remove(rendering.render(spec, owner), owner, gateway)
-    if removal.error is not None or removal.remaining:
-        message = (
-            f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+
+    def may_finish(permanent: bool) -> bool:
+        if recorded is None:
+            return True  # nothing recorded: no need to ask whether the namespace is going
+        deleted_at = meta.get("deletionTimestamp")
+        waited_s = (
+            (
+                datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(deleted_at)
+            ).total_seconds()
+            if deleted_at
+            else 0.0
         )
+        terminating = memo.resolver.namespace_terminating(namespace)
+        return connections.finish_without_pachd(
+            True, permanent, terminating, waited_s, NAMESPACE_GONE_GRACE_S
+        )
+
+    def wait(message: str) -> None:
         patch.status["summary"] = "Deleting"
         patch.status["conditions"] = [
             {
@@ -417,5 +412,120 @@ def delete(
             }
         ]
         raise kopf.TemporaryError(message, delay=memo.settings.retry_delay_s)
+
+    try:
+        gateway = memo.gateways.get(_endpoint(ref, namespace, memo, time.monotonic()))
+    except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
+        permanent = not isinstance(err, ConnectionProblem) or err.permanent
+        if may_finish(permanent):
+            where = f"; pipelines may remain in pachd ({recorded})" if recorded else ""
+            logger.warning(f"Deleted without reaching pachd: {err}{where}")
+            return
+        wait(
+            f"cannot delete pipelines through {ref}: {err}. Restore it, or set "
+            "spec.deletionPolicy: Orphan to leave the pipelines in pachd"
+        )
+    removal = remove(rendering.render(spec, owner), owner, gateway)
+    if removal.error is not None or removal.remaining:
+        unanswered = recorded is None or isinstance(removal.error, PachdUnavailable)
+        if removal.error is not None and unanswered and may_finish(permanent=False):
+            logger.warning(f"Deleted without reaching pachd: {removal.error}")
+            return
+        message = (
+            f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+        )
+        if recorded is not None:
+            message += " (or set spec.deletionPolicy: Orphan to leave them)"
+        wait(message)
     for foreign in removal.foreign:
         logger.warning(f"Pipeline {foreign} belongs to another owner; left in pachd")
+
+
+# --- Connections (PachdConnection, ClusterPachdConnection) -----------------------------------
+# No kopf daemon or timer per connection: kopf puts a finalizer on objects that have one, and
+# a connection must never hold up its namespace's deletion (nor outlive an uninstalled
+# operator). An event handler keeps an index without a finalizer; one loop checks them all.
+
+CONNECTION_KINDS = {
+    connections.NAMESPACED_PLURAL: "PachdConnection",
+    connections.CLUSTER_PLURAL: "ClusterPachdConnection",
+}
+
+
+def _gateway_idle_s(settings: Settings) -> float:
+    """A gateway unused for this long is closed: longer than any regular user's interval."""
+    return 3 * max(settings.drift_interval_s, settings.connection_check_interval_s) + settings.pachd_timeout_s
+
+
+@kopf.on.event(GROUP, VERSION, connections.NAMESPACED_PLURAL)
+@kopf.on.event(GROUP, VERSION, connections.CLUSTER_PLURAL)
+async def connection_changed(
+    event: kopf.RawEvent, body: kopf.Body, resource: kopf.Resource, memo: kopf.Memo, **_: Any
+) -> None:
+    """Index connections for the periodic check; check a new or changed one at once."""
+    index: dict[tuple[str, str, str], dict[str, Any]] = memo.setdefault("connections", {})
+    meta = body.get("metadata", {})
+    key = (resource.plural, str(meta.get("namespace") or ""), str(meta.get("name")))
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        index.pop(key, None)
+        return
+    index[key] = dict(body)
+    if (body.get("status") or {}).get("observedGeneration") != meta.get("generation"):
+        await _in_pool(memo.executor, _check_connection, memo, key, dict(body))
+
+
+@kopf.on.startup()
+async def start_connection_checks(memo: kopf.Memo, **_: Any) -> None:
+    memo.connection_checks = asyncio.get_running_loop().create_task(_check_connections_forever(memo))
+
+
+@kopf.on.cleanup()
+async def stop_connection_checks(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("connection_checks")
+    if task is not None:
+        task.cancel()
+
+
+async def _check_connections_forever(memo: kopf.Memo) -> None:
+    """Every interval, each known connection's Ready: reachable, version, token accepted."""
+    while True:
+        await asyncio.sleep(memo.settings.connection_check_interval_s)
+        index: dict[tuple[str, str, str], dict[str, Any]] = memo.get("connections", {})
+        checks = [
+            _in_pool(memo.executor, _check_connection, memo, key, body) for key, body in list(index.items())
+        ]
+        await asyncio.gather(*checks, return_exceptions=True)
+
+
+def _check_connection(memo: kopf.Memo, key: tuple[str, str, str], body: dict[str, Any]) -> None:
+    """One connection's check and status write (blocking: runs in the pool). The status holds
+    what pachd answered and names objects, never a token."""
+    plural, namespace, name = key
+    resolver: connections.Resolver = memo.resolver
+    meta = body.get("metadata", {})
+    try:
+        spec = connections.parse_connection(CONNECTION_KINDS[plural], body, resolver.operator_namespace)
+        endpoint = resolver.connection_endpoint(spec, time.monotonic())
+        result = connections.check(spec, endpoint, memo.gateways.get(endpoint))
+    except (ConnectionProblem, PachdError) as err:
+        reason = err.condition_reason if isinstance(err, ConnectionProblem) else "ConnectionInvalid"
+        result = connections.CheckResult(False, reason, str(err))
+    previous = body.get("status") or {}
+    new_status = connections.connection_status(result, int(meta.get("generation") or 0), previous, _now())
+    if all(previous.get(k) == v for k, v in new_status.items()):
+        return  # nothing new: a quiet check writes nothing
+    try:
+        if namespace:
+            memo.custom_api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": new_status}
+            )
+        else:
+            memo.custom_api.patch_cluster_custom_object_status(
+                GROUP, VERSION, plural, name, {"status": new_status}
+            )
+    except kubernetes.client.ApiException as err:  # deleted meanwhile, or the API hiccuped: next check
+        logging.getLogger(__name__).warning(f"status write for {plural}/{name} failed: {err.reason}")
+        return
+    index = memo.get("connections", {})
+    if key in index:  # so the next check compares against what it wrote, not the old status
+        index[key] = {**index[key], "status": {**previous, **new_status}}

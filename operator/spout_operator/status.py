@@ -46,9 +46,11 @@ def pipeline_status(
     return entry
 
 
-def conditions_for(outcome: Outcome | None, running: bool, spec_error: str = "") -> list[Condition]:
-    if spec_error:
-        reason, message = "InvalidSpec", spec_error
+def conditions_for(
+    outcome: Outcome | None, running: bool, spec_error: str = "", error_reason: str = "InvalidSpec"
+) -> list[Condition]:
+    if spec_error:  # nothing was asked of pachd: the spec, or its connection, is unusable
+        reason, message = error_reason, spec_error
         return [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
     assert outcome is not None
     foreign = [p for p in outcome.plans if p.foreign]
@@ -113,9 +115,10 @@ def status_patch(
     now: str,
     spec_error: str = "",
     drift_repairs: int = 0,
+    error_reason: str = "InvalidSpec",
 ) -> dict[str, Any]:
     """The full `.status` to merge-patch onto the resource."""
-    conditions = conditions_for(outcome, running, spec_error)
+    conditions = conditions_for(outcome, running, spec_error, error_reason)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous.get("conditions"), now),
@@ -132,5 +135,5 @@ def status_patch(
         ready = next(c for c in conditions if c.type == "Ready")
         patch["summary"] = "Ready" if ready.status else ready.reason
     else:
-        patch["summary"] = "InvalidSpec"
+        patch["summary"] = error_reason
     return patch
