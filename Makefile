@@ -102,19 +102,22 @@ run: venv ## Run the operator locally against the current kubeconfig
 ##@ Deployment (current kubeconfig context)
 
 .PHONY: install
-install: ## Install the CRD
+install: ## Install the CRDs (SpoutPipeline, PachdConnection, ClusterPachdConnection)
 	kubectl apply -k crds/
 
 .PHONY: uninstall
-uninstall: ## Remove the CRD (and with it every SpoutPipeline)
+uninstall: ## Remove the CRDs (and with them every SpoutPipeline and connection)
 	kubectl delete -k crds/ --ignore-not-found
 
 .PHONY: deploy
-deploy: ## Install CRD, namespace, RBAC and the operator Deployment
+deploy: ## Install CRDs, namespace, RBAC, the operator Deployment and the default ClusterPachdConnection
 	kubectl apply -k manifests/
+	kubectl wait --for=condition=Established --timeout=60s crd/clusterpachdconnections.spout-operator.dev
+	kubectl apply -f manifests/connection.yaml
 
 .PHONY: undeploy
 undeploy: ## Remove everything `deploy` installed
+	kubectl delete -f manifests/connection.yaml --ignore-not-found
 	kubectl delete -k manifests/ --ignore-not-found
 
 .PHONY: docker-build
