@@ -104,7 +104,10 @@ class ConnectionSpec:
 
     @property
     def needs_namespace_labels(self) -> bool:
-        return self.kind == CLUSTER_CONNECTION and self.namespace_selector is not None
+        selector = self.namespace_selector
+        return self.kind == CLUSTER_CONNECTION and bool(
+            selector is not None and (selector.match_labels or selector.match_expressions)
+        )
 
     def allows(self, namespace: str, labels: Mapping[str, str] | None = None) -> bool:
         """Whether SpoutPipelines of `namespace` may use this connection."""
