@@ -189,7 +189,14 @@ def _reconcile_locked(
         gateway = memo.gateways.get(endpoint)
     except (SpecError, PachdError, ConnectionProblem) as err:
         message = str(err)
-        reason = err.condition_reason if isinstance(err, ConnectionProblem) else "InvalidSpec"
+        # (a PachdError here: the connection's address cannot be dialled, e.g. port 99999)
+        reason = (
+            err.condition_reason
+            if isinstance(err, ConnectionProblem)
+            else "ConnectionInvalid"
+            if isinstance(err, PachdError)
+            else "InvalidSpec"
+        )
         new_status = status_patch(
             None, True, generation, status, _now(), spec_error=message, error_reason=reason
         )

@@ -22,24 +22,74 @@ from python_pachyderm.proto.v2.pps import pps_pb2
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "spoutpipelines.yaml"
+CRDS = ROOT / "crds"
 SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
 DRIFT_INTERVAL_S = 2
+CONNECTION_CHECK_S = 2
+OPERATOR_NAMESPACE = "spout-operator-system"  # where ClusterPachdConnections keep their Secrets
+TOKEN_LABEL = {"spout-operator.dev/pachd-auth-token": "true"}
 METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
 def crd(stack: State) -> None:
-    kubectl(stack, "apply", "-f", str(CRD))
-    kubectl(
-        stack, "wait", "--for=condition=Established", "--timeout=60s", "crd/spoutpipelines.spout-operator.dev"
-    )
+    kubectl(stack, "apply", "-k", str(CRDS))
+    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        kubectl(
+            stack, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.spout-operator.dev"
+        )
+    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
+
+
+def connection(
+    stack: State,
+    name: str,
+    address: str,
+    namespace: str | None = None,
+    token: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """Create (or replace) a connection as an admin would: a PachdConnection in `namespace`,
+    else a ClusterPachdConnection; with `token`, also its labelled Secret (in `namespace`,
+    else in the operator's namespace)."""
+    body: dict[str, Any] = {
+        "apiVersion": "spout-operator.dev/v1alpha1",
+        "kind": "PachdConnection" if namespace else "ClusterPachdConnection",
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
+        "spec": {"address": address, **spec},
+    }
+    if token is not None:
+        secret(stack, namespace or OPERATOR_NAMESPACE, f"{name}-token", {"auth-token": token}, TOKEN_LABEL)
+        body["spec"]["authTokenSecretRef"] = {"name": f"{name}-token"}
+    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
+    return body
+
+
+def secret(
+    stack: State, namespace: str, name: str, data: dict[str, str], labels: dict[str, str] | None = None
+) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "stringData": data,
+    }
+    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
 
 
 @pytest.fixture(scope="session")
-def operator_env(stack: State) -> None:
+def default_connection(stack: State, crd: None) -> None:
+    """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
+    stack's pachd, open to every namespace."""
+    connection(stack, "default", stack.pachds[0].address, namespaceSelector={})
+
+
+@pytest.fixture(scope="session")
+def operator_env(stack: State, default_connection: None) -> None:
     # The operator reads these when it starts (its startup handler), so set them before.
-    os.environ["SPOUT_OPERATOR_PACHD_ADDRESS"] = stack.pachds[0].address
+    # No pachd address or token: SpoutPipelines reach pachd through connections only.
+    os.environ["SPOUT_OPERATOR_NAMESPACE"] = OPERATOR_NAMESPACE
+    os.environ["SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS"] = str(CONNECTION_CHECK_S)
     os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
     os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
     os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
@@ -321,36 +371,41 @@ def test_unreachable_pachd_is_reported_and_recovers(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    body = resource("away", spout, processor, pachd={"address": "grpc://127.0.0.1:9"})
+    connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
+    body = resource("away", spout, processor, connectionRef={"kind": "PachdConnection", "name": "away"})
     apply(stack, namespace, body)
     obj = wait_condition(stack, namespace, "away", "Synced", "False")
     assert condition(obj, "Synced")["reason"] == "PachdUnavailable"
     assert obj["status"]["summary"] == "PachdUnavailable"
 
-    # Deletion waits for pachd, with a clear message, and finishes once pachd is back.
+    # The admin fixes the connection: the resource recovers at the next sweep.
+    connection(stack, "away", stack.pachds[0].address, namespace=namespace)
+    obj = wait_condition(stack, namespace, "away", "Ready", "True")
+    assert obj["status"]["managed"] == {
+        "connectionRef": {"kind": "PachdConnection", "name": "away"},
+        "address": stack.pachds[0].address,
+    }
+
+    # Pipelines exist now: deletion waits for pachd, with a clear message and the way out...
+    connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
     kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
-    eventually(
-        lambda: "waiting to delete" in condition(get(stack, namespace, "away"), "Ready").get("message", ""),
+    message = eventually(
+        lambda: (
+            condition(get(stack, namespace, "away"), "Ready").get("message", "").count("Orphan")
+            and condition(get(stack, namespace, "away"), "Ready")["message"]
+        ),
         30,
         what="deletion waiting message",
     )
-    body["spec"]["pachd"] = {"address": stack.pachds[0].address}
-    kubectl(
-        stack,
-        "patch",
-        "spoutpipeline",
-        "away",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"pachd": body["spec"]["pachd"]}}),
-    )
+    assert "waiting to delete" in message or "cannot delete" in message
+    # ...and finishes once pachd is reachable again.
+    connection(stack, "away", stack.pachds[0].address, namespace=namespace)
     eventually(
         lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
         60,
         what="resource gone once pachd reachable",
     )
+    assert pipelines(pachd_client, spout, processor) == {}
 
 
 def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pachd_client: Any) -> None:
@@ -459,8 +514,13 @@ def test_impossible_pachd_address_is_reported_and_deletable(
     """A port above 65535 passes the schema's pattern: it must end in status, not a crash,
     and the resource must still delete (nothing can exist at such an address)."""
     spout, processor = names
-    apply(stack, namespace, resource("odd", spout, processor, pachd={"address": "grpc://127.0.0.1:99999"}))
+    connection(stack, "odd", "grpc://127.0.0.1:99999", namespace=namespace)
+    apply(
+        stack,
+        namespace,
+        resource("odd", spout, processor, connectionRef={"kind": "PachdConnection", "name": "odd"}),
+    )
     obj = wait_condition(stack, namespace, "odd", "Synced", "False")
-    assert condition(obj, "Synced")["reason"] == "InvalidSpec"
+    assert condition(obj, "Synced")["reason"] == "ConnectionInvalid"
     assert "invalid port" in condition(obj, "Synced")["message"]
     kubectl(stack, "delete", "spoutpipeline", "odd", "-n", namespace, "--timeout=60s")
