@@ -78,6 +78,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.ready = {}  # resource uid -> Ready, for the resources gauge
     memo.locks = {}  # resource uid -> the lock that keeps its passes one at a time
     memo.changed_at = {}  # (uid, generation) -> monotonic time the change was first handled
+    # Connections by (plural, namespace, name), for their periodic check. Made here: each
+    # object's handlers get a shallow copy of memo, so only objects created now are shared.
+    memo.connections = {}
     metrics.serve(memo.settings.metrics_port)
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -470,7 +473,7 @@ async def connection_changed(
     event: kopf.RawEvent, body: kopf.Body, resource: kopf.Resource, memo: kopf.Memo, **_: Any
 ) -> None:
     """Index connections for the periodic check; check a new or changed one at once."""
-    index: dict[tuple[str, str, str], dict[str, Any]] = memo.setdefault("connections", {})
+    index: dict[tuple[str, str, str], dict[str, Any]] = memo.connections
     meta = body.get("metadata", {})
     key = (resource.plural, str(meta.get("namespace") or ""), str(meta.get("name")))
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
@@ -497,7 +500,7 @@ async def _check_connections_forever(memo: kopf.Memo) -> None:
     """Every interval, each known connection's Ready: reachable, version, token accepted."""
     while True:
         await asyncio.sleep(memo.settings.connection_check_interval_s)
-        index: dict[tuple[str, str, str], dict[str, Any]] = memo.get("connections", {})
+        index: dict[tuple[str, str, str], dict[str, Any]] = memo.connections
         checks = [
             _in_pool(memo.executor, _check_connection, memo, key, body) for key, body in list(index.items())
         ]
@@ -533,6 +536,6 @@ def _check_connection(memo: kopf.Memo, key: tuple[str, str, str], body: dict[str
     except kubernetes.client.ApiException as err:  # deleted meanwhile, or the API hiccuped: next check
         logging.getLogger(__name__).warning(f"status write for {plural}/{name} failed: {err.reason}")
         return
-    index = memo.get("connections", {})
+    index = memo.connections
     if key in index:  # so the next check compares against what it wrote, not the old status
         index[key] = {**index[key], "status": {**previous, **new_status}}

@@ -127,6 +127,27 @@ def test_connections_report_ready_with_version_and_auth(
             ]
 
 
+def test_connection_ready_follows_its_secret_on_the_schedule(
+    stack: State, namespace: str, operator_env: None, crd: None
+) -> None:
+    """Checked on a schedule, not only when the connection changes: a Secret created, or a
+    token rotated, after the connection shows in its Ready within a check or two."""
+    token = unique("tok-schedule")
+    with FakePachd(accepted_token=token) as fake:
+        body = connection(stack, "later", fake.address, namespace=namespace)
+        body["spec"]["authTokenSecretRef"] = {"name": "later-token"}
+        kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
+        with running_operator(namespace):
+            obj = wait_connection(stack, "later", "False", namespace, reason="ConnectionSecretNotFound")
+            assert "Secret later-token (key auth-token)" in condition(obj, "Ready")["message"]
+            label = {"spout-operator.dev/pachd-auth-token": "true"}
+            secret(stack, namespace, "later-token", {"auth-token": token}, label)
+            wait_connection(stack, "later", "True", namespace)
+            secret(stack, namespace, "later-token", {"auth-token": "revoked-" + token}, label)
+            obj = wait_connection(stack, "later", "False", namespace, reason="AuthRejected")
+            assert token not in json.dumps(obj)
+
+
 def test_token_reaches_only_its_connections_address(
     stack: State, namespace: str, operator_env: None, crd: None, names: tuple[str, str], pachd_client: Any
 ) -> None:
