@@ -19,7 +19,8 @@ State of a running one (the integration test passes its session's stack).
 
 With --pachds K the stack starts K pachd instances (beyond the first, each in a network
 namespace of its own, since pachd 2.6 hard-codes port 1658) and resource i names pachd
-i mod K by address. A community pachd holds 16 pipelines, so N <= 8K.
+i mod K through the bench namespace's PachdConnection `pachd-<i mod K>` (the operator holds no
+pachd address of its own). A community pachd holds 16 pipelines, so N <= 8K.
 """
 
 from __future__ import annotations
@@ -145,16 +146,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def resource(name: str, spout: str, processor: str, address: str | None = None) -> dict[str, Any]:
+def connection_name(pachd_index: int | None) -> str:
+    """The bench namespace's PachdConnection to pachd i (None: the unreachable address)."""
+    return "unreachable" if pachd_index is None else f"pachd-{pachd_index}"
+
+
+def resource(name: str, spout: str, processor: str, pachd_index: int | None = 0) -> dict[str, Any]:
     spec: dict[str, Any] = {
+        "connectionRef": {"kind": "PachdConnection", "name": connection_name(pachd_index)},
         "spout": {"name": spout, "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.consumer"]}},
         "processor": {
             "name": processor,
             "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"]},
         },
     }
-    if address is not None:
-        spec["pachd"] = {"address": address}
+    if pachd_index is None:
         spec["deletionPolicy"] = "Orphan"  # nothing to delete on a pachd nobody can reach
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -220,7 +226,6 @@ class Operator:
             {
                 "PYTHONPATH": str(ROOT / "operator"),
                 "KUBECONFIG": state.kubeconfig,
-                "SPOUT_OPERATOR_PACHD_ADDRESS": state.pachds[0].address,
                 "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(options.drift_interval_s),
                 "SPOUT_OPERATOR_METRICS_PORT": str(self.metrics_port),
                 "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
@@ -358,16 +363,15 @@ class Context:
     def pachd(self) -> Pachd:
         return self.pachds[0]
 
-    def pair(self, tag: str, address: str | None = None) -> dict[str, Any]:
-        return resource(tag, f"{self.prefix}-{tag}-s", f"{self.prefix}-{tag}-p", address)
+    def pair(self, tag: str, pachd_index: int | None = 0) -> dict[str, Any]:
+        return resource(tag, f"{self.prefix}-{tag}-s", f"{self.prefix}-{tag}-p", pachd_index)
 
     def spread(self, tag: str, count: int) -> list[tuple[Pachd, dict[str, Any]]]:
-        """`count` pairs, pair i on pachd i mod K (named by address unless it is the default)."""
+        """`count` pairs, pair i on pachd i mod K (through that pachd's PachdConnection)."""
         placed = []
         for i in range(count):
             index = i % len(self.pachds)
-            address = self.state.pachds[index].address if index else None
-            placed.append((self.pachds[index], self.pair(f"{tag}-{i}", address)))
+            placed.append((self.pachds[index], self.pair(f"{tag}-{i}", index)))
         return placed
 
     def names(self, bodies: list[dict[str, Any]]) -> set[str]:
@@ -604,7 +608,7 @@ def phase_memory(ctx: Context, rss_at_n: float) -> dict[str, Any]:
     time.sleep(1)
     rss_empty = ctx.operator.rss_mb()
     count = ctx.options.unreachable
-    bodies = [ctx.pair(f"u-{i:04d}", UNREACHABLE) for i in range(count)]
+    bodies = [ctx.pair(f"u-{i:04d}", None) for i in range(count)]
     start = time.monotonic()
     ctx.kube.apply(bodies)
     names = {str(b["metadata"]["name"]) for b in bodies}
@@ -809,8 +813,9 @@ def table(results: dict[str, Any]) -> str:
 def _namespace_and_crd(state: State) -> Iterator[None]:
     """The CRD and the bench namespace; removed afterwards if this run created them."""
     had_crd = "NotFound" not in kubectl(state, "get", "crd", CRD_NAME, check=False)
-    kubectl(state, "apply", "-f", str(ROOT / "crds" / "spoutpipelines.yaml"))
-    kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    kubectl(state, "apply", "-k", str(ROOT / "crds"))
+    for crd in (CRD_NAME, f"pachdconnections.{GROUP}", f"clusterpachdconnections.{GROUP}"):
+        kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
     # A namespace from an earlier run may still be terminating.
     if "Terminating" in kubectl(state, "get", "namespace", NAMESPACE, check=False):
         wait_for(
@@ -822,6 +827,18 @@ def _namespace_and_crd(state: State) -> Iterator[None]:
     had_namespace = "NotFound" not in kubectl(state, "get", "namespace", NAMESPACE, check=False)
     if not had_namespace:
         kubectl(state, "create", "namespace", NAMESPACE)
+    # The operator's environment holds no pachd address: resources reach each pachd through
+    # a PachdConnection of the bench namespace (issue 12).
+    addresses = {connection_name(i): p.address for i, p in enumerate(state.pachds)}
+    addresses[connection_name(None)] = UNREACHABLE
+    for name, address in addresses.items():
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "PachdConnection",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"address": address},
+        }
+        kubectl(state, "apply", "-f", "-", input=json.dumps(body))
     try:
         yield
     finally:

@@ -1,8 +1,9 @@
 """The whole thing on one machine: `make sandbox`.
 
-Starts the local stack, installs the CRD and RBAC, runs the operator with its
-ServiceAccount's own credentials, applies crds/samples/spout.yaml, waits for
-Ready, and runs the spout's consumer code locally (through a local copy of the
+Starts the local stack, installs the CRDs and RBAC, the ClusterPachdConnection
+`default` (manifests/connection.yaml, pointed at the local pachd), runs the operator
+with its ServiceAccount's own credentials, applies crds/samples/spout.yaml, waits
+for Ready, and runs the spout's consumer code locally (through a local copy of the
 spout pod's pachd sidecar) so commits visibly arrive in the `spout` repo.
 
 No kubelet runs here, so no pod ever starts: pachd creates the workers'
@@ -34,8 +35,13 @@ def say(message: str) -> None:
 
 
 def kubectl(state: State, *args: str) -> str:
+    return kubectl_input(state, None, *args)
+
+
+def kubectl_input(state: State, stdin: str | None, *args: str) -> str:
     result = subprocess.run(
         ["kubectl", "--kubeconfig", state.kubeconfig, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -52,18 +58,27 @@ def record(state: State, name: str, pid: int) -> None:
     state.save()
 
 
+def default_connection(state: State) -> str:
+    """manifests/connection.yaml, with the local pachd's address for the Helm chart's."""
+    shipped = (ROOT / "manifests" / "connection.yaml").read_text()
+    return shipped.replace("grpc://pachd.default.svc.cluster.local:30650", state.pachds[0].address)
+
+
 def start_operator(state: State) -> None:
-    say("Installing the CRD, namespace and RBAC (kubectl apply)")
+    say("Installing the CRDs, namespace and RBAC (kubectl apply)")
     kubectl(state, "apply", "-k", str(ROOT / "crds"))
     for manifest in ("namespace.yaml", "rbac.yaml"):
         kubectl(state, "apply", "-n", "spout-operator-system", "-f", str(ROOT / "manifests" / manifest))
-    kubectl(state, "wait", "--for=condition=Established", "crd/spoutpipelines.spout-operator.dev")
+    for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
+    say(f"ClusterPachdConnection default -> {state.pachds[0].address} (manifests/connection.yaml)")
+    kubectl_input(state, default_connection(state), "apply", "-f", "-")
     # The operator runs as its ServiceAccount, not as admin: the RBAC in manifests/ is what it gets.
     kubeconfig = service_account_kubeconfig(state, "spout-operator-system", "spout-operator")
     env = {
         "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": str(ROOT / "operator"),
-        "SPOUT_OPERATOR_PACHD_ADDRESS": state.pachds[0].address,
+        "SPOUT_OPERATOR_NAMESPACE": "spout-operator-system",
         "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
     }
     log = Path(state.root) / "logs" / "operator.log"
@@ -114,7 +129,10 @@ def main() -> int:
         say("Poke around in another terminal:")
         for key, value in state.env().items():
             print(f"    export {key}={value}")
-        print(f"    kubectl describe spoutpipeline spout101\n    {pachctl[0]} list commit spout")
+        print(
+            "    kubectl describe spoutpipeline spout101\n    kubectl get clusterpachdconnections\n"
+            f"    {pachctl[0]} list commit spout"
+        )
         say("Commits arriving in spout@master (every 10-30 s); Ctrl-C stops everything")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         seen = 0
