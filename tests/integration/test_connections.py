@@ -125,6 +125,10 @@ def test_connections_report_ready_with_version_and_auth(
                 "VERSION",
                 "AGE",
             ]
+    # kubectl explain teaches the new kinds and the reference that replaced spec.pachd.
+    assert "operator's own namespace only" in kubectl(stack, "explain", "clusterpachdconnection")
+    assert "pachd-auth-token=true" in kubectl(stack, "explain", "pachdconnection.spec.authTokenSecretRef")
+    assert "ClusterPachdConnection named" in kubectl(stack, "explain", "spoutpipeline.spec.connectionRef")
 
 
 def test_connection_ready_follows_its_secret_on_the_schedule(

@@ -35,9 +35,14 @@ METRICS_PORT = free_port()
 def crd(stack: State) -> None:
     kubectl(stack, "apply", "-k", str(CRDS))
     for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
-        kubectl(
-            stack, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.spout-operator.dev"
-        )
+        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        established = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            f"crd/{plural}.spout-operator.dev",
+        ]
+        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
     kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
 
 
