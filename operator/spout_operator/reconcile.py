@@ -64,9 +64,7 @@ def reads_repo(spec: Mapping[str, Any], project: str, repo: str) -> bool:
     return False
 
 
-def spout_readers(
-    pipelines: Iterable[ObservedPipeline], project: str, spout: str
-) -> list[ObservedPipeline]:
+def spout_readers(pipelines: Iterable[ObservedPipeline], project: str, spout: str) -> list[ObservedPipeline]:
     """Running pipelines whose input reads the spout's output repo.
 
     pachd 2.6 fails an update of a spout while any of them runs (commit provenance,

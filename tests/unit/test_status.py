@@ -121,7 +121,10 @@ def test_declared_stopped_but_running_is_not_ready() -> None:
 
 def test_unobserved_pipelines_are_reported_unknown_not_left_stale() -> None:
     found = Outcome(
-        names=("sp", "pr"), plans=(), observed={}, errors=dict.fromkeys(("sp", "pr"), PachdUnavailable(UNREACHABLE))
+        names=("sp", "pr"),
+        plans=(),
+        observed={},
+        errors=dict.fromkeys(("sp", "pr"), PachdUnavailable(UNREACHABLE)),
     )
     previous = {"spout": {"name": "sp", "state": "RUNNING", "version": 3}}
     patch = status_patch(found, True, 2, previous, "2026-01-01T00:00:00Z")
