@@ -239,3 +239,27 @@ def _translate(err: grpc.RpcError) -> PachdError:
         # from one pass to the next, instead of being rewritten with each call's name.
         return PachdUnavailable(f"pachd unreachable ({code.name.lower()}): {details}")
     return PachdRejected(details, not_found=code == grpc.StatusCode.NOT_FOUND or "not found" in details)
+
+
+class Gateways:
+    """One gateway (gRPC channel) per distinct pachd endpoint, shared by all resources."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._by_endpoint: dict[Endpoint, Gateway] = {}
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: Endpoint) -> Gateway:
+        with self._lock:
+            if endpoint not in self._by_endpoint:
+                self._by_endpoint[endpoint] = Gateway(endpoint, self._timeout_s)
+            return self._by_endpoint[endpoint]
+
+    def __len__(self) -> int:
+        return len(self._by_endpoint)
+
+    def close(self) -> None:
+        with self._lock:
+            for gateway in self._by_endpoint.values():
+                gateway.close()
+            self._by_endpoint.clear()

@@ -22,11 +22,13 @@ class Settings:
     # Used by resources that do not name a pachd; Pachyderm's Helm chart serves gRPC
     # on the `pachd` Service, port 30650.
     pachd_address: str = "grpc://pachd.default.svc.cluster.local:30650"
-    drift_interval_s: float = 10.0
+    drift_interval_s: float = 30.0  # the safety net: worker events repair drift at once
     pachd_timeout_s: float = 10.0
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
+    # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
+    worker_namespaces: tuple[str, ...] = ()
     # For resources that name no Secret of their own; kept out of repr so it never hits logs.
     pachd_auth_token: str = field(default="", repr=False)
 
@@ -39,10 +41,15 @@ class Settings:
             drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
-            namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
+            namespaces=_names(env, "NAMESPACES"),
+            worker_namespaces=_names(env, "WORKER_NAMESPACES"),
             pachd_auth_token=env.get(PREFIX + "PACHD_AUTH_TOKEN", "").strip(),
             metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
         )
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in env.get(PREFIX + name, "").split(",") if n.strip())
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

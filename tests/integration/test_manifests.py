@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,37 @@ def test_rbac_allows_only_what_the_operator_needs(
     assert answer.splitlines()[0] == ("yes" if allowed else "no")
 
 
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("watch", "default", True),  # pachd's namespace, as installed
+        ("list", "default", True),
+        ("get", "default", False),
+        ("delete", "default", False),
+        ("patch", "default", False),
+        ("watch", SYSTEM_NAMESPACE, False),  # nowhere else
+        ("list", "kube-system", False),
+    ],
+)
+def test_worker_rcs_are_readable_only_in_pachds_namespace(
+    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+) -> None:
+    answer = kubectl(
+        stack, "auth", "can-i", verb, "replicationcontrollers", "--as", ACCOUNT, "-n", namespace, check=False
+    ).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@pytest.fixture
+def workers_rbac_in_stack(stack: State, installed: None) -> Iterator[None]:
+    """manifests/workers-rbac.yaml moved to the stack's pachd namespace, as a user would."""
+    text = (ROOT / "manifests" / "workers-rbac.yaml").read_text()
+    moved = text.replace("namespace: default", f"namespace: {stack.pachds[0].namespace}")
+    kubectl(stack, "apply", "-f", "-", input=moved)
+    yield
+    kubectl(stack, "delete", "-f", "-", "--ignore-not-found", input=moved, check=False)
+
+
 @contextlib.contextmanager
 def as_service_account(stack: State) -> Iterator[None]:
     """Point the in-process operator (kopf and the kubernetes client) at the ServiceAccount."""
@@ -101,6 +133,7 @@ def as_service_account(stack: State) -> Iterator[None]:
 def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     stack: State,
     installed: None,
+    workers_rbac_in_stack: None,
     operator_env: None,
     namespace: str,
     pachd_client: Any,
@@ -112,12 +145,17 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     )
     body = resource("rbac", spout, processor, pachd={"authTokenSecretRef": {"name": "token"}})
     body["spec"]["pachd"]["address"] = stack.pachds[0].address
-    with as_service_account(stack), running_operator(namespace) as runner:
-        kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-        obj = wait_condition(stack, namespace, "rbac", "Ready", "True")
-        assert condition(obj, "Synced")["status"] == "True"
-        pachd_client.stop_pipeline(spout)  # drift repair writes status and an Event
-        wait_condition(stack, namespace, "rbac", "Ready", "True")
-        kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
-        assert pipelines(pachd_client, spout, processor) == {}
+    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
+    try:
+        with as_service_account(stack), running_operator(namespace) as runner:
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            obj = wait_condition(stack, namespace, "rbac", "Ready", "True")
+            assert condition(obj, "Synced")["status"] == "True"
+            pachd_client.stop_pipeline(spout)  # drift repair writes status and an Event
+            wait_condition(stack, namespace, "rbac", "Ready", "True")
+            kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
+            assert pipelines(pachd_client, spout, processor) == {}
+    finally:
+        os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
+    assert "Worker watch" not in runner.output, runner.output  # the watch never had to restart
     assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output

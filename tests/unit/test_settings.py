@@ -10,11 +10,12 @@ def test_defaults_with_an_empty_environment() -> None:
     settings = Settings.from_env({})
     assert settings == Settings()
     assert settings.pachd_address == "grpc://pachd.default.svc.cluster.local:30650"
-    assert settings.drift_interval_s == 10.0
+    assert settings.drift_interval_s == 30.0
     assert settings.drift_interval_s <= 30  # the product asks for drift checks every 30 s or less
     assert settings.pachd_timeout_s == 10.0
     assert settings.retry_delay_s == 15.0
     assert settings.namespaces == ()
+    assert settings.worker_namespaces == ()
 
 
 def test_unprefixed_and_unrelated_variables_are_ignored() -> None:
@@ -29,6 +30,7 @@ def test_every_variable_is_read() -> None:
         "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": "2.5",
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": " 30 ",
         "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
+        "SPOUT_OPERATOR_WORKER_NAMESPACES": " pachyderm , ",
     }
     assert Settings.from_env(env) == Settings(
         pachd_address="grpc://pachd.pachyderm:30650",
@@ -36,6 +38,7 @@ def test_every_variable_is_read() -> None:
         pachd_timeout_s=2.5,
         retry_delay_s=30.0,
         namespaces=("team-a", "team-b"),
+        worker_namespaces=("pachyderm",),
     )
 
 
