@@ -438,6 +438,8 @@ def test_spout_image_change_applies_and_keeps_the_data(
     found = pipelines(pachd_client, spout, processor)
     assert found[spout].details.transform.image.endswith(":0.2.0")
     assert not found[processor].stopped and state_name(found[processor]) == "RUNNING"
+    processor_branch = pachd_client.inspect_branch(processor, "master")  # wired to the spout again
+    assert (spout, "master") in [(b.repo.name, b.name) for b in processor_branch.direct_provenance]
     assert set(spout_commits) <= set(commit_ids(pachd_client, spout))  # history kept
     assert set(processor_commits) <= set(commit_ids(pachd_client, processor))
     assert {f.file.path for f in pachd_client.list_file((spout, "master"), "/")} == files
