@@ -94,8 +94,9 @@ def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="gateways")
-def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
-    """Liveness reports the operator's own health only, never pachd's."""
+async def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
+    """Liveness reports the operator's own health only, never pachd's. Async, so it runs on
+    the event loop and never queues behind passes that wait on a slow pachd in the pool."""
     return len(memo.controller.gateways) if hasattr(memo, "controller") else 0
 
 
