@@ -277,3 +277,47 @@ def _translate(err: grpc.RpcError) -> PachdError:
         # from one pass to the next, instead of being rewritten with each call's name.
         return PachdUnavailable(f"pachd unreachable ({code.name.lower()}): {details}")
     return PachdRejected(details, not_found=code == grpc.StatusCode.NOT_FOUND or "not found" in details)
+
+
+class Gateways:
+    """One gateway (gRPC channel) per distinct Endpoint, shared by every resource on it.
+
+    Keyed by the whole Endpoint, token included: a token is only ever sent on the channel of
+    its own address, and a rotated token gets a channel of its own. A gateway nobody asked for
+    within `idle_s` is closed, and one superseded by a new token or CA for the same address as
+    soon as a call on it must have finished (its deadline has passed)."""
+
+    def __init__(self, timeout_s: float, idle_s: float = math.inf) -> None:
+        self._timeout_s = timeout_s
+        self._idle_s = idle_s
+        self._by_endpoint: dict[Endpoint, tuple[Gateway, float]] = {}  # -> gateway, last asked
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: Endpoint) -> Gateway:
+        now = time.monotonic()
+        with self._lock:
+            found = self._by_endpoint.get(endpoint)
+            gateway = found[0] if found is not None else Gateway(endpoint, self._timeout_s)
+            self._by_endpoint[endpoint] = (gateway, now)
+            self._evict(now, endpoint)
+            return gateway
+
+    def _evict(self, now: float, current: Endpoint) -> None:
+        # A write waits up to one deadline for its slot, then runs for up to one more.
+        in_flight_s = 2 * self._timeout_s + 1
+        place = (current.address, current.tls)
+        for endpoint, (gateway, asked) in list(self._by_endpoint.items()):
+            superseded = endpoint != current and (endpoint.address, endpoint.tls) == place
+            idle = now - asked
+            if idle > self._idle_s or (superseded and idle > in_flight_s):
+                gateway.close()
+                del self._by_endpoint[endpoint]
+
+    def __len__(self) -> int:
+        return len(self._by_endpoint)
+
+    def close(self) -> None:
+        with self._lock:
+            for gateway, _ in self._by_endpoint.values():
+                gateway.close()
+            self._by_endpoint.clear()

@@ -29,11 +29,13 @@ class Settings:
     """No pachd address or token here: those live in (Cluster)PachdConnections that an
     admin owns, so nothing a tenant writes can borrow the operator's credentials."""
 
-    drift_interval_s: float = 10.0
+    drift_interval_s: float = 30.0  # the safety net: worker events repair drift at once
     pachd_timeout_s: float = 10.0
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
+    # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
+    worker_namespaces: tuple[str, ...] = ()
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
@@ -52,7 +54,8 @@ class Settings:
             drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
-            namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
+            namespaces=_names(env, "NAMESPACES"),
+            worker_namespaces=_names(env, "WORKER_NAMESPACES"),
             metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
             operator_namespace=env.get(PREFIX + "NAMESPACE", "").strip() or _pod_namespace(),
             connection_check_interval_s=_seconds(
@@ -66,6 +69,10 @@ def _pod_namespace() -> str:
         return POD_NAMESPACE_FILE.read_text().strip() or DEFAULT_OPERATOR_NAMESPACE
     except OSError:  # not in a pod (a local run): the namespace manifests/ installs into
         return DEFAULT_OPERATOR_NAMESPACE
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in env.get(PREFIX + name, "").split(",") if n.strip())
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator.gateway import PachdRejected, PachdUnavailable
+from spout_operator.gateway import PachdUnavailable
 from spout_operator.observed import ObservedPipeline
-from spout_operator.reconcile import Outcome
+from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
 
 HEALTHY_RUNNING = {"RUNNING", "STANDBY"}
 MISSING = "Missing"
@@ -54,10 +54,17 @@ def conditions_for(
         return [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
     assert outcome is not None
     foreign = [p for p in outcome.plans if p.foreign]
+    refused = {name: err for name, err in outcome.errors.items() if not isinstance(err, PachdUnavailable)}
     if isinstance(outcome.error, PachdUnavailable):
         synced = Condition("Synced", False, "PachdUnavailable", str(outcome.error))
-    elif isinstance(outcome.error, PachdRejected):
-        synced = Condition("Synced", False, "PachdRejected", str(outcome.error))
+    elif refused:
+        blocked = any(isinstance(err, SpoutUpdateBlocked) for err in refused.values())
+        reason = "SpoutUpdateBlocked" if blocked else "PachdRejected"
+        if len(set(map(str, refused.values()))) == 1:  # one cause (e.g. an unknown project)
+            message = str(next(iter(refused.values())))
+        else:  # each pipeline's own
+            message = "; ".join(f"{name}: {err}" for name, err in refused.items())
+        synced = Condition("Synced", False, reason, message)
     elif foreign:
         names = ", ".join(f"{p.name} (owned by {p.foreign_owner})" for p in foreign)
         synced = Condition(
@@ -125,9 +132,9 @@ def status_patch(
         "driftRepairs": int(previous.get("driftRepairs", 0)) + drift_repairs,
     }
     if outcome is not None:
-        error = str(outcome.error) if outcome.error else ""
         owners = {plan.name: plan.foreign_owner for plan in outcome.plans}
         for role, name in zip(("spout", "processor"), outcome.names, strict=True):
+            error = str(outcome.errors.get(name, ""))
             if name in outcome.observed:
                 patch[role] = pipeline_status(name, outcome.observed[name], owners.get(name), error)
             else:  # never observed: say so rather than leave an older state in place

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,37 @@ def test_tenants_with_edit_manage_spoutpipelines_not_connections(
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
 
 
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("watch", "default", True),  # pachd's namespace, as installed
+        ("list", "default", True),
+        ("get", "default", False),
+        ("delete", "default", False),
+        ("patch", "default", False),
+        ("watch", SYSTEM_NAMESPACE, False),  # nowhere else
+        ("list", "kube-system", False),
+    ],
+)
+def test_worker_rcs_are_readable_only_in_pachds_namespace(
+    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+) -> None:
+    answer = kubectl(
+        stack, "auth", "can-i", verb, "replicationcontrollers", "--as", ACCOUNT, "-n", namespace, check=False
+    ).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@pytest.fixture
+def workers_rbac_in_stack(stack: State, installed: None) -> Iterator[None]:
+    """manifests/workers-rbac.yaml moved to the stack's pachd namespace, as a user would."""
+    text = (ROOT / "manifests" / "workers-rbac.yaml").read_text()
+    moved = text.replace("namespace: default", f"namespace: {stack.pachds[0].namespace}")
+    kubectl(stack, "apply", "-f", "-", input=moved)
+    yield
+    kubectl(stack, "delete", "-f", "-", "--ignore-not-found", input=moved, check=False)
+
+
 @contextlib.contextmanager
 def as_service_account(stack: State) -> Iterator[None]:
     """Point the in-process operator (kopf and the kubernetes client) at the ServiceAccount."""
@@ -197,6 +229,7 @@ def as_service_account(stack: State) -> Iterator[None]:
 def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     stack: State,
     installed: None,
+    workers_rbac_in_stack: None,
     operator_env: None,
     namespace: str,
     pachd_client: Any,
@@ -206,6 +239,7 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     # A PachdConnection whose token Secret the operator may not read yet: said so in status.
     connection(stack, "team", stack.pachds[0].address, namespace=namespace, token="unused-by-pachd")
     body = resource("rbac", spout, processor, connectionRef={"kind": "PachdConnection", "name": "team"})
+    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
     with as_service_account(stack), running_operator(namespace) as runner:
         kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
         obj = wait_condition(stack, namespace, "rbac", "Synced", "False")
@@ -230,6 +264,8 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
         )
         kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
         assert pipelines(pachd_client, spout, processor) == {}
+    os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
+    assert "Worker watch" not in runner.output, runner.output  # the watch never had to restart
     forbidden = [line for line in runner.output.splitlines() if "Forbidden" in line or "403" in line]
     # The only refusal is the one the test provoked, reported in status as ConnectionForbidden.
     assert all("secrets" in line or "Secret" in line for line in forbidden), forbidden

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import threading
 import time
 import urllib.request
 import uuid
@@ -436,21 +438,160 @@ def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pac
                 pachd_client.delete_pipeline(name, force=True)
 
 
-def test_spout_edit_refused_by_pachd_is_reported(
+def commit_ids(client: Any, repo: str) -> list[str]:
+    return [c.commit.id for c in client.list_commit(repo)]
+
+
+def event_reasons(stack: State, namespace: str, name: str) -> list[str]:
+    listing = json.loads(
+        kubectl(
+            stack,
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "json",
+        )
+    )
+    return [item["reason"] for item in listing["items"]]
+
+
+def test_spout_image_change_applies_and_keeps_the_data(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
-    """pachd 2.6.0 refuses to update a spout that has a downstream pipeline (a commit
-    provenance error). The resource must say so, keep the running pair, and not loop."""
+    """pachd 2.6 refuses to update a spout while a pipeline reads its repo: the operator
+    pauses the processor, updates the spout, and starts the processor again."""
+    from devstack.sidecar import start_spout_sidecar, stop_spout_sidecar
+    from spout101 import consumer
+    from spout101.consumer import EmulatedSource, Target
+
     spout, processor = names
     body = resource("spout-edit", spout, processor)
     apply(stack, namespace, body)
     wait_condition(stack, namespace, "spout-edit", "Ready", "True")
-    body["spec"]["spout"]["transform"]["env"] = {"SPOUT_INTERVAL_MIN": "1"}
+    sidecar = start_spout_sidecar(stack, stack.pachds[0], spout)
+    try:  # messages in the spout's repo, as its consumer commits them
+        made = consumer.run(
+            consumer.connect(sidecar.address),
+            Target(spout, "master"),
+            EmulatedSource(0, 0, (1024, 2048)),
+            threading.Event(),
+            max_rounds=2,
+        )
+        assert made == 2
+    finally:
+        stop_spout_sidecar(stack, sidecar)
+    spout_commits, processor_commits = commit_ids(pachd_client, spout), commit_ids(pachd_client, processor)
+    files = {f.file.path for f in pachd_client.list_file((spout, "master"), "/")}
+    assert len(files) == 4
+
+    body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"
     apply(stack, namespace, body)
-    obj = wait_condition(stack, namespace, "spout-edit", "Synced", "False")
+    eventually(
+        lambda: versions(pachd_client, spout, processor) == {spout: 2, processor: 1}, 60, what="spout v2"
+    )
+    obj = wait_condition(stack, namespace, "spout-edit", "Ready", "True")
+    assert condition(obj, "Synced")["status"] == "True"
+    found = pipelines(pachd_client, spout, processor)
+    assert found[spout].details.transform.image.endswith(":0.2.0")
+    assert not found[processor].stopped and state_name(found[processor]) == "RUNNING"
+    processor_branch = pachd_client.inspect_branch(processor, "master")  # wired to the spout again
+    assert (spout, "master") in [(b.repo.name, b.name) for b in processor_branch.direct_provenance]
+    assert set(spout_commits) <= set(commit_ids(pachd_client, spout))  # history kept
+    assert set(processor_commits) <= set(commit_ids(pachd_client, processor))
+    assert {f.file.path for f in pachd_client.list_file((spout, "master"), "/")} == files
+    reasons = event_reasons(stack, namespace, "spout-edit")
+    assert "ProcessorPaused" in reasons and "ProcessorResumed" in reasons
+
+
+def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
+) -> None:
+    spout, processor = names
+    body = resource("half", spout, processor)
+    apply(stack, namespace, body)
+    wait_condition(stack, namespace, "half", "Ready", "True")
+    body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"  # valid
+    body["spec"]["processor"]["podPatch"] = "not json"  # pachd: malformed PodPatch
+    apply(stack, namespace, body)
+    obj = wait_condition(stack, namespace, "half", "Synced", "False")
+    eventually(
+        lambda: versions(pachd_client, spout, processor) == {spout: 2, processor: 1}, 60, what="spout v2"
+    )
+    obj = get(stack, namespace, "half")
     assert condition(obj, "Synced")["reason"] == "PachdRejected"
-    assert "provenance" in condition(obj, "Synced")["message"]
-    assert versions(pachd_client, spout, processor) == {spout: 1, processor: 1}
+    assert "PodPatch" in condition(obj, "Synced")["message"]
+    assert obj["status"]["spout"]["lastError"] == ""
+    assert obj["status"]["processor"]["lastError"] != ""
+    assert not pipelines(pachd_client, processor)[processor].stopped  # paused for the spout, started again
+
+
+def test_renames_and_moves_are_refused_with_a_way_out(stack: State, namespace: str, crd: None) -> None:
+    body = resource("named", "sp-fixed", "pr-fixed")
+    apply(stack, namespace, body)
+    for path, value in (("spout", "sp-new"), ("processor", "pr-new")):
+        changed = copy.deepcopy(body)
+        changed["spec"][path]["name"] = value
+        out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(changed), check=False)
+        assert f"spec.{path}.name cannot change" in out and "delete this SpoutPipeline" in out
+    moved = copy.deepcopy(body)
+    moved["spec"]["project"] = "elsewhere"
+    out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(moved), check=False)
+    assert "spec.project cannot change" in out
+    # Writing out a default is no change.
+    defaults = resource("implicit", "unset", "unset")
+    del defaults["spec"]["spout"]["name"], defaults["spec"]["processor"]["name"]
+    apply(stack, namespace, defaults)
+    defaults["spec"]["spout"]["name"], defaults["spec"]["processor"]["name"] = (
+        "implicit",
+        "implicit-processor",
+    )
+    assert "configured" in apply(stack, namespace, defaults)
+
+
+@pytest.fixture
+def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
+    """An operator whose sweep is far away: what it repairs now, it learnt from pachd's workers."""
+    saved = {
+        k: os.environ.get(k)
+        for k in ("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "SPOUT_OPERATOR_WORKER_NAMESPACES")
+    }
+    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = "600"
+    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
+    try:
+        with running_operator(namespace) as runner:
+            yield runner
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_drift_is_repaired_from_worker_events_within_seconds(
+    stack: State, namespace: str, names: tuple[str, str], event_driven: Any, pachd_client: Any
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("quick", spout, processor))
+    wait_condition(stack, namespace, "quick", "Ready", "True")
+
+    started = time.monotonic()
+    pachd_client.delete_pipeline(processor)
+    eventually(lambda: processor in pipelines(pachd_client, processor), 10, 0.1, what="processor recreated")
+    deleted_repair_s = time.monotonic() - started
+
+    wait_condition(stack, namespace, "quick", "Ready", "True")
+    started = time.monotonic()
+    pachd_client.stop_pipeline(spout)
+    eventually(lambda: not pipelines(pachd_client, spout)[spout].stopped, 10, 0.1, what="spout started")
+    stopped_repair_s = time.monotonic() - started
+    print(f"repair after deletion {deleted_repair_s:.2f} s, after stop {stopped_repair_s:.2f} s")
+    obj = wait_condition(stack, namespace, "quick", "Ready", "True")
+    assert obj["status"]["driftRepairs"] >= 2
 
 
 def scrape() -> dict[str, float]:

@@ -11,11 +11,11 @@ from typing import Any
 import kubernetes
 import pytest
 from spout_operator import connections
+from spout_operator import gateway as gateway_module
 from spout_operator.connections import (
     TOKEN_LABEL,
     CheckResult,
     ConnectionProblem,
-    GatewayPool,
     Resolver,
     connection_status,
     finish_without_pachd,
@@ -24,7 +24,7 @@ from spout_operator.connections import (
     recorded_connection,
     wrote_to_pachd,
 )
-from spout_operator.gateway import Endpoint, Gateway, PachdRejected, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdRejected, PachdUnavailable
 from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import PipelinePlan, Step
 from spout_operator.reconcile import Outcome
@@ -141,11 +141,16 @@ def plan(name: str, steps: tuple[Step, ...] = (), foreign: bool = False) -> Pipe
 @pytest.mark.parametrize(
     ("outcome", "wrote"),
     [
-        (Outcome(("s", "p"), (), {}, error=PachdUnavailable("down")), False),  # never reachable
+        (Outcome(("s", "p"), (), {}, errors={"s": PachdUnavailable("down")}), False),  # never reachable
         (Outcome(("s", "p"), (plan("s"), plan("p")), {"s": None, "p": None}), False),
         (Outcome(("s", "p"), (plan("s", (Step.CREATE,)),), {"s": None}, applied=(("s", Step.CREATE),)), True),
         # a create that timed out may have landed
-        (Outcome(("s", "p"), (plan("s", (Step.CREATE,)),), {"s": None}, error=PachdUnavailable("x")), True),
+        (
+            Outcome(
+                ("s", "p"), (plan("s", (Step.CREATE,)),), {"s": None}, errors={"s": PachdUnavailable("x")}
+            ),
+            True,
+        ),
         (Outcome(("s", "p"), (plan("s"), plan("p")), {"s": observed("s"), "p": None}), True),
         # someone else's pipeline under our name is not ours to delete
         (Outcome(("s", "p"), (plan("s", foreign=True),), {"s": observed("s")}), False),
@@ -406,7 +411,7 @@ def test_reads_are_shared_within_a_sweep_and_fresh_after_rotation(apis: Any) -> 
 
 
 def test_pool_keys_gateways_by_endpoint_token_included(monkeypatch: pytest.MonkeyPatch) -> None:
-    pool = GatewayPool(timeout_s=0.1, idle_s=60)
+    pool = Gateways(timeout_s=0.1, idle_s=60)
     try:
         a = pool.get(Endpoint("127.0.0.1:9", auth_token=TOKEN))
         assert pool.get(Endpoint("127.0.0.1:9", auth_token=TOKEN)) is a
@@ -423,8 +428,8 @@ def test_pool_closes_a_superseded_gateway_once_its_calls_are_over(monkeypatch: p
     closed: list[Endpoint] = []
     monkeypatch.setattr(Gateway, "close", lambda self: closed.append(self.endpoint))
     clock = [1000.0]
-    monkeypatch.setattr(connections.time, "monotonic", lambda: clock[0])
-    pool = GatewayPool(timeout_s=1.0, idle_s=100)
+    monkeypatch.setattr(gateway_module.time, "monotonic", lambda: clock[0])
+    pool = Gateways(timeout_s=1.0, idle_s=100)
     old, new = Endpoint("127.0.0.1:9", auth_token="old"), Endpoint("127.0.0.1:9", auth_token="new")
     pool.get(old)
     clock[0] += 1

@@ -12,11 +12,12 @@ def test_defaults_with_an_empty_environment() -> None:
     assert not hasattr(settings, "pachd_address") and not hasattr(settings, "pachd_auth_token")
     assert settings.operator_namespace == "spout-operator-system"  # outside a pod
     assert settings.connection_check_interval_s == 30.0
-    assert settings.drift_interval_s == 10.0
+    assert settings.drift_interval_s == 30.0
     assert settings.drift_interval_s <= 30  # the product asks for drift checks every 30 s or less
     assert settings.pachd_timeout_s == 10.0
     assert settings.retry_delay_s == 15.0
     assert settings.namespaces == ()
+    assert settings.worker_namespaces == ()
 
 
 def test_unprefixed_and_unrelated_variables_are_ignored() -> None:
@@ -32,6 +33,7 @@ def test_every_variable_is_read() -> None:
         "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": "2.5",
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": " 30 ",
         "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
+        "SPOUT_OPERATOR_WORKER_NAMESPACES": " pachyderm , ",
     }
     assert Settings.from_env(env) == Settings(
         operator_namespace="pachyderm-ops",
@@ -40,6 +42,7 @@ def test_every_variable_is_read() -> None:
         pachd_timeout_s=2.5,
         retry_delay_s=30.0,
         namespaces=("team-a", "team-b"),
+        worker_namespaces=("pachyderm",),
     )
 
 

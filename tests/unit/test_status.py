@@ -48,7 +48,7 @@ def outcome(
         ),
         observed={"spout": spout, "processor": processor},
         applied=applied,
-        error=error,
+        errors={} if error is None else {"spout": error, "processor": error},
     )
 
 
@@ -102,7 +102,12 @@ def test_pachd_errors_make_both_conditions_false(error: PachdError, reason: str,
 
 
 def test_pachd_unavailable_before_anything_was_observed() -> None:
-    found = Outcome(names=("spout", "processor"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    found = Outcome(
+        names=("spout", "processor"),
+        plans=(),
+        observed={},
+        errors=dict.fromkeys(("spout", "processor"), PachdUnavailable(UNREACHABLE)),
+    )
     conditions = by_type(conditions_for(found, running=True))
     assert conditions["Synced"].reason == "PachdUnavailable"
     assert conditions["Ready"].status is False
@@ -115,7 +120,12 @@ def test_declared_stopped_but_running_is_not_ready() -> None:
 
 
 def test_unobserved_pipelines_are_reported_unknown_not_left_stale() -> None:
-    found = Outcome(names=("sp", "pr"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    found = Outcome(
+        names=("sp", "pr"),
+        plans=(),
+        observed={},
+        errors=dict.fromkeys(("sp", "pr"), PachdUnavailable(UNREACHABLE)),
+    )
     previous = {"spout": {"name": "sp", "state": "RUNNING", "version": 3}}
     patch = status_patch(found, True, 2, previous, "2026-01-01T00:00:00Z")
     assert patch["spout"] == {
