@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 
-from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected
+from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.reconcile import Outcome
 from spout_operator.render import GROUP
 from spout_operator.spec import CLUSTER_CONNECTION, NAMESPACED_CONNECTION, ConnectionRef
@@ -195,7 +195,8 @@ def wrote_to_pachd(outcome: Outcome) -> bool:
     attempted (a write that timed out may still have landed), or a pipeline of ours exists."""
     if outcome.applied:
         return True
-    if outcome.error is not None and any(plan.steps and not plan.foreign for plan in outcome.plans):
+    timed_out = {name for name, err in outcome.errors.items() if isinstance(err, PachdUnavailable)}
+    if any(plan.steps and not plan.foreign and plan.name in timed_out for plan in outcome.plans):
         return True
     foreign = {plan.name for plan in outcome.plans if plan.foreign}
     return any(found is not None and name not in foreign for name, found in outcome.observed.items())

@@ -151,6 +151,11 @@ def plan(name: str, steps: tuple[Step, ...] = (), foreign: bool = False) -> Pipe
             ),
             True,
         ),
+        # a create pachd refused (e.g. an unknown project) left nothing behind
+        (
+            Outcome(("s", "p"), (plan("s", (Step.CREATE,)),), {"s": None}, errors={"s": PachdRejected("no")}),
+            False,
+        ),
         (Outcome(("s", "p"), (plan("s"), plan("p")), {"s": observed("s"), "p": None}), True),
         # someone else's pipeline under our name is not ours to delete
         (Outcome(("s", "p"), (plan("s", foreign=True),), {"s": observed("s")}), False),
