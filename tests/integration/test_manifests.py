@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,12 +233,13 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     namespace: str,
     pachd_client: Any,
     names: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spout, processor = names
     # A PachdConnection whose token Secret the operator may not read yet: said so in status.
     connection(stack, "team", stack.pachds[0].address, namespace=namespace, token="unused-by-pachd")
     body = resource("rbac", spout, processor, connectionRef={"kind": "PachdConnection", "name": "team"})
-    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
+    monkeypatch.setenv("SPOUT_OPERATOR_WORKER_NAMESPACES", stack.pachds[0].namespace)
     with as_service_account(stack), running_operator(namespace) as runner:
         kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
         obj = wait_condition(stack, namespace, "rbac", "Synced", "False")
@@ -264,7 +264,6 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
         )
         kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
         assert pipelines(pachd_client, spout, processor) == {}
-    os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
     assert "Worker watch" not in runner.output, runner.output  # the watch never had to restart
     forbidden = [line for line in runner.output.splitlines() if "Forbidden" in line or "403" in line]
     # The only refusal is the one the test provoked, reported in status as ConnectionForbidden.
