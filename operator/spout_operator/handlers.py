@@ -291,7 +291,11 @@ async def stop_connection_checks(memo: kopf.Memo, **_: Any) -> None:
 async def _check_connections_forever(memo: kopf.Memo) -> None:
     """Every interval, each known connection's Ready: reachable, version, token accepted."""
     while True:
-        await asyncio.sleep(memo.settings.connection_check_interval_s)
+        # `configure` may still be retrying (e.g. its metrics port is taken): wait for it.
+        settings = memo.get("settings")
+        await asyncio.sleep(settings.connection_check_interval_s if settings else 1.0)
+        if "controller" not in memo:
+            continue
         index: dict[tuple[str, str, str], dict[str, Any]] = memo.connections
         checks = [
             _in_pool(memo.executor, _check_connection, memo, key, body) for key, body in list(index.items())

@@ -80,6 +80,8 @@ def start_operator(state: State) -> None:
         "PYTHONPATH": str(ROOT / "operator"),
         "SPOUT_OPERATOR_NAMESPACE": "spout-operator-system",
         "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
+        # A free port, not 9090: another operator on this machine may hold that one.
+        "SPOUT_OPERATOR_METRICS_PORT": str(free_port()),
     }
     log = Path(state.root) / "logs" / "operator.log"
     record(state, "operator", _spawn([sys.executable, "-m", "spout_operator"], log, env=env))
