@@ -112,7 +112,11 @@ uninstall: ## Remove the CRDs (and with them every SpoutPipeline and connection)
 .PHONY: deploy
 deploy: ## Install CRDs, namespace, RBAC, the operator Deployment and the default ClusterPachdConnection
 	kubectl apply -k manifests/
-	kubectl wait --for=condition=Established --timeout=60s crd/clusterpachdconnections.spout-operator.dev
+	@# kubectl wait errors out (not waits) while a new CRD has no conditions yet: retry briefly
+	@for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  kubectl wait --for=condition=Established --timeout=60s crd/clusterpachdconnections.spout-operator.dev && break; \
+	  sleep 1; \
+	done
 	kubectl apply -f manifests/connection.yaml
 
 .PHONY: undeploy
