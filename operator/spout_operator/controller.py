@@ -8,9 +8,11 @@ the kopf handlers write what it returns, so the pass can be tested without kopf.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,24 +85,42 @@ class Deletion:
     status: dict[str, Any] | None = None  # what to show while deletion waits
 
 
+GONE_TTL_S = 600.0  # how long a deleted resource's uid is remembered: longer than any pass waits in the pool
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Controller:
-    """Shared by every handler and daemon; one pass per resource at a time."""
+    """Shared by every handler and daemon. One lock per resource: a pass, the status write
+    that ends it, and deletion never overlap, and the controller is the only writer of a
+    resource's status (kopf's handler patch carries none of it)."""
 
-    def __init__(self, settings: Settings, gateways: Gateways, kube: Kube) -> None:
+    def __init__(
+        self, settings: Settings, gateways: Gateways, kube: Kube, leading: Callable[[], bool] | None = None
+    ) -> None:
         self.settings = settings
         self.gateways = gateways
         self.kube = kube
+        self.leading = leading or (lambda: True)  # False: another replica may write; we must not
         self.readiness = metrics.Readiness()
         self._locks: dict[str, threading.Lock] = {}
+        self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
+        self._gone: dict[str, float] = {}  # uid -> when its deletion finished (monotonic)
         self._locks_lock = threading.Lock()
 
-    def _lock(self, uid: str) -> threading.Lock:
+    def _lock(self, uid: str) -> threading.Lock | None:
+        """The resource's lock; None once it was deleted (a pass queued before then does nothing)."""
         with self._locks_lock:
+            if uid in self._gone:
+                return None
             return self._locks.setdefault(uid, threading.Lock())
+
+    def _previous(self, resource: Resource) -> Mapping[str, Any]:
+        """The newest status: our own last write, which kopf's body may not show yet."""
+        written = self._status.get(resource.uid)
+        return resource.status if written is None else written.status
 
     def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
@@ -114,12 +134,39 @@ class Controller:
     def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
         # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
         # drift pass that read the old spec can never undo the update handler's new one.
-        with self._lock(resource.uid):
-            if trigger in REPAIRS and (
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return None
+        with lock:
+            if resource.uid in self._gone:
+                return None  # deleted while this pass waited for the lock
+            resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
+            if trigger != "change" and (
                 resource.deleting or resource.status.get("observedGeneration") != resource.generation
             ):
-                return None  # being deleted, or a spec change is pending: the handlers own those
-            return self._pass(resource, trigger, listed_since)
+                # Being deleted, a spec change pending (the handlers own those), or a body from
+                # before a change already applied: it must not undo it.
+                return None
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return None
+            result = self._pass(resource, trigger, listed_since)
+            self._write(resource, result.status)
+            return result
+
+    def _write(self, resource: Resource, status: dict[str, Any]) -> None:
+        """Write the whole status (called under the resource's lock), when it changed or the
+        last write failed. Kept in memory first, so a failed write loses no repair count."""
+        written = self._status.get(resource.uid)
+        if written is not None and written.ok and written.status == status:
+            return
+        if written is None and resource.status == status:
+            return
+        if not self.leading():
+            metrics.WRITES_REFUSED.inc()
+            return
+        ok = self.kube.write_status(resource.namespace, resource.name, status)
+        self._status[resource.uid] = _Written(copy.deepcopy(status), ok)
 
     def _pass(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult:
         if trigger == "change":
@@ -169,11 +216,21 @@ class Controller:
 
     def delete(self, resource: Resource) -> Deletion:
         """Delete both pipelines (processor first) unless the policy orphans them. Holds the
-        resource's lock, so no pass of it runs meanwhile and none can re-create a pipeline."""
-        with self._lock(resource.uid):
+        resource's lock, so no pass of it runs meanwhile, and once done no pass queued
+        before can run at all (none can re-create a pipeline)."""
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return Deletion(True, "Pipelines deleted")
+        with lock:
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return Deletion(False, "not the leader: another replica deletes it")
             deletion = self._delete(resource)
-        if deletion.done:
-            self.forget(resource.uid)
+            if deletion.done:
+                self.forget(resource.uid)
+            elif deletion.status is not None:
+                previous = self._previous(resource)
+                self._write(resource, {**previous, **deletion.status})
         return deletion
 
     def _delete(self, resource: Resource) -> Deletion:
@@ -211,10 +268,25 @@ class Controller:
         return Deletion(False, message, status)
 
     def forget(self, uid: str) -> None:
-        """Release a deleted resource's bookkeeping."""
+        """Release a deleted resource's bookkeeping; only its uid is remembered, for a while."""
         with self._locks_lock:
             self._locks.pop(uid, None)
+            self._status.pop(uid, None)
+            cutoff = time.monotonic() - GONE_TTL_S
+            self._gone = {u: t for u, t in self._gone.items() if t >= cutoff}
+            self._gone[uid] = time.monotonic()
         self.readiness.forget(uid)
+
+    def __len__(self) -> int:
+        """Resources with bookkeeping (locks, written status): bounded by the live ones."""
+        with self._locks_lock:
+            return len(self._locks.keys() | self._status.keys())
+
+
+@dataclass(frozen=True)
+class _Written:
+    status: dict[str, Any]
+    ok: bool  # False: the write failed, the next pass writes it again
 
 
 def _foreign_note(removal: Removal) -> str:

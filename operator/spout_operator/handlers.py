@@ -103,19 +103,11 @@ async def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def apply(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Make pachd hold both pipelines as the resource declares them."""
+async def apply(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Make pachd hold both pipelines as the resource declares them. Each pass writes the
+    status itself, under the resource's lock (kopf's handler patch carries none of it)."""
     resource = Resource.of(body)
     result = await _pass(memo, memo.executor, resource, "change")
-    if result is None:
-        return
-    patch.status.update(result.status)
-    if result.starting:
-        # kopf writes `patch` only when the handler returns: show the change in progress now,
-        # so no one reads the previous generation's Ready=True while pachd starts this one.
-        await _in_pool(
-            memo.executor, memo.kube.write_status, resource.namespace, resource.name, result.status
-        )
     # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
     # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
     # a poll instead of at the next drift check. The waits hold no thread: many resources
@@ -123,11 +115,8 @@ async def apply(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
     deadline = time.monotonic() + STARTING_WAIT_S
     while result is not None and result.starting and time.monotonic() < deadline:
         await asyncio.sleep(STARTING_POLL_S)
-        resource = Resource.of({**body, "status": patch.status or body.get("status")})
         listed_since = time.monotonic() - STARTING_POLL_S
         result = await _pass(memo, memo.poll_executor, resource, "poll", listed_since)
-        if result is not None:
-            patch.status.update(result.status)
     # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
     # retries it (one listing per pachd per sweep, however many resources wait on it), so
     # the handler ends here: no per-resource retry loop, no Event at every attempt.
@@ -158,16 +147,7 @@ async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
                 poked.clear()
             # Judge by a listing taken at this sweep, never one left over from a late pass of
             # the previous sweep (that would hide a change made in between for a whole interval).
-            result = await _pass(
-                memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S
-            )
-            if result is not None and any(
-                body.get("status", {}).get(k) != v for k, v in result.status.items()
-            ):
-                meta = body["metadata"]
-                await _in_pool(
-                    memo.executor, memo.kube.write_status, meta["namespace"], meta["name"], result.status
-                )
+            await _pass(memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S)
     finally:
         memo.wakeups.unregister(uid)
 
@@ -222,15 +202,12 @@ async def _in_pool(executor: concurrent.futures.Executor, fn: Callable[..., T], 
 @kopf.on.delete(*RESOURCE)
 async def delete(
     body: kopf.Body,
-    patch: kopf.Patch,
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
     """Delete both pipelines (processor first) unless the policy orphans them."""
     deletion = await _in_pool(memo.executor, memo.controller.delete, Resource.of(body))
-    if not deletion.done:
-        if deletion.status is not None:
-            patch.status.update(deletion.status)
+    if not deletion.done:  # its status, saying why, is written already
         raise kopf.TemporaryError(deletion.message, delay=memo.settings.retry_delay_s)
     logger.info(deletion.message)
