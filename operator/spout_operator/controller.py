@@ -109,6 +109,7 @@ class Controller:
         self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
         self._gone: dict[str, float] = {}  # uid -> when its deletion finished (monotonic)
         self._locks_lock = threading.Lock()
+        self._tidied = time.monotonic()
 
     def _lock(self, uid: str) -> threading.Lock | None:
         """The resource's lock; None once it was deleted (a pass queued before then does nothing)."""
@@ -132,6 +133,8 @@ class Controller:
         return {(s["pipeline"]["project"]["name"], s["pipeline"]["name"]) for s in pair.in_creation_order()}
 
     def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
+        if trigger == "drift":
+            self._tidy()
         # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
         # drift pass that read the old spec can never undo the update handler's new one.
         lock = self._lock(resource.uid)
@@ -153,6 +156,15 @@ class Controller:
             result = self._pass(resource, trigger, listed_since)
             self._write(resource, result.status)
             return result
+
+    def _tidy(self) -> None:
+        """At most once a sweep: close pachd channels no resource asked for in a while."""
+        now = time.monotonic()
+        with self._locks_lock:
+            if now - self._tidied < self.settings.drift_interval_s:
+                return
+            self._tidied = now
+        self.gateways.close_idle(max(self.settings.gateway_idle_s, 3 * self.settings.drift_interval_s))
 
     def _write(self, resource: Resource, status: dict[str, Any]) -> None:
         """Write the whole status (called under the resource's lock), when it changed or the

@@ -13,7 +13,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -242,18 +242,37 @@ def _translate(err: grpc.RpcError) -> PachdError:
 
 
 class Gateways:
-    """One gateway (gRPC channel) per distinct pachd endpoint, shared by all resources."""
+    """One gateway (gRPC channel) per distinct pachd endpoint, shared by all resources.
+    A gateway no resource has asked for in a while is closed (close_idle), so churn over
+    many endpoints (or tokens) does not keep a channel for each one ever seen."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._timeout_s = timeout_s
+        self._clock = clock
         self._by_endpoint: dict[Endpoint, Gateway] = {}
+        self._used: dict[Endpoint, float] = {}  # endpoint -> last get()
         self._lock = threading.Lock()
 
     def get(self, endpoint: Endpoint) -> Gateway:
         with self._lock:
             if endpoint not in self._by_endpoint:
                 self._by_endpoint[endpoint] = Gateway(endpoint, self._timeout_s)
+                metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
+            self._used[endpoint] = self._clock()
             return self._by_endpoint[endpoint]
+
+    def close_idle(self, idle_s: float) -> int:
+        """Close the gateways nobody asked for in `idle_s`; how many were closed. Every
+        resource asks for its gateway at each sweep, so pick `idle_s` well above the sweep
+        interval and the longest pass (a pass in flight keeps what it was given)."""
+        cutoff = self._clock() - idle_s
+        with self._lock:
+            idle = [e for e, used in self._used.items() if used < cutoff]
+            for endpoint in idle:
+                self._by_endpoint.pop(endpoint).close()
+                del self._used[endpoint]
+            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
+        return len(idle)
 
     def __len__(self) -> int:
         return len(self._by_endpoint)
@@ -263,3 +282,5 @@ class Gateways:
             for gateway in self._by_endpoint.values():
                 gateway.close()
             self._by_endpoint.clear()
+            self._used.clear()
+            metrics.PACHD_CHANNELS.set(0)

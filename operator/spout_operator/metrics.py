@@ -31,6 +31,7 @@ WRITES_REFUSED = Counter(
     "Passes and status writes refused because this replica does not hold the Lease",
 )
 STATUS_WRITES = Counter("spout_operator_status_writes_total", "Status writes to the API server")
+PACHD_CHANNELS = Gauge("spout_operator_pachd_channels", "Open gRPC channels to pachd (one per endpoint)")
 READY = Gauge("spout_operator_resources", "Managed resources by Ready state", ["ready"])
 
 

@@ -27,6 +27,8 @@ class Settings:
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
+    # A pachd channel no resource used for this long is closed (at least 3 sweeps).
+    gateway_idle_s: float = 300.0
     # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
     worker_namespaces: tuple[str, ...] = ()
     # For resources that name no Secret of their own; kept out of repr so it never hits logs.
@@ -41,6 +43,7 @@ class Settings:
             drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
+            gateway_idle_s=_seconds(env, "GATEWAY_IDLE_SECONDS", defaults.gateway_idle_s),
             namespaces=_names(env, "NAMESPACES"),
             worker_namespaces=_names(env, "WORKER_NAMESPACES"),
             pachd_auth_token=env.get(PREFIX + "PACHD_AUTH_TOKEN", "").strip(),

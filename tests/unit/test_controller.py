@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from spout_operator.controller import Controller, Resource
 from spout_operator.gateway import Endpoint, Gateway, Gateways
@@ -262,3 +263,20 @@ def test_deletion_shows_why_it_waits_in_a_status_it_writes_itself() -> None:
     assert not deletion.done
     assert kube.status["summary"] == "Deleting"
     assert kube.status["spout"]["name"] == "spout"  # the rest of the status stays
+
+
+def test_sweeps_close_channels_no_resource_uses() -> None:
+    closed: list[float] = []
+
+    class Spy(OneGateway):
+        def close_idle(self, idle_s: float) -> int:
+            closed.append(idle_s)
+            return 0
+
+    gateway = FakeGateway()
+    settings = Settings(drift_interval_s=0.1, gateway_idle_s=0.1)
+    ctl = Controller(settings, Spy(gateway), NoKube())  # type: ignore[arg-type]
+    ctl._tidied -= 1  # a sweep interval has passed
+    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # nothing to do, still tidies
+    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # same sweep: once only
+    assert closed == [pytest.approx(0.3)]  # never below three sweeps
