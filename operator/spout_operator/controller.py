@@ -21,10 +21,20 @@ import kubernetes
 from spout_operator import metrics
 from spout_operator import render as rendering
 from spout_operator.events import REPAIRS, Event, Trigger, for_invalid_spec, for_pass
-from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdError, PachdRejected
+from spout_operator.gateway import (
+    Endpoint,
+    Gateway,
+    Gateways,
+    PachdError,
+    PachdRejected,
+    PachdUnavailable,
+    Snapshot,
+)
 from spout_operator.kube import Kube
+from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
+from spout_operator.render import PipelineSpec
 from spout_operator.settings import Settings
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import status_patch
@@ -185,7 +195,7 @@ class Controller:
             self.readiness.changed(resource.uid, resource.generation)
         try:
             spec = parse(resource.spec, resource.name)
-            gateway = self.gateways.get(self.endpoint(spec, resource.namespace))
+            gateway = Fenced(self.gateways.get(self.endpoint(spec, resource.namespace)), self.leading)
         except (SpecError, PachdError, kubernetes.client.ApiException) as err:
             message = str(getattr(err, "reason", None) or err)
             status = status_patch(None, True, resource.generation, resource.status, now(), spec_error=message)
@@ -253,7 +263,7 @@ class Controller:
         if spec.deletion_policy is DeletionPolicy.ORPHAN:
             return Deletion(True, "Deletion policy is Orphan: pipelines stay in pachd")
         try:
-            gateway = self.gateways.get(self.endpoint(spec, resource.namespace))
+            gateway = Fenced(self.gateways.get(self.endpoint(spec, resource.namespace)), self.leading)
         except PachdRejected as err:  # an address no pachd can have: nothing was ever created there
             return Deletion(True, f"Nothing to delete: {err}")
         except (SpecError, kubernetes.client.ApiException) as err:  # e.g. the token Secret is gone
@@ -299,6 +309,45 @@ class Controller:
 class _Written:
     status: dict[str, Any]
     ok: bool  # False: the write failed, the next pass writes it again
+
+
+class Fenced(Gateway):
+    """A gateway whose writes go through only while this replica leads: a pass that began
+    as the leader stops writing to pachd the moment the Lease is lost."""
+
+    def __init__(self, gateway: Gateway, leading: Callable[[], bool]) -> None:
+        # Gateway.__init__ is deliberately not called: this only wraps one.
+        self._gateway, self._leading = gateway, leading
+
+    def _fence(self) -> None:
+        if not self._leading():
+            metrics.WRITES_REFUSED.inc()
+            raise PachdUnavailable("not the leader: this replica no longer holds the Lease")
+
+    def inspect(self, name: str, project: str) -> ObservedPipeline | None:
+        return self._gateway.inspect(name, project)
+
+    def list_pipelines(self) -> list[ObservedPipeline]:
+        return self._gateway.list_pipelines()
+
+    def snapshot(self, not_before: float) -> Snapshot:
+        return self._gateway.snapshot(not_before)
+
+    def create(self, spec: PipelineSpec, update: bool) -> None:
+        self._fence()
+        self._gateway.create(spec, update)
+
+    def start(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.start(name, project)
+
+    def stop(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.stop(name, project)
+
+    def delete(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.delete(name, project)
 
 
 def _foreign_note(removal: Removal) -> str:

@@ -280,3 +280,34 @@ def test_sweeps_close_channels_no_resource_uses() -> None:
     ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # nothing to do, still tidies
     ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # same sweep: once only
     assert closed == [pytest.approx(0.3)]  # never below three sweeps
+
+
+# --- a replica that does not lead writes nothing -----------------------------------------
+
+
+def test_a_replica_that_does_not_lead_neither_reconciles_nor_writes() -> None:
+    gateway = FakeGateway()
+    kube = RecordingKube()
+    ctl = Controller(Settings(), OneGateway(gateway), kube, leading=lambda: False)  # type: ignore[arg-type]
+    assert ctl.reconcile(Resource.of(body()), "change") is None
+    assert not ctl.delete(Resource.of(body())).done
+    assert gateway.log == [] and kube.writes == []
+
+
+def test_a_pass_stops_writing_the_moment_the_lease_is_lost() -> None:
+    """The Lease is lost between the pass's first write to pachd and its second: the second
+    never happens, and neither does the status write."""
+    gateway = FakeGateway()
+    kube = RecordingKube()
+    leading = [True]
+    ctl = Controller(Settings(), OneGateway(gateway), kube, leading=lambda: leading[0])  # type: ignore[arg-type]
+    original = gateway.create
+
+    def create_then_lose(spec: Any, update: bool) -> None:
+        original(spec, update)
+        leading[0] = False
+
+    gateway.create = create_then_lose  # type: ignore[method-assign]
+    ctl.reconcile(Resource.of(body()), "change")
+    assert gateway.writes() == [("create", "spout")]
+    assert kube.writes == []
