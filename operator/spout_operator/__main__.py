@@ -50,9 +50,14 @@ def main() -> int:
 
 
 async def _operator(
-    settings: Settings, liveness: str, stop: asyncio.Event | None, elector: leader.Elector | None
+    settings: Settings,
+    liveness: str,
+    stop: asyncio.Event | None,
+    elector: leader.Elector | None,
+    ready: asyncio.Event | None = None,
 ) -> None:
     await kopf.operator(
+        ready_flag=ready,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         standalone=True,  # no kopf peering: one replica, or the Lease holder only
@@ -72,7 +77,25 @@ async def _elected(settings: Settings, liveness: str) -> None:
     loop = asyncio.get_running_loop()
 
     async def run(stop: asyncio.Event) -> None:
-        await _operator(settings, liveness, stop, elector)
+        ready = asyncio.Event()
+
+        def on_signal() -> None:
+            terminating.set()
+            stop.set()
+
+        async def take_signals() -> None:
+            # kopf installs its own SIGTERM handler while it starts; stopped by a signal while
+            # a stop flag is given, it then waits 5 s for the flag's waiter. Once kopf is ready,
+            # a signal sets the stop flag instead, and kopf stops at once.
+            await ready.wait()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal)
+
+        taking = asyncio.ensure_future(take_signals())  # created before kopf: not one of its tasks
+        try:
+            await _operator(settings, liveness, stop, elector, ready)
+        finally:
+            taking.cancel()
 
     @contextlib.asynccontextmanager
     async def standby() -> AsyncIterator[None]:

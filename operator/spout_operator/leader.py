@@ -243,7 +243,8 @@ async def _hold(
     task = asyncio.ensure_future(run(stop))
     lost = False
     while not task.done() and not terminating.is_set():
-        await _wait_any(terminating, task, retry_s)
+        # Waits on the task alone: kopf waits 5 s on exit for tasks created while it ran.
+        await asyncio.wait({task}, timeout=retry_s)
         if task.done() or terminating.is_set():
             break
         await attempt(elector)
@@ -261,7 +262,10 @@ async def _hold(
 async def attempt(elector: Elector) -> bool:
     """One attempt in a thread, never longer than a request's deadline."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(elector.attempt), REQUEST_TIMEOUT_S + 1)
+        # A plain future, not a task (asyncio.to_thread is a coroutine: wait_for makes it one):
+        # kopf waits 5 s on exit for tasks created while it ran.
+        future = asyncio.get_running_loop().run_in_executor(None, elector.attempt)
+        return await asyncio.wait_for(future, REQUEST_TIMEOUT_S + 1)
     except TimeoutError:
         return elector.leading()
 
@@ -269,12 +273,3 @@ async def attempt(elector: Elector) -> bool:
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout_s)
-
-
-async def _wait_any(event: asyncio.Event, task: asyncio.Future[None], timeout_s: float) -> None:
-    waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
-    futures: list[asyncio.Future[Any]] = [waiter, task]
-    try:
-        await asyncio.wait(futures, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
