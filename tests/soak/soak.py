@@ -114,15 +114,20 @@ class Churn:
         self.rng = random.Random(13)
         self.counts = {"created": 0, "edited": 0, "deleted": 0}
 
-    def address(self, i: int) -> str | None:
-        if i < self.options.real:
-            return None
-        return f"grpc://127.0.0.1:{40000 + self.rng.randrange(self.options.endpoints)}"
+    def address(self) -> str:
+        """One of --endpoints addresses, from a window that moves on as resources are made:
+        old endpoints fall out of use, and their channels must be closed."""
+        window = self.serial // max(1, self.options.resources // 2)
+        return f"grpc://127.0.0.1:{40000 + window + self.rng.randrange(self.options.endpoints)}"
+
+    def endpoints_in_use(self) -> int:
+        """Distinct pachd endpoints the live resources name (the default one for real pairs)."""
+        return len({a or "default" for a in self.live.values()})
 
     def create(self, real: bool = False) -> None:
         self.serial += 1
         name = f"{self.tag}-{self.serial}"
-        address = None if real else self.address(self.options.real)
+        address = None if real else self.address()
         self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body(name, address))
         self.live[name] = address
         self.counts["created"] += 1
@@ -201,6 +206,10 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
                 next_sample += options.sample_s
             time.sleep(options.round_s)
         samples.append(sample(operator))
+        # Churn over: once the idle time has passed, only the endpoints in use keep a channel.
+        time.sleep(options.gateway_idle_s + 3 * options.drift_interval_s)
+        settled = sample(operator)
+        alive = operator.proc.poll() is None
     finally:
         with contextlib.suppress(Exception):
             kubectl(state, "delete", PLURAL, "--all", "-n", NAMESPACE, "--timeout=180s")
@@ -226,6 +235,9 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
         "end": {k: last[k] for k in METRICS},
         "max": {k: max(s[k] for s in samples) for k in METRICS},
         "slope_per_10min": {k: round(slope_per_10min(samples, k), 3) for k in METRICS},
+        "settled_channels": settled["channels"],
+        "endpoints_in_use": churn.endpoints_in_use(),
+        "operator_alive": alive,
     }
     say(json.dumps({k: v for k, v in result.items() if k != "parameters"}))
     if out is not None:
@@ -245,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=defaults.minutes)
     parser.add_argument("--resources", type=int, default=defaults.resources)
     parser.add_argument("--endpoints", type=int, default=defaults.endpoints)
+    parser.add_argument("--pachds", type=int, default=2, help="pachds in the stack (2: each in a netns)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "soak.json")
     args = parser.parse_args(argv)
     options = SoakOptions(minutes=args.minutes, resources=args.resources, endpoints=args.endpoints)
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(root)
     try:
         say(f"starting a local stack in {root}")
-        run(stack.up(pachd_count=1), options, args.out)
+        run(stack.up(pachd_count=args.pachds), options, args.out)
     except (RuntimeError, KeyboardInterrupt) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
