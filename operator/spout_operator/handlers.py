@@ -61,7 +61,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # slow to list, they wait there and never hold up the passes that create pipelines.
     memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
     memo.kube = Kube(pool_size=WORKERS)
-    memo.controller = Controller(memo.settings, Gateways(memo.settings.pachd_timeout_s), memo.kube)
+    # With leader election, whether this replica holds the Lease (checked before every write).
+    leading = getattr(memo, "leading", None)
+    memo.controller = Controller(memo.settings, Gateways(memo.settings.pachd_timeout_s), memo.kube, leading)
     memo.wakeups = Wakeups()
     metrics.serve(memo.settings.metrics_port)
     loop = asyncio.get_running_loop()
