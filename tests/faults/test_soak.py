@@ -11,8 +11,8 @@ pytestmark = pytest.mark.faults
 
 def test_short_soak_releases_what_churn_takes(stack: State) -> None:
     options = SoakOptions(
-        minutes=1.0,
-        resources=60,
+        minutes=0.5,
+        resources=40,
         endpoints=5,
         real=1,
         batch=6,
