@@ -14,7 +14,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kopf
@@ -65,6 +65,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     leading = getattr(memo, "leading", None)
     memo.controller = Controller(memo.settings, Gateways(memo.settings.pachd_timeout_s), memo.kube, leading)
     memo.wakeups = Wakeups()
+    memo.shutdown = asyncio.Event()  # set by cleanup: ends every daemon, even late ones
     metrics.serve(memo.settings.metrics_port)
     loop = asyncio.get_running_loop()
 
@@ -88,10 +89,16 @@ async def login(
 
 
 @kopf.on.cleanup()
-def close(memo: kopf.Memo, **_: Any) -> None:
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Stop what startup started. Nothing here blocks (no thread needed)."""
+    # Daemons kopf started after it stopped the others (their handlers finished while it was
+    # stopping) are never told to stop: kopf would wait 5 s for them, then cancel them.
+    memo.shutdown.set()
     for watch in memo.worker_watches:
         watch.stop()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
+    # Passes still queued (their daemons stopped) would each run before the process exits.
+    memo.executor.shutdown(wait=False, cancel_futures=True)
     memo.controller.gateways.close()
 
 
@@ -135,26 +142,58 @@ async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
     """
     uid = str(body.get("metadata", {}).get("uid"))
     poked = asyncio.Event()
+    ended = _Ended(stopped, memo.shutdown)
     try:
-        while not stopped:
+        while not ended:
             # The pipelines this resource declares now (its spec may have changed since).
             memo.wakeups.register(uid, memo.controller.pipelines_of(body), poked)
             now = time.monotonic()
             sweep_at = now + until_next_sweep(now, memo.settings.drift_interval_s)
-            trigger: Trigger = "event" if await _woken(stopped, poked, sweep_at - now) else "drift"
-            if stopped:
+            trigger: Trigger = "event" if await _woken(ended, poked, sweep_at - now) else "drift"
+            if ended:
                 return
             if trigger == "event":
                 await asyncio.sleep(EVENT_SETTLE_S)
                 poked.clear()
             # Judge by a listing taken at this sweep, never one left over from a late pass of
             # the previous sweep (that would hide a change made in between for a whole interval).
-            await _pass(memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S)
+            pass_ = _pass(memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S)
+            await _unless_stopped(ended, pass_)
     finally:
         memo.wakeups.unregister(uid)
 
 
-async def _woken(stopped: kopf.DaemonStopped, poked: asyncio.Event, timeout_s: float) -> bool:
+class _Ended:
+    """A daemon's end: kopf stopped it, or the operator is shutting down."""
+
+    def __init__(self, stopped: kopf.DaemonStopped, shutdown: asyncio.Event) -> None:
+        self._stopped, self._shutdown = stopped, shutdown
+
+    def __bool__(self) -> bool:
+        return bool(self._stopped) or self._shutdown.is_set()
+
+    async def wait(self) -> None:
+        waiters = [asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(self._shutdown.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+async def _unless_stopped(stopped: _Ended, work: Awaitable[Any]) -> None:
+    """Await `work` unless the daemon is stopped first: on shutdown, 500 daemons must not each
+    wait for a pass queued in the pool behind a slow pachd. A pass left running finishes in
+    its thread under the resource's lock; nothing waits for its result."""
+    waiters = [asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _woken(stopped: _Ended, poked: asyncio.Event, timeout_s: float) -> bool:
     """Wait for the sweep (False) or a worker event (True), whichever comes first."""
     if poked.is_set():
         return True
