@@ -299,11 +299,6 @@ class Controller:
             self._gone[uid] = time.monotonic()
         self.readiness.forget(uid)
 
-    def __len__(self) -> int:
-        """Resources with bookkeeping (locks, written status): bounded by the live ones."""
-        with self._locks_lock:
-            return len(self._locks.keys() | self._status.keys())
-
 
 @dataclass(frozen=True)
 class _Written:
