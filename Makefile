@@ -47,11 +47,11 @@ deps: venv ## Install system packages the local stack needs (etcd, PostgreSQL, o
 lint: venv ## Lint and type-check (ruff, mypy --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench images/spout101
+	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench tests/soak tests/faults images/spout101
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests (no I/O, seconds)
-	$(VENV)/bin/pytest -m "not integration and not sandbox" tests
+	$(VENV)/bin/pytest -m "not integration and not sandbox and not faults" tests
 
 .PHONY: test-integration
 test-integration: deps ## Run the integration tests against the real local stack
@@ -94,6 +94,14 @@ sandbox-down: venv ## Stop a sandbox left running in the background
 .PHONY: bench
 bench: deps ## Benchmark against a fresh local stack (N=48 over K=6 pachds, 5 min steady; JSON in bench-results/)
 	cd tests && ../$(PY) -m bench.bench
+
+.PHONY: soak
+soak: deps ## Soak against a fresh local stack (30 min of churn over 300 resources; RSS, threads, fds, channels)
+	cd tests && ../$(PY) -m soak.soak $(SOAK_ARGS)
+
+.PHONY: test-faults
+test-faults: deps ## Run the fault tier only (kills, restarts, freezes; part of `make test`)
+	DEVSTACK_PACHDS=$(or $(DEVSTACK_PACHDS),2) $(VENV)/bin/pytest -m faults tests
 
 .PHONY: run
 run: venv ## Run the operator locally against the current kubeconfig

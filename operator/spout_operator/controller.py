@@ -8,11 +8,12 @@ the kopf handlers write what it returns, so the pass can be tested without kopf.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,20 @@ from spout_operator import connections, metrics
 from spout_operator import render as rendering
 from spout_operator.connections import ConnectionProblem, Resolver
 from spout_operator.events import REPAIRS, Event, Trigger, for_invalid_spec, for_pass
-from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdError, PachdRejected, PachdUnavailable
+from spout_operator.gateway import (
+    Endpoint,
+    Gateway,
+    Gateways,
+    PachdError,
+    PachdRejected,
+    PachdUnavailable,
+    Snapshot,
+)
 from spout_operator.kube import Kube
+from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
+from spout_operator.render import PipelineSpec
 from spout_operator.settings import Settings
 from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import status_patch
@@ -88,6 +99,7 @@ class Deletion:
 
 # How long a deletion in a namespace being deleted waits for a pachd that does not answer.
 NAMESPACE_GONE_GRACE_S = 60.0
+GONE_TTL_S = 600.0  # how long a deleted resource's uid is remembered: longer than any pass waits in the pool
 
 
 def now() -> str:
@@ -95,23 +107,42 @@ def now() -> str:
 
 
 class Controller:
-    """Shared by every handler and daemon; one pass per resource at a time."""
+    """Shared by every handler and daemon. One lock per resource: a pass, the status write
+    that ends it, and deletion never overlap, and the controller is the only writer of a
+    resource's status (kopf's handler patch carries none of it)."""
 
     def __init__(
-        self, settings: Settings, gateways: Gateways, kube: Kube, resolver: Resolver | None = None
+        self,
+        settings: Settings,
+        gateways: Gateways,
+        kube: Kube,
+        resolver: Resolver | None = None,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.gateways = gateways
         self.kube = kube
         # Reaches pachd only through admin-owned connections (connections.py).
         self.resolver = resolver or Resolver(kube.core, kube.custom, settings.operator_namespace)
+        self.leading = leading or (lambda: True)  # False: another replica may write; we must not
         self.readiness = metrics.Readiness()
         self._locks: dict[str, threading.Lock] = {}
+        self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
+        self._gone: dict[str, float] = {}  # uid -> when its deletion finished (monotonic)
         self._locks_lock = threading.Lock()
+        self._tidied = time.monotonic()
 
-    def _lock(self, uid: str) -> threading.Lock:
+    def _lock(self, uid: str) -> threading.Lock | None:
+        """The resource's lock; None once it was deleted (a pass queued before then does nothing)."""
         with self._locks_lock:
+            if uid in self._gone:
+                return None
             return self._locks.setdefault(uid, threading.Lock())
+
+    def _previous(self, resource: Resource) -> Mapping[str, Any]:
+        """The newest status: our own last write, which kopf's body may not show yet."""
+        written = self._status.get(resource.uid)
+        return resource.status if written is None else written.status
 
     def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
@@ -123,14 +154,52 @@ class Controller:
         return {(s["pipeline"]["project"]["name"], s["pipeline"]["name"]) for s in pair.in_creation_order()}
 
     def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
+        if trigger == "drift":
+            self._tidy()
         # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
         # drift pass that read the old spec can never undo the update handler's new one.
-        with self._lock(resource.uid):
-            if trigger in REPAIRS and (
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return None
+        with lock:
+            if resource.uid in self._gone:
+                return None  # deleted while this pass waited for the lock
+            resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
+            if trigger != "change" and (
                 resource.deleting or resource.status.get("observedGeneration") != resource.generation
             ):
-                return None  # being deleted, or a spec change is pending: the handlers own those
-            return self._pass(resource, trigger, listed_since)
+                # Being deleted, a spec change pending (the handlers own those), or a body from
+                # before a change already applied: it must not undo it.
+                return None
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return None
+            result = self._pass(resource, trigger, listed_since)
+            self._write(resource, result.status)
+            return result
+
+    def _tidy(self) -> None:
+        """At most once a sweep: close pachd channels no resource asked for in a while."""
+        now = time.monotonic()
+        with self._locks_lock:
+            if now - self._tidied < self.settings.drift_interval_s:
+                return
+            self._tidied = now
+        self.gateways.close_idle(max(self.settings.gateway_idle_s, 3 * self.settings.drift_interval_s))
+
+    def _write(self, resource: Resource, status: dict[str, Any]) -> None:
+        """Write the whole status (called under the resource's lock), when it changed or the
+        last write failed. Kept in memory first, so a failed write loses no repair count."""
+        written = self._status.get(resource.uid)
+        if written is not None and written.ok and written.status == status:
+            return
+        if written is None and resource.status == status:
+            return
+        if not self.leading():
+            metrics.WRITES_REFUSED.inc()
+            return
+        ok = self.kube.write_status(resource.namespace, resource.name, status)
+        self._status[resource.uid] = _Written(copy.deepcopy(status), ok)
 
     def _pass(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult:
         if trigger == "change":
@@ -139,7 +208,7 @@ class Controller:
             spec = parse(resource.spec, resource.name)
             # A change reads the connection and its Secret afresh; a sweep's passes share reads.
             endpoint = self.endpoint(spec.connection, resource.namespace, listed_since or time.monotonic())
-            gateway = self.gateways.get(endpoint)
+            gateway = Fenced(self.gateways.get(endpoint), self.leading)
         except (SpecError, PachdError, ConnectionProblem) as err:
             # Nothing was sent to pachd. (A PachdError here: the address cannot be dialled.)
             reason = (
@@ -158,6 +227,8 @@ class Controller:
                 spec_error=str(err),
                 error_reason=reason,
             )
+            if resource.status.get("managed"):  # status is written whole: keep what deletion reads
+                status["managed"] = resource.status["managed"]
             metrics.RECONCILES.labels(trigger, reason).inc()
             self.readiness.record(resource.uid, resource.generation, ready=False)
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
@@ -169,7 +240,9 @@ class Controller:
         status = status_patch(
             outcome, spec.running, resource.generation, resource.status, now(), drift_repairs=repairs
         )
-        if not resource.status.get("managed") and connections.wrote_to_pachd(outcome):
+        if resource.status.get("managed"):  # status is written whole: keep what deletion reads
+            status["managed"] = resource.status["managed"]
+        elif connections.wrote_to_pachd(outcome):
             # Deletion reads this: a resource that never got this far is deleted without pachd.
             status["managed"] = connections.managed_entry(spec.connection, endpoint.address)
         metrics.DRIFT_REPAIRS.inc(repairs)
@@ -195,11 +268,24 @@ class Controller:
 
     def delete(self, resource: Resource) -> Deletion:
         """Delete both pipelines (processor first) unless the policy orphans them. Holds the
-        resource's lock, so no pass of it runs meanwhile and none can re-create a pipeline."""
-        with self._lock(resource.uid):
+        resource's lock, so no pass of it runs meanwhile, and once done no pass queued
+        before can run at all (none can re-create a pipeline)."""
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return Deletion(True, "Pipelines deleted")
+        with lock:
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return Deletion(False, "not the leader: another replica deletes it")
+            # Judge by the newest status (our own last write: kopf's body may lag behind it),
+            # which says whether and where pipelines were created.
+            resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
             deletion = self._delete(resource)
-        if deletion.done:
-            self.forget(resource.uid)
+            if deletion.done:
+                self.forget(resource.uid)
+            elif deletion.status is not None:
+                previous = self._previous(resource)
+                self._write(resource, {**previous, **deletion.status})
         return deletion
 
     def _delete(self, resource: Resource) -> Deletion:
@@ -216,7 +302,9 @@ class Controller:
         recorded = connections.recorded_connection(resource.status)
         ref = recorded or spec.connection  # where the pipelines were created, if anything was
         try:
-            gateway = self.gateways.get(self.endpoint(ref, resource.namespace, time.monotonic()))
+            gateway = Fenced(
+                self.gateways.get(self.endpoint(ref, resource.namespace, time.monotonic())), self.leading
+            )
         except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
             permanent = not isinstance(err, ConnectionProblem) or err.permanent
             if self._may_finish(resource, recorded is not None, permanent):
@@ -272,10 +360,59 @@ class Controller:
         return Deletion(False, message, status)
 
     def forget(self, uid: str) -> None:
-        """Release a deleted resource's bookkeeping."""
+        """Release a deleted resource's bookkeeping; only its uid is remembered, for a while."""
         with self._locks_lock:
             self._locks.pop(uid, None)
+            self._status.pop(uid, None)
+            cutoff = time.monotonic() - GONE_TTL_S
+            self._gone = {u: t for u, t in self._gone.items() if t >= cutoff}
+            self._gone[uid] = time.monotonic()
         self.readiness.forget(uid)
+
+
+@dataclass(frozen=True)
+class _Written:
+    status: dict[str, Any]
+    ok: bool  # False: the write failed, the next pass writes it again
+
+
+class Fenced(Gateway):
+    """A gateway whose writes go through only while this replica leads: a pass that began
+    as the leader stops writing to pachd the moment the Lease is lost."""
+
+    def __init__(self, gateway: Gateway, leading: Callable[[], bool]) -> None:
+        # Gateway.__init__ is deliberately not called: this only wraps one.
+        self._gateway, self._leading = gateway, leading
+
+    def _fence(self) -> None:
+        if not self._leading():
+            metrics.WRITES_REFUSED.inc()
+            raise PachdUnavailable("not the leader: this replica no longer holds the Lease")
+
+    def inspect(self, name: str, project: str) -> ObservedPipeline | None:
+        return self._gateway.inspect(name, project)
+
+    def list_pipelines(self) -> list[ObservedPipeline]:
+        return self._gateway.list_pipelines()
+
+    def snapshot(self, not_before: float) -> Snapshot:
+        return self._gateway.snapshot(not_before)
+
+    def create(self, spec: PipelineSpec, update: bool) -> None:
+        self._fence()
+        self._gateway.create(spec, update)
+
+    def start(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.start(name, project)
+
+    def stop(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.stop(name, project)
+
+    def delete(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.delete(name, project)
 
 
 def _foreign_note(removal: Removal) -> str:

@@ -13,7 +13,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -284,34 +284,51 @@ class Gateways:
 
     Keyed by the whole Endpoint, token included: a token is only ever sent on the channel of
     its own address, and a rotated token gets a channel of its own. A gateway nobody asked for
-    within `idle_s` is closed, and one superseded by a new token or CA for the same address as
-    soon as a call on it must have finished (its deadline has passed)."""
+    within `idle_s` (or `close_idle`'s) is closed, and one superseded by a new token or CA for
+    the same address as soon as a call on it must have finished (its deadline has passed), so
+    churn over many endpoints does not keep a channel for each one ever seen."""
 
-    def __init__(self, timeout_s: float, idle_s: float = math.inf) -> None:
+    def __init__(
+        self, timeout_s: float, idle_s: float = math.inf, clock: Callable[[], float] | None = None
+    ) -> None:
         self._timeout_s = timeout_s
         self._idle_s = idle_s
+        self._clock = clock or (lambda: time.monotonic())  # looked up at each call
         self._by_endpoint: dict[Endpoint, tuple[Gateway, float]] = {}  # -> gateway, last asked
         self._lock = threading.Lock()
 
     def get(self, endpoint: Endpoint) -> Gateway:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             found = self._by_endpoint.get(endpoint)
             gateway = found[0] if found is not None else Gateway(endpoint, self._timeout_s)
             self._by_endpoint[endpoint] = (gateway, now)
-            self._evict(now, endpoint)
+            self._evict(now, endpoint, self._idle_s)
+            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
             return gateway
 
-    def _evict(self, now: float, current: Endpoint) -> None:
+    def _evict(self, now: float, current: Endpoint | None, idle_s: float) -> int:
         # A write waits up to one deadline for its slot, then runs for up to one more.
         in_flight_s = 2 * self._timeout_s + 1
-        place = (current.address, current.tls)
+        place = None if current is None else (current.address, current.tls)
+        closed = 0
         for endpoint, (gateway, asked) in list(self._by_endpoint.items()):
             superseded = endpoint != current and (endpoint.address, endpoint.tls) == place
             idle = now - asked
-            if idle > self._idle_s or (superseded and idle > in_flight_s):
+            if idle > idle_s or (superseded and idle > in_flight_s):
                 gateway.close()
                 del self._by_endpoint[endpoint]
+                closed += 1
+        return closed
+
+    def close_idle(self, idle_s: float) -> int:
+        """Close the gateways nobody asked for in `idle_s`; how many were closed. Every
+        resource asks for its gateway at each sweep, so pick `idle_s` well above the sweep
+        interval and the longest pass (a pass in flight keeps what it was given)."""
+        with self._lock:
+            closed = self._evict(self._clock(), None, idle_s)
+            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
+        return closed
 
     def __len__(self) -> int:
         return len(self._by_endpoint)
@@ -321,3 +338,4 @@ class Gateways:
             for gateway, _ in self._by_endpoint.values():
                 gateway.close()
             self._by_endpoint.clear()
+            metrics.PACHD_CHANNELS.set(0)

@@ -14,7 +14,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kopf
@@ -65,11 +65,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
     memo.kube = Kube(pool_size=WORKERS)
     gateways = Gateways(memo.settings.pachd_timeout_s, _gateway_idle_s(memo.settings))
-    memo.controller = Controller(memo.settings, gateways, memo.kube)
+    # With leader election, whether this replica holds the Lease (checked before every write).
+    leading = getattr(memo, "leading", None)
+    memo.controller = Controller(memo.settings, gateways, memo.kube, leading=leading)
     # Connections by (plural, namespace, name), for their periodic check. Made here: each
     # object's handlers get a shallow copy of memo, so only objects made now are shared.
     memo.connections = {}
     memo.wakeups = Wakeups()
+    memo.shutdown = asyncio.Event()  # set by cleanup: ends every daemon, even late ones
     metrics.serve(memo.settings.metrics_port)
     loop = asyncio.get_running_loop()
 
@@ -93,10 +96,16 @@ async def login(
 
 
 @kopf.on.cleanup()
-def close(memo: kopf.Memo, **_: Any) -> None:
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Stop what startup started. Nothing here blocks (no thread needed)."""
+    # Daemons kopf started after it stopped the others (their handlers finished while it was
+    # stopping) are never told to stop: kopf would wait 5 s for them, then cancel them.
+    memo.shutdown.set()
     for watch in memo.worker_watches:
         watch.stop()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
+    # Passes still queued (their daemons stopped) would each run before the process exits.
+    memo.executor.shutdown(wait=False, cancel_futures=True)
     memo.controller.gateways.close()
 
 
@@ -110,19 +119,11 @@ async def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def apply(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Make pachd hold both pipelines as the resource declares them."""
+async def apply(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Make pachd hold both pipelines as the resource declares them. Each pass writes the
+    status itself, under the resource's lock (kopf's handler patch carries none of it)."""
     resource = Resource.of(body)
     result = await _pass(memo, memo.executor, resource, "change")
-    if result is None:
-        return
-    patch.status.update(result.status)
-    if result.starting:
-        # kopf writes `patch` only when the handler returns: show the change in progress now,
-        # so no one reads the previous generation's Ready=True while pachd starts this one.
-        await _in_pool(
-            memo.executor, memo.kube.write_status, resource.namespace, resource.name, result.status
-        )
     # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
     # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
     # a poll instead of at the next drift check. The waits hold no thread: many resources
@@ -130,11 +131,8 @@ async def apply(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
     deadline = time.monotonic() + STARTING_WAIT_S
     while result is not None and result.starting and time.monotonic() < deadline:
         await asyncio.sleep(STARTING_POLL_S)
-        resource = Resource.of({**body, "status": patch.status or body.get("status")})
         listed_since = time.monotonic() - STARTING_POLL_S
         result = await _pass(memo, memo.poll_executor, resource, "poll", listed_since)
-        if result is not None:
-            patch.status.update(result.status)
     # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
     # retries it (one listing per pachd per sweep, however many resources wait on it), so
     # the handler ends here: no per-resource retry loop, no Event at every attempt.
@@ -151,47 +149,69 @@ async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
     """
     uid = str(body.get("metadata", {}).get("uid"))
     poked = asyncio.Event()
+    ended = _Ended(stopped, memo.shutdown)
     try:
-        while not stopped:
+        while not ended:
             # The pipelines this resource declares now (its spec may have changed since).
             memo.wakeups.register(uid, memo.controller.pipelines_of(body), poked)
             now = time.monotonic()
             sweep_at = now + until_next_sweep(now, memo.settings.drift_interval_s)
-            trigger: Trigger = "event" if await _woken(stopped, poked, sweep_at - now) else "drift"
-            if stopped:
+            trigger: Trigger = "event" if await _woken(ended, poked, sweep_at - now) else "drift"
+            if ended:
                 return
             if trigger == "event":
                 await asyncio.sleep(EVENT_SETTLE_S)
                 poked.clear()
             # Judge by a listing taken at this sweep, never one left over from a late pass of
             # the previous sweep (that would hide a change made in between for a whole interval).
-            result = await _pass(
-                memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S
-            )
-            if result is not None and any(
-                body.get("status", {}).get(k) != v for k, v in result.status.items()
-            ):
-                meta = body["metadata"]
-                await _in_pool(
-                    memo.executor, memo.kube.write_status, meta["namespace"], meta["name"], result.status
-                )
+            pass_ = _pass(memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S)
+            await _unless_stopped(ended, pass_)
     finally:
         memo.wakeups.unregister(uid)
 
 
-async def _woken(stopped: kopf.DaemonStopped, poked: asyncio.Event, timeout_s: float) -> bool:
+class _Ended:
+    """A daemon's end: kopf stopped it, or the operator is shutting down."""
+
+    def __init__(self, stopped: kopf.DaemonStopped, shutdown: asyncio.Event) -> None:
+        self._stopped, self._shutdown = stopped, shutdown
+
+    def __bool__(self) -> bool:
+        return bool(self._stopped) or self._shutdown.is_set()
+
+    async def wait(self) -> None:
+        waiters = [asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(self._shutdown.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+async def _unless_stopped(stopped: _Ended, work: Awaitable[Any]) -> None:
+    """Await `work` unless the daemon is stopped first: on shutdown, 500 daemons must not each
+    wait for a pass queued in the pool behind a slow pachd. A pass left running finishes in
+    its thread under the resource's lock; nothing waits for its result."""
+    waiters = [asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _woken(stopped: _Ended, poked: asyncio.Event, timeout_s: float) -> bool:
     """Wait for the sweep (False) or a worker event (True), whichever comes first."""
     if poked.is_set():
         return True
-    waiter = asyncio.ensure_future(poked.wait())
+    waiters = [asyncio.ensure_future(poked.wait()), asyncio.ensure_future(stopped.wait())]
     try:
-        await asyncio.wait(
-            [waiter, asyncio.ensure_future(stopped.wait())],
-            timeout=timeout_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        # Both: a waiter left pending lives until the daemon stops, one more at every wake
+        # (memory that grows with each sweep, and 5 s of kopf's shutdown spent waiting on them).
+        for waiter in waiters:
+            waiter.cancel()
     return poked.is_set()
 
 
@@ -229,16 +249,13 @@ async def _in_pool(executor: concurrent.futures.Executor, fn: Callable[..., T], 
 @kopf.on.delete(*RESOURCE)
 async def delete(
     body: kopf.Body,
-    patch: kopf.Patch,
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
     """Delete both pipelines (processor first) unless the policy orphans them."""
     deletion = await _in_pool(memo.executor, memo.controller.delete, Resource.of(body))
-    if not deletion.done:
-        if deletion.status is not None:
-            patch.status.update(deletion.status)
+    if not deletion.done:  # its status, saying why, is written already
         raise kopf.TemporaryError(deletion.message, delay=memo.settings.retry_delay_s)
     logger.info(deletion.message)
 

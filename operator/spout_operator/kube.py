@@ -13,6 +13,8 @@ import aiohttp
 import kopf
 import kubernetes
 
+from spout_operator import metrics
+
 GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
 API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
 
@@ -33,14 +35,22 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
-    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch .status directly, outside kopf's once-per-handler patch."""
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Replace .status as a whole (a JSON patch `add /status`), so keys that no longer
+        hold go with it: a merge patch would keep, say, a pipeline's old foreignOwner.
+        Returns whether it was written (a resource already gone counts as done)."""
+        patch = [{"op": "add", "path": "/status", "value": status}]
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+                GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/json-patch+json"
             )
-        except kubernetes.client.ApiException as err:  # the next pass or handler writes it again
+        except kubernetes.client.ApiException as err:  # the next pass writes it again
+            if err.status == 404:
+                return True
             log.warning(f"Status write for {namespace}/{name} failed: {err.reason}")
+            return False
+        metrics.STATUS_WRITES.inc()
+        return True
 
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]

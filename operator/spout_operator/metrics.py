@@ -26,6 +26,12 @@ CONVERGENCE = Histogram(
     "Time from a resource's spec change (or creation) to its first Ready",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
+WRITES_REFUSED = Counter(
+    "spout_operator_writes_refused_total",
+    "Passes and status writes refused because this replica does not hold the Lease",
+)
+STATUS_WRITES = Counter("spout_operator_status_writes_total", "Status writes to the API server")
+PACHD_CHANNELS = Gauge("spout_operator_pachd_channels", "Open gRPC channels to pachd (one per endpoint)")
 READY = Gauge("spout_operator_resources", "Managed resources by Ready state", ["ready"])
 
 

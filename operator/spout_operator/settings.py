@@ -34,6 +34,12 @@ class Settings:
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
+    # A pachd channel no resource used for this long is closed (at least 3 sweeps).
+    gateway_idle_s: float = 300.0
+    # Two or more replicas: only the holder of this Lease runs (controller-runtime's timings).
+    leader_election: bool = False
+    lease_namespace: str = "default"  # unset: the operator's own namespace (POD_NAMESPACE), else this
+    lease_name: str = "spout-operator"
     # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
     worker_namespaces: tuple[str, ...] = ()
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
@@ -54,6 +60,12 @@ class Settings:
             drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
+            gateway_idle_s=_seconds(env, "GATEWAY_IDLE_SECONDS", defaults.gateway_idle_s),
+            leader_election=_flag(env, "LEADER_ELECTION"),
+            lease_namespace=env.get(PREFIX + "LEASE_NAMESPACE", "").strip()
+            or env.get("POD_NAMESPACE", "").strip()
+            or defaults.lease_namespace,
+            lease_name=env.get(PREFIX + "LEASE_NAME", "").strip() or defaults.lease_name,
             namespaces=_names(env, "NAMESPACES"),
             worker_namespaces=_names(env, "WORKER_NAMESPACES"),
             metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
@@ -69,6 +81,15 @@ def _pod_namespace() -> str:
         return POD_NAMESPACE_FILE.read_text().strip() or DEFAULT_OPERATOR_NAMESPACE
     except OSError:  # not in a pod (a local run): the namespace manifests/ installs into
         return DEFAULT_OPERATOR_NAMESPACE
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(PREFIX + name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -220,8 +220,16 @@ class Pachd:
 class Operator:
     """`python -m spout_operator` as a subprocess, watching the bench namespace only."""
 
-    def __init__(self, state: State, options: Options, log: Path) -> None:
+    def __init__(
+        self,
+        state: State,
+        options: Options,
+        log: Path,
+        namespace: str = NAMESPACE,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.metrics_port = free_port()
+        self.liveness_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOUT_OPERATOR_")}
         env.update(
             {
@@ -229,11 +237,12 @@ class Operator:
                 "KUBECONFIG": state.kubeconfig,
                 "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(options.drift_interval_s),
                 "SPOUT_OPERATOR_METRICS_PORT": str(self.metrics_port),
-                "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
-                "SPOUT_OPERATOR_NAMESPACES": NAMESPACE,
+                "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{self.liveness_port}/healthz",
+                "SPOUT_OPERATOR_NAMESPACES": namespace,
                 "SPOUT_OPERATOR_WORKER_NAMESPACES": ",".join(
                     p.namespace for p in state.pachds[: options.pachds]
                 ),
+                **(extra_env or {}),
             }
         )
         self.log = log

@@ -63,6 +63,8 @@ def test_apply_creates_every_object(stack: State, installed: None) -> None:
         ("crd", "pachdconnections.spout-operator.dev", False),
         ("crd", "clusterpachdconnections.spout-operator.dev", False),
         ("deployment", "spout-operator", True),
+        ("poddisruptionbudget", "spout-operator", True),
+        ("role", "spout-operator-leader-election", True),
         ("crd", "spoutpipelines.spout-operator.dev", False),
     ):
         where = ["-n", SYSTEM_NAMESPACE] if namespaced else []
@@ -72,7 +74,15 @@ def test_apply_creates_every_object(stack: State, installed: None) -> None:
     )
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leader (a Lease); never both away at once.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SPOUT_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pdb = json.loads(kubectl(stack, "get", "pdb", "spout-operator", "-n", SYSTEM_NAMESPACE, "-o", "json"))
+    assert pdb["spec"]["minAvailable"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -184,6 +194,35 @@ def test_tenants_with_edit_manage_spoutpipelines_not_connections(
         "metadata"
     ]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("get", SYSTEM_NAMESPACE, True),
+        ("create", SYSTEM_NAMESPACE, True),
+        ("update", SYSTEM_NAMESPACE, True),
+        ("delete", SYSTEM_NAMESPACE, False),
+        ("list", SYSTEM_NAMESPACE, False),
+        ("update", "default", False),  # the operator's namespace only
+    ],
+)
+def test_leases_are_writable_only_in_the_operators_namespace(
+    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+) -> None:
+    answer = kubectl(
+        stack,
+        "auth",
+        "can-i",
+        verb,
+        "leases.coordination.k8s.io",
+        "--as",
+        ACCOUNT,
+        "-n",
+        namespace,
+        check=False,
+    ).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
 
 
 @pytest.mark.parametrize(

@@ -127,3 +127,18 @@ def test_a_pachd_address_or_token_in_the_environment_is_refused(name: str) -> No
 
 def test_repr_holds_no_credential_fields() -> None:
     assert "token" not in repr(Settings()).lower()
+
+
+def test_leader_election_and_its_lease() -> None:
+    settings = Settings.from_env(
+        {"SPOUT_OPERATOR_LEADER_ELECTION": "true", "POD_NAMESPACE": "spout-operator-system"}
+    )
+    assert settings.leader_election
+    assert (settings.lease_namespace, settings.lease_name) == ("spout-operator-system", "spout-operator")
+    assert Settings.from_env({"SPOUT_OPERATOR_LEASE_NAMESPACE": "x"}).lease_namespace == "x"
+    assert not Settings.from_env({}).leader_election
+
+
+def test_leader_election_must_be_a_boolean() -> None:
+    with pytest.raises(SettingsError, match="SPOUT_OPERATOR_LEADER_ELECTION"):
+        Settings.from_env({"SPOUT_OPERATOR_LEADER_ELECTION": "maybe"})
