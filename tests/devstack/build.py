@@ -3,11 +3,15 @@
 kube-apiserver, kube-controller-manager, pachd and pachctl are compiled from
 their published Go modules, each program family in its own wrapper module so
 minimal version selection never moves one program's dependencies under the
-other. A binary already in the cache is reused; nothing is rebuilt.
+other. `kstatus` is a small command of our own (gomod/kstatus/main.go) around
+the kstatus library that Flux and kpt read status with, so the tests can ask the
+real implementation what it makes of the statuses the operator writes. A binary
+already in the cache is reused; nothing is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,6 +23,9 @@ KUBERNETES_VERSION = "v1.32.9"
 # pachd 2.7.x is not served by the module proxy this project can reach; 2.6.0
 # is the newest v2 release it serves, paired with python-pachyderm 7.5.0.
 PACHYDERM_VERSION = "v2.6.0"
+# sigs.k8s.io/cli-utils, whose pkg/kstatus/status is what Flux, kpt and cli-utils' own
+# appliers read a resource's status with.
+CLI_UTILS_VERSION = "v0.37.2"
 
 # The wrapper modules (go.mod + go.sum + tools.go) live in gomod/<family>/, committed:
 # the pinned go.sum makes every build verify the same module content without asking
@@ -49,6 +56,15 @@ class Program:
         return cache_root() / "bin" / f"{self.family}-{self.version}" / self.name
 
 
+def _source_digest(family: str) -> str:
+    """A short digest of a wrapper module that holds code of ours: the cache key changes
+    with the code, so an edited main.go is never answered by an old binary."""
+    digest = hashlib.sha256()
+    for source in sorted((GOMOD_DIR / family).iterdir()):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 PROGRAMS = (
     Program("kube-apiserver", "kubernetes", KUBERNETES_VERSION, "k8s.io/kubernetes/cmd/kube-apiserver"),
     Program(
@@ -63,6 +79,7 @@ PROGRAMS = (
     Program(
         "pachctl", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachctl"
     ),
+    Program("kstatus", "kstatus", f"{CLI_UTILS_VERSION}-{_source_digest('kstatus')}", "."),
 )
 
 
