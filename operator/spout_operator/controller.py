@@ -25,7 +25,7 @@ from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
 from spout_operator.settings import Settings
 from spout_operator.spec import DeletionPolicy, SpecError, SpoutPipelineSpec, parse
-from spout_operator.status import status_patch
+from spout_operator.status import deleting_status, status_patch
 
 
 @dataclass(frozen=True)
@@ -196,19 +196,7 @@ class Controller:
         message = (
             f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
         )
-        status = {
-            "summary": "Deleting",
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "Deleting",
-                    "message": message,
-                    "lastTransitionTime": now(),
-                }
-            ],
-        }
-        return Deletion(False, message, status)
+        return Deletion(False, message, deleting_status(message, resource.generation, resource.status, now()))
 
     def forget(self, uid: str) -> None:
         """Release a deleted resource's bookkeeping."""

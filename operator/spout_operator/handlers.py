@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import logging
 import time
@@ -19,8 +20,8 @@ from typing import Any, TypeVar
 
 import kopf
 
-from spout_operator import metrics
-from spout_operator.controller import Controller, PassResult, Resource
+from spout_operator import metrics, status
+from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
 from spout_operator.gateway import Gateways
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
@@ -106,6 +107,12 @@ async def gateways_probe(memo: kopf.Memo, **_: Any) -> int:
 async def apply(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Make pachd hold both pipelines as the resource declares them."""
     resource = Resource.of(body)
+    if status.applying(resource.status, resource.generation):
+        # A spec change: until its pass ends, show it under way (Ready=Unknown, Reconciling)
+        # rather than the previous generation's verdict.
+        applying = status.applying_status(resource.generation, resource.status, now())
+        await _in_pool(memo.executor, memo.kube.write_status, resource.namespace, resource.name, applying)
+        resource = dataclasses.replace(resource, status={**resource.status, **applying})
     result = await _pass(memo, memo.executor, resource, "change")
     if result is None:
         return

@@ -26,6 +26,8 @@ SCHEMA_KEYWORDS = {
     "maxLength",
     "minItems",
     "additionalProperties",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 
@@ -80,3 +82,23 @@ def test_spec_fields_the_operator_reads_exist() -> None:
     processor = spec["processor"]["properties"]
     assert {"glob", "datumTries", "parallelismSpec", "autoscaling", "transform"} <= set(processor)
     assert "glob" not in spec["spout"]["properties"]
+
+
+def test_a_new_resource_reads_in_progress_until_the_operator_writes_its_status() -> None:
+    # kstatus reads a resource without status as Current; the default says Reconciling.
+    status = schema()["properties"]["status"]
+    conditions = {c["type"]: c for c in status["default"]["conditions"]}
+    assert conditions["Ready"]["status"] == "Unknown"
+    assert conditions["Reconciling"]["status"] == "True"
+    item = status["properties"]["conditions"]["items"]
+    for condition in conditions.values():
+        assert set(condition) <= set(item["properties"])
+        assert set(item["required"]) <= set(condition)
+        assert condition["status"] in item["properties"]["status"]["enum"]
+
+
+def test_conditions_are_a_map_keyed_by_type_with_their_generation() -> None:
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "observedGeneration" in conditions["items"]["properties"]
