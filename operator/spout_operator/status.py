@@ -101,9 +101,10 @@ def _in_progress(outcome: Outcome, running: bool, ready: Condition) -> tuple[str
     ]
     if not waiting:
         return None
+    which = f"pipeline{'s' if len(waiting) > 1 else ''} {', '.join(waiting)}"
     if running:
-        return "PipelinesStarting", f"waiting for pachd to start pipeline {', '.join(waiting)}"
-    return "PipelinesStopping", f"waiting for pachd to stop pipeline {', '.join(waiting)}"
+        return "PipelinesStarting", f"waiting for pachd to start {which}"
+    return "PipelinesStopping", f"waiting for pachd to stop {which}"
 
 
 def _synced(outcome: Outcome) -> Condition:
