@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 import yaml
 from conftest import eventually, kubectl
 from devstack.stack import State
-from devstack.status_readers import HEALTH, argocd_health, kstatus
+from devstack.status_readers import HEALTH, ROOT, argocd_health, kstatus
 from test_operator import (  # fixtures are registered where they are imported
     apply,
     condition,
@@ -214,3 +216,23 @@ def test_stalled_and_unreachable(
     assert argocd_health(stalled)["message"].startswith("PachdRejected: ")
     assert argocd_health(unreachable)["status"] == "Degraded"
     assert argocd_health(unreachable)["message"].startswith("PachdUnavailable: ")
+
+
+def test_readme_registers_the_health_script_in_argocd_cm(stack: State, namespace: str) -> None:
+    """The README's `kubectl patch` command, run as written (in a test namespace), adds the
+    script to an existing argocd-cm and leaves its other keys alone."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"```shell\n(kubectl -n argocd patch configmap argocd-cm .*?)\n```", readme, re.S)
+    assert command is not None, "README lost its argocd-cm command"
+    kubectl(
+        stack, "create", "configmap", "argocd-cm", "-n", namespace, "--from-literal=url=https://argo.example"
+    )
+    script = command.group(1).replace("kubectl -n argocd", f"kubectl -n {namespace}", 1)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, check=True, timeout=60)
+    data = json.loads(kubectl(stack, "get", "configmap", "argocd-cm", "-n", namespace, "-o", "json"))["data"]
+    assert data == {
+        "url": "https://argo.example",
+        "resource.customizations.health.spout-operator.dev_SpoutPipeline": (
+            HEALTH / "health.lua"
+        ).read_text(),
+    }
