@@ -171,11 +171,12 @@ def render_conditions(
 
 
 def applying(previous: Mapping[str, Any], generation: int) -> bool:
-    """Whether the status still describes an older generation than the one to apply (a
-    spec change): not a first status (the CRD's default says Reconciling already), and not
-    a resume of a generation the operator has handled."""
+    """Whether to show a change under way before its pass: the status describes an older
+    generation (a spec change), or there is none at all (a CRD without the status default,
+    which kstatus would read as Current). Not for the CRD's default (it says Reconciling
+    already), nor for a resume of a generation the operator has handled."""
     observed = previous.get("observedGeneration")
-    return isinstance(observed, int) and observed != generation
+    return (isinstance(observed, int) and observed != generation) or not previous.get("conditions")
 
 
 def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:

@@ -198,8 +198,13 @@ def test_helm_install_runs_the_sample(
         # No kubelet on the local stack: run the operator in-process as the installed pod would,
         # with its ServiceAccount's rights and its Deployment's settings.
         account = service_account_kubeconfig(stack, namespace, f"{release}-spout-operator")
+        settings = env_of(deployment)
+        assert settings["SPOUT_OPERATOR_PACHD_ADDRESS"] == pachd.address
+        assert settings["SPOUT_OPERATOR_WORKER_NAMESPACES"] == pachd.namespace
+        # The pod's own port, not one this machine shares: the session's free one stays.
+        assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
         with (
-            environment(env_of(deployment)),
+            environment(settings),
             use_kubeconfig(str(account)),
             running_operator(namespace) as runner,
         ):

@@ -472,13 +472,16 @@ def test_conditions_that_stop_holding_leave_the_status() -> None:
 # --- a change under way, deletion ---------------------------------------------------------------
 
 
+READY = [{"type": "Ready", "status": "True", "observedGeneration": 1}]
+
+
 @pytest.mark.parametrize(
     ("previous", "generation", "expected"),
     [
-        ({}, 1, False),  # no status yet: the CRD's default says Reconciling already
-        ({"conditions": [{"type": "Ready", "status": "Unknown"}]}, 1, False),  # that default
-        ({"observedGeneration": 1}, 1, False),  # resumed: this generation was handled
-        ({"observedGeneration": 1}, 2, True),  # a spec change
+        ({}, 1, True),  # no status at all (a CRD without the default): kstatus would say Current
+        ({"conditions": [{"type": "Ready", "status": "Unknown"}]}, 1, False),  # the CRD's default
+        ({"observedGeneration": 1, "conditions": READY}, 1, False),  # resumed: this generation was handled
+        ({"observedGeneration": 1, "conditions": READY}, 2, True),  # a spec change
     ],
 )
 def test_applying_only_for_a_generation_not_handled_yet(
