@@ -268,7 +268,7 @@ def connection_status(
     condition = Condition("Ready", result.ready, result.reason, result.message)
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": render_conditions([condition], previous.get("conditions"), now),
+        "conditions": render_conditions([condition], previous.get("conditions"), now, generation),
     }
     if result.version:
         status["pachdVersion"] = result.version

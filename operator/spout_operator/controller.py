@@ -37,7 +37,7 @@ from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserve
 from spout_operator.render import PipelineSpec
 from spout_operator.settings import Settings
 from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
-from spout_operator.status import status_patch
+from spout_operator.status import applying, applying_status, deleting_status, status_patch
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,12 @@ class Controller:
             if not self.leading():
                 metrics.WRITES_REFUSED.inc()
                 return None
+            if trigger == "change" and applying(resource.status, resource.generation):
+                # A spec change: until its pass ends, show it under way (Ready=Unknown,
+                # Reconciling) rather than the previous generation's verdict.
+                shown = {**resource.status, **applying_status(resource.generation, resource.status, now())}
+                self._write(resource, shown)
+                resource = dataclasses.replace(resource, status=shown)
             result = self._pass(resource, trigger, listed_since)
             self._write(resource, result.status)
             return result
@@ -312,7 +318,8 @@ class Controller:
                 return Deletion(True, f"Deleted without reaching pachd: {err}{where}")
             return self._waiting(
                 f"cannot delete pipelines through {ref}: {err}. Restore it, or set "
-                "spec.deletionPolicy: Orphan to leave the pipelines in pachd"
+                "spec.deletionPolicy: Orphan to leave the pipelines in pachd",
+                resource,
             )
         removal = remove(rendering.render(spec, resource.owner), resource.owner, gateway)
         if removal.error is None and not removal.remaining:
@@ -329,7 +336,7 @@ class Controller:
         )
         if recorded is not None:
             message += " (or set spec.deletionPolicy: Orphan to leave them)"
-        return self._waiting(message)
+        return self._waiting(message, resource)
 
     def _may_finish(self, resource: Resource, managed: bool, permanent: bool) -> bool:
         if not managed:
@@ -344,20 +351,8 @@ class Controller:
         )
 
     @staticmethod
-    def _waiting(message: str) -> Deletion:
-        status = {
-            "summary": "Deleting",
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "Deleting",
-                    "message": message,
-                    "lastTransitionTime": now(),
-                }
-            ],
-        }
-        return Deletion(False, message, status)
+    def _waiting(message: str, resource: Resource) -> Deletion:
+        return Deletion(False, message, deleting_status(message, resource.generation, resource.status, now()))
 
     def forget(self, uid: str) -> None:
         """Release a deleted resource's bookkeeping; only its uid is remembered, for a while."""

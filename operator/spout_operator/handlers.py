@@ -22,8 +22,7 @@ import kubernetes
 
 from spout_operator import connections, metrics
 from spout_operator.connections import ConnectionProblem
-from spout_operator.controller import Controller, PassResult, Resource
-from spout_operator.controller import now as controller_now
+from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
 from spout_operator.gateway import Gateways, PachdError
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
@@ -123,6 +122,7 @@ async def apply(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Make pachd hold both pipelines as the resource declares them. Each pass writes the
     status itself, under the resource's lock (kopf's handler patch carries none of it)."""
     resource = Resource.of(body)
+    # The pass first shows a spec change under way (Ready=Unknown, Reconciling), then its result.
     result = await _pass(memo, memo.executor, resource, "change")
     # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
     # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
@@ -335,9 +335,7 @@ def _check_connection(memo: kopf.Memo, key: tuple[str, str, str], body: dict[str
         reason = err.condition_reason if isinstance(err, ConnectionProblem) else "ConnectionInvalid"
         result = connections.CheckResult(False, reason, str(err))
     previous = body.get("status") or {}
-    new_status = connections.connection_status(
-        result, int(meta.get("generation") or 0), previous, controller_now()
-    )
+    new_status = connections.connection_status(result, int(meta.get("generation") or 0), previous, now())
     if all(previous.get(k) == v for k, v in new_status.items()):
         return  # nothing new: a quiet check writes nothing
     try:

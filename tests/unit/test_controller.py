@@ -217,10 +217,12 @@ def test_the_pass_writes_the_status_itself() -> None:
     ctl, kube = writing_controller(gateway)
     result = ctl.reconcile(Resource.of(body()), "change")
     assert result is not None
-    assert kube.writes == [result.status]
+    under_way, final = kube.writes  # the change shown under way, then its result
+    assert {c["type"]: c["status"] for c in under_way["conditions"]}["Reconciling"] == "True"
+    assert final == result.status
     # Nothing changed: a second look writes nothing.
     ctl.reconcile(Resource.of(body(observed=1)), "event")
-    assert len(kube.writes) == 1
+    assert len(kube.writes) == 2
 
 
 def test_drift_repairs_counted_from_a_stale_body_are_never_lost() -> None:
@@ -357,4 +359,4 @@ def test_a_pass_stops_writing_the_moment_the_lease_is_lost() -> None:
     gateway.create = create_then_lose  # type: ignore[method-assign]
     ctl.reconcile(Resource.of(body()), "change")
     assert gateway.writes() == [("create", "spout")]
-    assert kube.writes == []
+    assert [w["summary"] for w in kube.writes] == ["Reconciling"]  # written while it still led

@@ -28,6 +28,8 @@ SCHEMA_KEYWORDS = {
     "maxLength",
     "minItems",
     "additionalProperties",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 
@@ -114,3 +116,23 @@ def test_connection_kinds_read_what_the_operator_parses(file: str, scope: str) -
     assert ({"namespaces", "namespaceSelector"} <= set(spec)) is (scope == "Cluster")
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"Address", "Ready", "Version"} <= columns
+
+
+def test_a_new_resource_reads_in_progress_until_the_operator_writes_its_status() -> None:
+    # kstatus reads a resource without status as Current; the default says Reconciling.
+    status = schema()["properties"]["status"]
+    conditions = {c["type"]: c for c in status["default"]["conditions"]}
+    assert conditions["Ready"]["status"] == "Unknown"
+    assert conditions["Reconciling"]["status"] == "True"
+    item = status["properties"]["conditions"]["items"]
+    for condition in conditions.values():
+        assert set(condition) <= set(item["properties"])
+        assert set(item["required"]) <= set(condition)
+        assert condition["status"] in item["properties"]["status"]["enum"]
+
+
+def test_conditions_are_a_map_keyed_by_type_with_their_generation() -> None:
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "observedGeneration" in conditions["items"]["properties"]
