@@ -30,12 +30,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed ## Create the Python virtualenv with pinned dependencies
 
 .PHONY: deps
-deps: venv ## Install system packages the local stack and its node need (etcd, PostgreSQL, containerd, podman, ...)
+deps: venv ## Install system packages the local stack and its node need (etcd, PostgreSQL, jq, containerd, podman, ...)
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v containerd >/dev/null || missing="$$missing containerd"; \
 	command -v runc >/dev/null || missing="$$missing runc"; \
 	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
@@ -55,11 +56,11 @@ deps: venv ## Install system packages the local stack and its node need (etcd, P
 lint: venv ## Lint and type-check (ruff, mypy --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench tests/e2e images/spout101
+	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench tests/soak tests/faults tests/e2e images/spout101
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests (no I/O, seconds)
-	$(VENV)/bin/pytest -m "not integration and not sandbox and not e2e" tests
+	$(VENV)/bin/pytest -m "not integration and not sandbox and not faults and not e2e" tests
 
 .PHONY: test-integration
 test-integration: deps ## Run the integration tests against the real local stack
@@ -113,6 +114,14 @@ sandbox-down: venv ## Stop a sandbox left running in the background
 bench: deps ## Benchmark against a fresh local stack (N=48 over K=6 pachds, 5 min steady; JSON in bench-results/)
 	cd tests && ../$(PY) -m bench.bench
 
+.PHONY: soak
+soak: deps ## Soak against a fresh local stack (30 min of churn over 300 resources; RSS, threads, fds, channels)
+	cd tests && ../$(PY) -m soak.soak $(SOAK_ARGS)
+
+.PHONY: test-faults
+test-faults: deps ## Run the fault tier only (kills, restarts, freezes; part of `make test`)
+	DEVSTACK_PACHDS=$(or $(DEVSTACK_PACHDS),2) $(VENV)/bin/pytest -m faults tests
+
 .PHONY: run
 run: venv ## Run the operator locally against the current kubeconfig
 	PYTHONPATH=operator $(PY) -m spout_operator
@@ -120,19 +129,26 @@ run: venv ## Run the operator locally against the current kubeconfig
 ##@ Deployment (current kubeconfig context)
 
 .PHONY: install
-install: ## Install the CRD
+install: ## Install the CRDs (SpoutPipeline, PachdConnection, ClusterPachdConnection)
 	kubectl apply -k crds/
 
 .PHONY: uninstall
-uninstall: ## Remove the CRD (and with it every SpoutPipeline)
+uninstall: ## Remove the CRDs (and with them every SpoutPipeline and connection)
 	kubectl delete -k crds/ --ignore-not-found
 
 .PHONY: deploy
-deploy: ## Install CRD, namespace, RBAC and the operator Deployment
+deploy: ## Install CRDs, namespace, RBAC, the operator Deployment and the default ClusterPachdConnection
 	kubectl apply -k manifests/
+	@# kubectl wait errors out (not waits) while a new CRD has no conditions yet: retry briefly
+	@for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  kubectl wait --for=condition=Established --timeout=60s crd/clusterpachdconnections.spout-operator.dev && break; \
+	  sleep 1; \
+	done
+	kubectl apply -f manifests/connection.yaml
 
 .PHONY: undeploy
 undeploy: ## Remove everything `deploy` installed
+	kubectl delete -f manifests/connection.yaml --ignore-not-found
 	kubectl delete -k manifests/ --ignore-not-found
 
 .PHONY: docker-build

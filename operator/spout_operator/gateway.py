@@ -13,16 +13,19 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 import python_pachyderm
 from google.protobuf import json_format
+from google.protobuf.empty_pb2 import Empty
+from python_pachyderm.proto.v2.auth import auth_pb2, auth_pb2_grpc
 from python_pachyderm.proto.v2.pfs import pfs_pb2
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
+from python_pachyderm.proto.v2.version.versionpb import version_pb2_grpc
 
 from spout_operator import metrics
 from spout_operator.observed import ObservedPipeline
@@ -54,11 +57,16 @@ class PachdRejected(PachdError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach one pachd."""
+    """How to reach one pachd, and the token that may be sent there (and nowhere else).
+
+    A value: gateways are keyed by the whole endpoint, so a token is bound to its address,
+    and a rotated token (or CA bundle) makes a new endpoint, hence a new channel.
+    """
 
     address: str  # grpc://host:port or grpcs://host:port (a bare host:port means grpc)
     tls: bool = False
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # never in logs or reprs
+    ca_bundle: bytes | None = field(default=None, repr=False)  # PEM roots; None: the system's
 
     @property
     def target(self) -> str:
@@ -113,10 +121,13 @@ class Gateway:
         self.timeout_s = timeout_s
         target = endpoint.target
         if endpoint.secure:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+            credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
+            self._channel = grpc.secure_channel(target, credentials)
         else:
             self._channel = grpc.insecure_channel(target)
         self._pps = pps_pb2_grpc.APIStub(self._channel)
+        self._version = version_pb2_grpc.APIStub(self._channel)
+        self._auth = auth_pb2_grpc.APIStub(self._channel)
         self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
         self._snapshot: Snapshot | None = None
         self._snapshot_error: PachdError | None = None
@@ -125,6 +136,9 @@ class Gateway:
         self._written_at: dict[tuple[str, str], float] = {}  # (project, name) -> last write started
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
+
+    def __repr__(self) -> str:  # the Endpoint's repr leaves the token out
+        return f"Gateway({self.endpoint!r})"
 
     def close(self) -> None:
         self._channel.close()
@@ -154,6 +168,30 @@ class Gateway:
             return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _translate(err) from None
+
+    # --- the connection itself --------------------------------------------------------
+
+    def version(self) -> str:
+        """pachd's version, e.g. 2.6.0: proves the address answers as a pachd."""
+        metrics.PACHD_CALLS.labels("GetVersion").inc()
+        try:
+            info = self._version.GetVersion(Empty(), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise _translate(err) from None
+        return f"{info.major}.{info.minor}.{info.micro}{info.additional}"
+
+    def auth_check(self) -> str | None:
+        """Who pachd takes the token for; None when pachd has auth off (no token needed).
+
+        Raises PachdRejected when pachd refuses the token (or its absence)."""
+        metrics.PACHD_CALLS.labels("WhoAmI").inc()
+        try:
+            who = self._auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None  # "the auth service is not activated"
+            raise _translate(err) from None
+        return str(who.username)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -239,3 +277,65 @@ def _translate(err: grpc.RpcError) -> PachdError:
         # from one pass to the next, instead of being rewritten with each call's name.
         return PachdUnavailable(f"pachd unreachable ({code.name.lower()}): {details}")
     return PachdRejected(details, not_found=code == grpc.StatusCode.NOT_FOUND or "not found" in details)
+
+
+class Gateways:
+    """One gateway (gRPC channel) per distinct Endpoint, shared by every resource on it.
+
+    Keyed by the whole Endpoint, token included: a token is only ever sent on the channel of
+    its own address, and a rotated token gets a channel of its own. A gateway nobody asked for
+    within `idle_s` (or `close_idle`'s) is closed, and one superseded by a new token or CA for
+    the same address as soon as a call on it must have finished (its deadline has passed), so
+    churn over many endpoints does not keep a channel for each one ever seen."""
+
+    def __init__(
+        self, timeout_s: float, idle_s: float = math.inf, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._idle_s = idle_s
+        self._clock = clock or (lambda: time.monotonic())  # looked up at each call
+        self._by_endpoint: dict[Endpoint, tuple[Gateway, float]] = {}  # -> gateway, last asked
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: Endpoint) -> Gateway:
+        now = self._clock()
+        with self._lock:
+            found = self._by_endpoint.get(endpoint)
+            gateway = found[0] if found is not None else Gateway(endpoint, self._timeout_s)
+            self._by_endpoint[endpoint] = (gateway, now)
+            self._evict(now, endpoint, self._idle_s)
+            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
+            return gateway
+
+    def _evict(self, now: float, current: Endpoint | None, idle_s: float) -> int:
+        # A write waits up to one deadline for its slot, then runs for up to one more.
+        in_flight_s = 2 * self._timeout_s + 1
+        place = None if current is None else (current.address, current.tls)
+        closed = 0
+        for endpoint, (gateway, asked) in list(self._by_endpoint.items()):
+            superseded = endpoint != current and (endpoint.address, endpoint.tls) == place
+            idle = now - asked
+            if idle > idle_s or (superseded and idle > in_flight_s):
+                gateway.close()
+                del self._by_endpoint[endpoint]
+                closed += 1
+        return closed
+
+    def close_idle(self, idle_s: float) -> int:
+        """Close the gateways nobody asked for in `idle_s`; how many were closed. Every
+        resource asks for its gateway at each sweep, so pick `idle_s` well above the sweep
+        interval and the longest pass (a pass in flight keeps what it was given)."""
+        with self._lock:
+            closed = self._evict(self._clock(), None, idle_s)
+            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
+        return closed
+
+    def __len__(self) -> int:
+        return len(self._by_endpoint)
+
+    def close(self) -> None:
+        with self._lock:
+            for gateway, _ in self._by_endpoint.values():
+                gateway.close()
+            self._by_endpoint.clear()
+            metrics.PACHD_CHANNELS.set(0)

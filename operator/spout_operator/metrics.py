@@ -6,6 +6,9 @@ it converges.
 
 from __future__ import annotations
 
+import threading
+import time
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
@@ -23,6 +26,12 @@ CONVERGENCE = Histogram(
     "Time from a resource's spec change (or creation) to its first Ready",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
+WRITES_REFUSED = Counter(
+    "spout_operator_writes_refused_total",
+    "Passes and status writes refused because this replica does not hold the Lease",
+)
+STATUS_WRITES = Counter("spout_operator_status_writes_total", "Status writes to the API server")
+PACHD_CHANNELS = Gauge("spout_operator_pachd_channels", "Open gRPC channels to pachd (one per endpoint)")
 READY = Gauge("spout_operator_resources", "Managed resources by Ready state", ["ready"])
 
 
@@ -35,3 +44,39 @@ def serve(port: int) -> None:
     if port and port not in _serving:
         start_http_server(port)
         _serving.add(port)
+
+
+class Readiness:
+    """Feeds the resources gauge and the convergence histogram. Thread-safe; a resource's
+    bookkeeping goes when it does (forget), so churn does not grow it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, bool] = {}  # uid -> Ready
+        self._changed_at: dict[str, tuple[int, float]] = {}  # uid -> (generation, first handled)
+
+    def changed(self, uid: str, generation: int) -> None:
+        """A spec change (or creation) is being handled: convergence time starts now."""
+        with self._lock:
+            if self._changed_at.get(uid, (None, 0.0))[0] != generation:
+                self._changed_at[uid] = (generation, time.monotonic())
+
+    def record(self, uid: str, generation: int, ready: bool) -> None:
+        with self._lock:
+            self._ready[uid] = ready
+            started = self._changed_at.get(uid)
+            if ready and started is not None and started[0] == generation:
+                CONVERGENCE.observe(time.monotonic() - started[1])
+                del self._changed_at[uid]
+            self._publish()
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._ready.pop(uid, None)
+            self._changed_at.pop(uid, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        ready_count = sum(self._ready.values())
+        READY.labels("True").set(ready_count)
+        READY.labels("False").set(len(self._ready) - ready_count)

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 PREFIX = "SPOUT_OPERATOR_"
+# Where Kubernetes tells a pod its own namespace.
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_OPERATOR_NAMESPACE = "spout-operator-system"
+# Read before connections existed; refused rather than ignored, so an upgrade that keeps a
+# token in the operator's environment fails loudly instead of holding a credential unused.
+REMOVED = ("PACHD_ADDRESS", "PACHD_AUTH_TOKEN")
 
 
 class SettingsError(ValueError):
@@ -19,30 +26,74 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    # Used by resources that do not name a pachd; Pachyderm's Helm chart serves gRPC
-    # on the `pachd` Service, port 30650.
-    pachd_address: str = "grpc://pachd.default.svc.cluster.local:30650"
-    drift_interval_s: float = 10.0
+    """No pachd address or token here: those live in (Cluster)PachdConnections that an
+    admin owns, so nothing a tenant writes can borrow the operator's credentials."""
+
+    drift_interval_s: float = 30.0  # the safety net: worker events repair drift at once
     pachd_timeout_s: float = 10.0
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
-    # For resources that name no Secret of their own; kept out of repr so it never hits logs.
-    pachd_auth_token: str = field(default="", repr=False)
+    # A pachd channel no resource used for this long is closed (at least 3 sweeps).
+    gateway_idle_s: float = 300.0
+    # Two or more replicas: only the holder of this Lease runs (controller-runtime's timings).
+    leader_election: bool = False
+    lease_namespace: str = "default"  # unset: the operator's own namespace (POD_NAMESPACE), else this
+    lease_name: str = "spout-operator"
+    # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
+    worker_namespaces: tuple[str, ...] = ()
+    # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        for gone in REMOVED:
+            if env.get(PREFIX + gone, "").strip():
+                raise SettingsError(
+                    f"{PREFIX}{gone} is no longer read: pachd's address and token belong in a "
+                    "ClusterPachdConnection (see README, Security model); unset it"
+                )
         defaults = cls()
         return cls(
-            pachd_address=env.get(PREFIX + "PACHD_ADDRESS", "").strip() or defaults.pachd_address,
             drift_interval_s=_seconds(env, "DRIFT_INTERVAL_SECONDS", defaults.drift_interval_s),
             pachd_timeout_s=_seconds(env, "PACHD_TIMEOUT_SECONDS", defaults.pachd_timeout_s),
             retry_delay_s=_seconds(env, "RETRY_DELAY_SECONDS", defaults.retry_delay_s),
-            namespaces=tuple(n.strip() for n in env.get(PREFIX + "NAMESPACES", "").split(",") if n.strip()),
-            pachd_auth_token=env.get(PREFIX + "PACHD_AUTH_TOKEN", "").strip(),
+            gateway_idle_s=_seconds(env, "GATEWAY_IDLE_SECONDS", defaults.gateway_idle_s),
+            leader_election=_flag(env, "LEADER_ELECTION"),
+            lease_namespace=env.get(PREFIX + "LEASE_NAMESPACE", "").strip()
+            or env.get("POD_NAMESPACE", "").strip()
+            or defaults.lease_namespace,
+            lease_name=env.get(PREFIX + "LEASE_NAME", "").strip() or defaults.lease_name,
+            namespaces=_names(env, "NAMESPACES"),
+            worker_namespaces=_names(env, "WORKER_NAMESPACES"),
             metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
+            operator_namespace=env.get(PREFIX + "NAMESPACE", "").strip() or _pod_namespace(),
+            connection_check_interval_s=_seconds(
+                env, "CONNECTION_CHECK_SECONDS", defaults.connection_check_interval_s
+            ),
         )
+
+
+def _pod_namespace() -> str:
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip() or DEFAULT_OPERATOR_NAMESPACE
+    except OSError:  # not in a pod (a local run): the namespace manifests/ installs into
+        return DEFAULT_OPERATOR_NAMESPACE
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(PREFIX + name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in env.get(PREFIX + name, "").split(",") if n.strip())
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

@@ -19,7 +19,9 @@ PROCESSOR_ONLY_FIELDS = ("parallelismSpec", "autoscaling", "datumTries")
 
 DEFAULT_GLOB = "/*"
 DEFAULT_PROJECT = "default"
-DEFAULT_AUTH_TOKEN_KEY = "auth-token"
+CLUSTER_CONNECTION = "ClusterPachdConnection"
+NAMESPACED_CONNECTION = "PachdConnection"
+DEFAULT_CONNECTION = "default"
 
 E = TypeVar("E", bound="StrEnum")
 
@@ -39,18 +41,17 @@ class DeletionPolicy(StrEnum):
 
 
 @dataclass(frozen=True)
-class SecretKeyRef:
-    name: str
-    key: str = DEFAULT_AUTH_TOKEN_KEY
+class ConnectionRef:
+    """Which admin-owned connection reaches the pachd holding the pipelines.
 
+    Only a name: the address and token live in the connection, never in a SpoutPipeline.
+    A PachdConnection is looked up in the resource's own namespace."""
 
-@dataclass(frozen=True)
-class PachdConnection:
-    """Where the pipelines live. An empty address means the operator's default."""
+    kind: str = CLUSTER_CONNECTION
+    name: str = DEFAULT_CONNECTION
 
-    address: str = ""
-    tls: bool = False
-    auth_token_secret: SecretKeyRef | None = None
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class PipelineTemplate:
 
 @dataclass(frozen=True)
 class SpoutPipelineSpec:
-    pachd: PachdConnection
+    connection: ConnectionRef
     project: str
     state: RunState
     deletion_policy: DeletionPolicy
@@ -94,7 +95,7 @@ def parse(spec: Mapping[str, Any], resource_name: str) -> SpoutPipelineSpec:
     if not glob.startswith("/"):
         raise SpecError(f"processor.glob must start with '/', got {glob!r}")
     return SpoutPipelineSpec(
-        pachd=_pachd(_mapping(spec, "pachd")),
+        connection=connection_ref(_mapping(spec, "connectionRef")),
         project=str(spec.get("project") or DEFAULT_PROJECT),
         state=_enum(RunState, spec.get("state"), RunState.RUNNING, "state"),
         deletion_policy=_enum(
@@ -129,16 +130,13 @@ def _template(
     return PipelineTemplate(name=str(raw.get("name") or default_name), transform=transform, options=options)
 
 
-def _pachd(raw: Mapping[str, Any]) -> PachdConnection:
-    secret = _mapping(raw, "authTokenSecretRef")
-    ref = None
-    if secret:
-        if not secret.get("name"):
-            raise SpecError("pachd.authTokenSecretRef.name is required")
-        ref = SecretKeyRef(name=str(secret["name"]), key=str(secret.get("key") or DEFAULT_AUTH_TOKEN_KEY))
-    return PachdConnection(
-        address=str(raw.get("address") or ""), tls=bool(raw.get("tls")), auth_token_secret=ref
-    )
+def connection_ref(raw: Mapping[str, Any]) -> ConnectionRef:
+    kind = str(raw.get("kind") or CLUSTER_CONNECTION)
+    if kind not in (CLUSTER_CONNECTION, NAMESPACED_CONNECTION):
+        raise SpecError(
+            f"connectionRef.kind must be {CLUSTER_CONNECTION} or {NAMESPACED_CONNECTION}, got {kind!r}"
+        )
+    return ConnectionRef(kind=kind, name=str(raw.get("name") or DEFAULT_CONNECTION))
 
 
 def _enum(kind: type[E], value: Any, default: E, where: str) -> E:

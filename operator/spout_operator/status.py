@@ -1,8 +1,20 @@
 """Turn a reconcile outcome into the resource's `.status` (pure).
 
-Conditions follow the Kubernetes convention (type, status, reason, message,
-lastTransitionTime) so `kubectl wait --for=condition=Ready` works; the
-transition time only moves when the condition's status does.
+Conditions follow the Kubernetes convention (metav1.Condition: type, status, reason,
+message, lastTransitionTime, observedGeneration) and kstatus, so `kubectl wait`,
+Flux, kpt and the health script for Argo CD (manifests/argocd/) read them alike:
+
+- `Ready`: both pipelines exist as declared and run (or are stopped, as declared).
+- `Synced`: the last pass applied the spec without error.
+- `Reconciling`: present (True) only while the operator is applying a change or pachd
+  is still starting or stopping a pipeline: kstatus reads InProgress.
+- `Stalled`: present (True) only when retrying cannot help, only a change of the spec
+  (or of what stands in its way in pachd): kstatus reads Failed.
+
+Every condition carries the generation it describes, so a reader never takes an old
+generation's Ready=True for the new one's. The transition time only moves when the
+condition's status does. The status is written with merge patches, which replace a
+list whole: a condition that no longer holds disappears with the next write.
 """
 
 from __future__ import annotations
@@ -11,19 +23,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator.gateway import PachdRejected, PachdUnavailable
+from spout_operator.gateway import PachdUnavailable
 from spout_operator.observed import ObservedPipeline
-from spout_operator.reconcile import Outcome
+from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
 
 HEALTHY_RUNNING = {"RUNNING", "STANDBY"}
 MISSING = "Missing"
 UNKNOWN = "Unknown"  # pachd could not be asked
+RETRIED_REASONS = {"ConnectionUnavailable"}  # a connection read failed: the next pass may succeed
+
+
+# pachd states on the way to the declared one: the operator waits for them, nothing is wrong.
+TRANSIENT = {"STARTING", "RESTARTING"}
+FAILING = {"FAILURE", "CRASHING"}  # pachd gave up, or its workers crash: not progress
+# Refusals that retrying the same spec cannot cure: kstatus reads Stalled=True as Failed.
+STALLED_REASONS = {"InvalidSpec", "PachdRejected", "SpoutUpdateBlocked", "ForeignPipeline"}
 
 
 @dataclass(frozen=True)
 class Condition:
     type: str
-    status: bool
+    status: bool | None  # None: Unknown
     reason: str
     message: str
 
@@ -46,16 +66,62 @@ def pipeline_status(
     return entry
 
 
-def conditions_for(outcome: Outcome | None, running: bool, spec_error: str = "") -> list[Condition]:
-    if spec_error:
-        reason, message = "InvalidSpec", spec_error
-        return [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
+def conditions_for(
+    outcome: Outcome | None, running: bool, spec_error: str = "", error_reason: str = "InvalidSpec"
+) -> list[Condition]:
+    """Ready and Synced, then Reconciling or Stalled when (and only when) either holds."""
+    if spec_error:  # nothing was asked of pachd: the spec, or its connection, is unusable
+        reason, message = error_reason, spec_error
+        conditions = [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
+        if reason not in RETRIED_REASONS:  # only a change to the spec or the connection helps
+            conditions.append(Condition("Stalled", True, reason, message))
+        return conditions
     assert outcome is not None
+    synced = _synced(outcome)
+    ready = _ready(outcome, running, synced)
+    conditions = [ready, synced]
+    if synced.reason in STALLED_REASONS:
+        conditions.append(Condition("Stalled", True, synced.reason, synced.message))
+    elif progress := _in_progress(outcome, running, ready):
+        conditions.append(Condition("Reconciling", True, *progress))
+    return conditions
+
+
+def _in_progress(outcome: Outcome, running: bool, ready: Condition) -> tuple[str, str] | None:
+    """(reason, message) while pachd is on its way to the declared state, else None."""
+    if ready.status or ready.reason not in ("PipelineNotRunning", "PipelineNotStopped"):
+        return None
+    waiting = [
+        name
+        for name, observed in outcome.observed.items()
+        if observed is not None
+        and (
+            (running and observed.state in TRANSIENT)
+            or (not running and not observed.stopped)
+            or (observed.state not in FAILING and any(written == name for written, _ in outcome.applied))
+        )
+    ]
+    if not waiting:
+        return None
+    which = f"pipeline{'s' if len(waiting) > 1 else ''} {', '.join(waiting)}"
+    if running:
+        return "PipelinesStarting", f"waiting for pachd to start {which}"
+    return "PipelinesStopping", f"waiting for pachd to stop {which}"
+
+
+def _synced(outcome: Outcome) -> Condition:
     foreign = [p for p in outcome.plans if p.foreign]
+    refused = {name: err for name, err in outcome.errors.items() if not isinstance(err, PachdUnavailable)}
     if isinstance(outcome.error, PachdUnavailable):
         synced = Condition("Synced", False, "PachdUnavailable", str(outcome.error))
-    elif isinstance(outcome.error, PachdRejected):
-        synced = Condition("Synced", False, "PachdRejected", str(outcome.error))
+    elif refused:
+        blocked = any(isinstance(err, SpoutUpdateBlocked) for err in refused.values())
+        reason = "SpoutUpdateBlocked" if blocked else "PachdRejected"
+        if len(set(map(str, refused.values()))) == 1:  # one cause (e.g. an unknown project)
+            message = str(next(iter(refused.values())))
+        else:  # each pipeline's own
+            message = "; ".join(f"{name}: {err}" for name, err in refused.items())
+        synced = Condition("Synced", False, reason, message)
     elif foreign:
         names = ", ".join(f"{p.name} (owned by {p.foreign_owner})" for p in foreign)
         synced = Condition(
@@ -63,7 +129,7 @@ def conditions_for(outcome: Outcome | None, running: bool, spec_error: str = "")
         )
     else:
         synced = Condition("Synced", True, "Synced", "pachd holds both pipelines as declared")
-    return [_ready(outcome, running, synced), synced]
+    return synced
 
 
 def _ready(outcome: Outcome, running: bool, synced: Condition) -> Condition:
@@ -84,12 +150,12 @@ def _ready(outcome: Outcome, running: bool, synced: Condition) -> Condition:
 
 
 def render_conditions(
-    conditions: list[Condition], previous: list[Mapping[str, Any]] | None, now: str
+    conditions: list[Condition], previous: list[Mapping[str, Any]] | None, now: str, generation: int
 ) -> list[dict[str, Any]]:
     before = {c.get("type"): c for c in previous or []}
     rendered = []
     for condition in conditions:
-        status = "True" if condition.status else "False"
+        status = {True: "True", False: "False", None: "Unknown"}[condition.status]
         old = before.get(condition.type, {})
         rendered.append(
             {
@@ -98,11 +164,49 @@ def render_conditions(
                 "reason": condition.reason,
                 "message": condition.message,
                 "lastTransitionTime": old.get("lastTransitionTime", now)
-                if old.get("status") == status
+                if old.get("status") == status and old.get("lastTransitionTime")
                 else now,
+                "observedGeneration": generation,
             }
         )
     return rendered
+
+
+def applying(previous: Mapping[str, Any], generation: int) -> bool:
+    """Whether to show a change under way before its pass: the status describes an older
+    generation (a spec change), or there is none at all (a CRD without the status default,
+    which kstatus would read as Current). Not for the CRD's default (it says Reconciling
+    already), nor for a resume of a generation the operator has handled."""
+    observed = previous.get("observedGeneration")
+    return (isinstance(observed, int) and observed != generation) or not previous.get("conditions")
+
+
+def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """What a change shows while its pass runs: a reader never sees the previous
+    generation's Ready=True for this one (Flux's convention: Ready=Unknown, Reconciling)."""
+    message = f"applying generation {generation} of the spec to pachd"
+    conditions = [
+        Condition("Ready", None, "Progressing", message),
+        Condition("Synced", None, "Progressing", message),
+        Condition("Reconciling", True, "Progressing", message),
+    ]
+    return {
+        "observedGeneration": generation,
+        "summary": "Reconciling",
+        "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
+    }
+
+
+def deleting_status(message: str, generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """What deletion shows while it waits for pachd (kstatus reads Terminating anyway)."""
+    conditions = [
+        Condition("Ready", False, "Deleting", message),
+        Condition("Reconciling", True, "Deleting", message),
+    ]
+    return {
+        "summary": "Deleting",
+        "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
+    }
 
 
 def status_patch(
@@ -113,18 +217,19 @@ def status_patch(
     now: str,
     spec_error: str = "",
     drift_repairs: int = 0,
+    error_reason: str = "InvalidSpec",
 ) -> dict[str, Any]:
     """The full `.status` to merge-patch onto the resource."""
-    conditions = conditions_for(outcome, running, spec_error)
+    conditions = conditions_for(outcome, running, spec_error, error_reason)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": render_conditions(conditions, previous.get("conditions"), now),
+        "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
         "driftRepairs": int(previous.get("driftRepairs", 0)) + drift_repairs,
     }
     if outcome is not None:
-        error = str(outcome.error) if outcome.error else ""
         owners = {plan.name: plan.foreign_owner for plan in outcome.plans}
         for role, name in zip(("spout", "processor"), outcome.names, strict=True):
+            error = str(outcome.errors.get(name, ""))
             if name in outcome.observed:
                 patch[role] = pipeline_status(name, outcome.observed[name], owners.get(name), error)
             else:  # never observed: say so rather than leave an older state in place
@@ -132,5 +237,5 @@ def status_patch(
         ready = next(c for c in conditions if c.type == "Ready")
         patch["summary"] = "Ready" if ready.status else ready.reason
     else:
-        patch["summary"] = "InvalidSpec"
+        patch["summary"] = error_reason
     return patch

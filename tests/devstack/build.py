@@ -3,11 +3,15 @@
 kube-apiserver, kube-controller-manager, pachd and pachctl are compiled from
 their published Go modules, each program family in its own wrapper module so
 minimal version selection never moves one program's dependencies under the
-other. A binary already in the cache is reused; nothing is rebuilt.
+other; helm too, for the chart's tests. `kstatus` is a small command of our own
+(gomod/kstatus/main.go) around the kstatus library that Flux and kpt read status
+with, so the tests can ask the real implementation what it makes of the statuses
+the operator writes. A binary already in the cache is reused; nothing is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -19,6 +23,12 @@ KUBERNETES_VERSION = "v1.32.9"
 # pachd 2.7.x is not served by the module proxy this project can reach; 2.6.0
 # is the newest v2 release it serves, paired with python-pachyderm 7.5.0.
 PACHYDERM_VERSION = "v2.6.0"
+# sigs.k8s.io/cli-utils, whose pkg/kstatus/status is what Flux, kpt and cli-utils' own
+# appliers read a resource's status with.
+CLI_UTILS_VERSION = "v0.37.2"
+# helm, for the chart's tests (lint, template, install); its Kubernetes libraries are the
+# stack's minor version (v0.32).
+HELM_VERSION = "v3.17.4"
 
 # The wrapper modules (go.mod + go.sum + tools.go) live in gomod/<family>/, committed:
 # the pinned go.sum makes every build verify the same module content without asking
@@ -43,10 +53,20 @@ class Program:
     family: str
     version: str
     package: str
+    ldflags: tuple[str, ...] = ()  # -X settings the program's own build sets
 
     @property
     def path(self) -> Path:
         return cache_root() / "bin" / f"{self.family}-{self.version}" / self.name
+
+
+def _source_digest(family: str) -> str:
+    """A short digest of a wrapper module that holds code of ours: the cache key changes
+    with the code, so an edited main.go is never answered by an old binary."""
+    digest = hashlib.sha256()
+    for source in sorted((GOMOD_DIR / family).iterdir()):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 PROGRAMS = (
@@ -73,6 +93,22 @@ PROGRAMS = (
     Program("worker_init", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/etc/worker"),
     Program(
         "pachtf", "pachyderm", PACHYDERM_VERSION, "github.com/pachyderm/pachyderm/v2/src/server/cmd/pachtf"
+    ),
+    Program("kstatus", "kstatus", f"{CLI_UTILS_VERSION}-{_source_digest('kstatus')}", "."),
+    Program(
+        "helm",
+        "helm",
+        HELM_VERSION,
+        "helm.sh/helm/v3/cmd/helm",
+        # As helm's Makefile does: its version, and the Kubernetes version `helm template` and
+        # `helm lint` assume (that of its client libraries), else v1.20.
+        (
+            f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+            "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+            "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=32",
+            "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+            "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=32",
+        ),
     ),
 )
 
@@ -134,8 +170,9 @@ def build(names: list[str] | None = None) -> list[Path]:
             say(f"building {prog.name} {prog.version} (cold: 5-20 minutes on 2 cores)")
             prog.path.parent.mkdir(parents=True, exist_ok=True)
             partial = prog.path.with_suffix(".partial")
+            ldflags = " ".join(("-s", "-w", *prog.ldflags))
             _run(
-                [_go(), "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), prog.package],
+                [_go(), "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), prog.package],
                 workdir,
                 workdir / "build.log",
             )

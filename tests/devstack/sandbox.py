@@ -1,12 +1,13 @@
 """The whole thing on one machine: `make sandbox`.
 
 Starts the local stack with a node (containerd, kubelet: pods really run),
-installs the CRD and RBAC, runs the operator with its ServiceAccount's own
-credentials, applies crds/samples/spout.yaml and waits for Ready. pachd's worker
-pods then run on the node: the spout's consumer commits from inside its pod, the
-processor's jobs run in theirs. The sandbox shows the pods, the commits arriving
-in `spout` and the processor's output growing. Ctrl-C (or `make sandbox-down`)
-stops everything.
+installs the CRDs and RBAC, the ClusterPachdConnection `default`
+(manifests/connection.yaml, pointed at the local pachd), runs the operator with
+its ServiceAccount's own credentials, applies crds/samples/spout.yaml and waits
+for Ready. pachd's worker pods then run on the node: the spout's consumer commits
+from inside its pod, the processor's jobs run in theirs. The sandbox shows the
+pods, the commits arriving in `spout` and the processor's output growing. Ctrl-C
+(or `make sandbox-down`) stops everything.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ def say(message: str) -> None:
     print(f"\033[1m==> {message}\033[0m", flush=True)
 
 
-def kubectl(state: State, *args: str, input: str | None = None) -> str:
+def kubectl(state: State, *args: str) -> str:
+    return kubectl_input(state, None, *args)
+
+
+def kubectl_input(state: State, stdin: str | None, *args: str) -> str:
     result = subprocess.run(
         ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-        input=input,
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -55,20 +60,29 @@ def record(state: State, name: str, pid: int) -> None:
     state.save()
 
 
+def default_connection(state: State) -> str:
+    """manifests/connection.yaml, with the local pachd's address for the Helm chart's."""
+    shipped = (ROOT / "manifests" / "connection.yaml").read_text()
+    return shipped.replace("grpc://pachd.default.svc.cluster.local:30650", state.pachds[0].address)
+
+
 def start_operator(state: State) -> None:
-    say("Installing the CRD, namespace and RBAC (kubectl apply)")
+    say("Installing the CRDs, namespace and RBAC (kubectl apply)")
     kubectl(state, "apply", "-k", str(ROOT / "crds"))
     for manifest in ("namespace.yaml", "rbac.yaml"):
         kubectl(state, "apply", "-n", "spout-operator-system", "-f", str(ROOT / "manifests" / manifest))
-    kubectl(state, "wait", "--for=condition=Established", "crd/spoutpipelines.spout-operator.dev")
+    for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
+    say(f"ClusterPachdConnection default -> {state.pachds[0].address} (manifests/connection.yaml)")
+    kubectl_input(state, default_connection(state), "apply", "-f", "-")
     # The operator runs as its ServiceAccount, not as admin: the RBAC in manifests/ is what it gets.
     kubeconfig = service_account_kubeconfig(state, "spout-operator-system", "spout-operator")
     env = {
         "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": str(ROOT / "operator"),
-        "SPOUT_OPERATOR_PACHD_ADDRESS": state.pachds[0].address,
+        "SPOUT_OPERATOR_NAMESPACE": "spout-operator-system",
         "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
-        # A free port, not the default 9090 (another operator on this machine may hold it).
+        # A free port, not 9090: another operator on this machine may hold that one.
         "SPOUT_OPERATOR_METRICS_PORT": str(free_port()),
     }
     log = Path(state.root) / "logs" / "operator.log"
@@ -115,7 +129,7 @@ def main() -> int:
         state = stack.up(node=True)
         start_operator(state)
         say("kubectl apply -f crds/samples/spout.yaml (with modest resource requests)")
-        print(kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(sample())), end="")
+        print(kubectl_input(state, json.dumps(sample()), "apply", "-n", NAMESPACE, "-f", "-"), end="")
         kubectl(
             state,
             "wait",
@@ -150,6 +164,7 @@ def main() -> int:
         print(
             "    kubectl get pods -n pachyderm\n"
             "    kubectl logs -n pachyderm -l pipelineName=spout -c user\n"
+            "    kubectl describe spoutpipeline spout101\n    kubectl get clusterpachdconnections\n"
             f"    {pachctl[0]} list commit spout\n    {pachctl[0]} list file processor@master:/1K.txt/"
         )
         say("Commits arriving in spout@master, the processor's output growing; Ctrl-C stops everything")

@@ -141,6 +141,8 @@ class State:
     postgres_data: str
     pachctl_config: str
     pids: dict[str, int] = field(default_factory=dict)
+    # How each process was started, so a fault test can start it again (restart()).
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
     pachds: list[Pachd] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)  # network namespaces made for pachds
     node: NodeState | None = None  # the kubelet's node, when started with one
@@ -447,6 +449,79 @@ class Stack:
             raise
         return state
 
+    def _spawn_recorded(
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        unset: tuple[str, ...] = (),
+    ) -> int:
+        assert self.state is not None
+        self.state.commands[name] = {
+            "args": args,
+            "log": str(log),
+            "env": env or {},
+            "user": user,
+            "unset": list(unset),
+        }
+        return _spawn(args, log, env=env, user=user, unset=unset)
+
+    # --- faults: what the fault tier does to the components it started ---------------
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        """Send `sig` to one component (its process group: `ip netns exec` and its child)."""
+        assert self.state is not None
+        os.killpg(self.state.pids[name], sig)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component and reap it."""
+        assert self.state is not None
+        pid = self.state.pids[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        while _alive(pid):
+            time.sleep(0.05)
+
+    def restart(self, name: str, kill: bool = False, deadline_s: float = 120) -> None:
+        """Stop one component (SIGTERM, or SIGKILL with kill=True) and start it again as it was
+        started; return once it serves again."""
+        assert self.state is not None
+        if kill:
+            self.kill(name)
+        else:
+            _stop(self.state.pids[name], name)
+        self.start(name, deadline_s)
+
+    def start(self, name: str, deadline_s: float = 120) -> None:
+        """Start a component stopped by kill() again, as it was started; return once it serves."""
+        assert self.state is not None
+        command = self.state.commands[name]
+        log = Path(command["log"])
+        if name.startswith("pachd-") and not self.state.links:
+            free = f"port {PACHD_IDENTITY_PORT} free"
+            wait_until(free, lambda: _port_free(PACHD_IDENTITY_PORT), 60, log, None)
+        pid = _spawn(command["args"], log, command["env"], command["user"], tuple(command["unset"]))
+        self._record(name, pid)
+        if name.startswith("pachd-"):
+            self.state.pachds[int(name.split("-")[1])].pid = pid
+            self.state.save()
+        wait_until(name, lambda: self._serving(name), deadline_s, log, pid)
+
+    def _serving(self, name: str) -> bool:
+        assert self.state is not None
+        if name.startswith("pachd-"):
+            pachd = self.state.pachds[int(name.split("-")[1])]
+            return _pachd_ready(pachd.host, pachd.port)
+        if name == "etcd":
+            return _http_ok(f"http://127.0.0.1:{self.state.etcd_port}/health")
+        if name == "kube-apiserver":
+            return _https_ok(self.state.apiserver_port, self.root / "pki", "/readyz")
+        return True
+
     def _record(self, name: str, pid: int) -> None:
         assert self.state is not None
         self.state.pids[name] = pid
@@ -457,7 +532,8 @@ class Stack:
         peer = free_port()
         hosts = ["127.0.0.1", *(link.host_ip for link in self.state.links)]
         url = ",".join(f"http://{host}:{self.state.etcd_port}" for host in hosts)
-        pid = _spawn(
+        pid = self._spawn_recorded(
+            "etcd",
             [
                 etcd,
                 "--name",
@@ -500,7 +576,8 @@ class Stack:
         (pki / "tokens.csv").write_text(f"{PACHD_TOKEN},pachd,pachd,system:masters\n")
         port = self.state.apiserver_port
         log = logs / "kube-apiserver.log"
-        pid = _spawn(
+        pid = self._spawn_recorded(
+            "kube-apiserver",
             [
                 str(binary),
                 f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
@@ -547,7 +624,8 @@ class Stack:
     def _start_controller_manager(self, binary: Path, logs: Path) -> None:
         assert self.state is not None
         kubeconfig = self.state.kubeconfig
-        pid = _spawn(
+        pid = self._spawn_recorded(
+            "kube-controller-manager",
             [
                 str(binary),
                 f"--kubeconfig={kubeconfig}",
@@ -678,7 +756,8 @@ class Stack:
             with (data / "db" / "pg_hba.conf").open("a") as hba:
                 hba.writelines(f"host all all {link.pachd_ip}/32 trust\n" for link in self.state.links)
         listen = ",".join(["127.0.0.1", *(link.host_ip for link in self.state.links)])
-        pid = _spawn(
+        pid = self._spawn_recorded(
+            "postgres",
             [
                 _postgres_bin("postgres"),
                 "-D",
@@ -806,7 +885,7 @@ class Stack:
             )
         # With SSL_CERT_DIR set, pachd mounts a TLS-cert Secret named by TLS_CERT_SECRET_NAME
         # into every worker RC; unset, that name is empty and the RC is invalid.
-        pachd.pid = _spawn(command, log, env=env, unset=("SSL_CERT_DIR",))
+        pachd.pid = self._spawn_recorded(f"pachd-{index}", command, log, env=env, unset=("SSL_CERT_DIR",))
         self._record(f"pachd-{index}", pachd.pid)
         self.state.pachds.append(pachd)
         self.state.save()

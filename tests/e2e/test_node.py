@@ -141,13 +141,25 @@ def test_node_teardown_leaves_the_machine_as_it_found_it(node_prerequisites: Non
 
 def pachd_address_for_pods(state: State) -> str:
     """Where pods reach the stack's pachd: its Service's ClusterIP (the node's iptables lead it
-    to pachd). The one place the operator pod is told about pachd."""
+    to pachd)."""
     return f"grpc://{nodes.PACHD_CLUSTER_IP}:{PACHD_PORT}"
 
 
+def point_operator_at_pachd(state: State) -> None:
+    """The one place the operator pod is told about pachd: manifests/connection.yaml (the
+    ClusterPachdConnection `default`), with the address pods reach pachd at."""
+    shipped = (ROOT / "manifests" / "connection.yaml").read_text()
+    address = pachd_address_for_pods(state)
+    connection = shipped.replace("grpc://pachd.default.svc.cluster.local:30650", address)
+    assert address in connection
+    for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
+    kubectl(state, "apply", "-f", "-", input=connection)
+
+
 def operator_overlay(state: State, workdir: Path) -> Path:
-    """manifests/ as a user would deploy it, through kustomize: the image of `make images`
-    (kustomize's image name) and the pachd address."""
+    """manifests/ as a user would deploy it, through kustomize, with the image of `make images`
+    (kustomize's image name)."""
     for name in ("manifests", "crds"):
         shutil.copytree(ROOT / name, workdir / name)
     overlay = workdir / "overlay"
@@ -158,47 +170,23 @@ def operator_overlay(state: State, workdir: Path) -> Path:
         "kind": "Kustomization",
         "resources": ["../manifests"],
         "images": [{"name": "ghcr.io/spout-operator/spout-operator", "newName": name, "newTag": tag}],
-        "patches": [
-            {
-                "target": {"kind": "Deployment", "name": "spout-operator"},
-                "patch": json.dumps(
-                    {
-                        "apiVersion": "apps/v1",
-                        "kind": "Deployment",
-                        "metadata": {"name": "spout-operator"},
-                        "spec": {
-                            "template": {
-                                "spec": {
-                                    "containers": [
-                                        {
-                                            "name": "operator",
-                                            "env": [
-                                                {
-                                                    "name": "SPOUT_OPERATOR_PACHD_ADDRESS",
-                                                    "value": pachd_address_for_pods(state),
-                                                }
-                                            ],
-                                        }
-                                    ]
-                                }
-                            }
-                        },
-                    }
-                ),
-            }
-        ],
     }
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return overlay
 
 
-def operator_pod(state: State) -> dict[str, Any]:
+def operator_pods(state: State) -> list[dict[str, Any]]:
+    """The Deployment's pods (its replicas elect a leader), by name."""
     pods = kubectl_json(
         state, "get", "pods", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=spout-operator"
     )
-    items = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
-    assert len(items) == 1, [p["metadata"]["name"] for p in items]
-    return dict(items[0])
+    items = [dict(p) for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert items, "no operator pod"
+    return sorted(items, key=lambda p: str(p["metadata"]["name"]))
+
+
+def operator_pod(state: State) -> dict[str, Any]:
+    return operator_pods(state)[0]
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +198,7 @@ def deployed_operator(node_stack: State) -> Iterator[dict[str, Any]]:
         rendered = kubectl(state, "kustomize", str(overlay))
         assert f"image: {images.OPERATOR_IMAGE}" in rendered
         kubectl(state, "apply", "-k", str(overlay))
+        point_operator_at_pachd(state)
         wait_for(
             state,
             "the operator Deployment to be available",
@@ -270,21 +259,21 @@ def test_operator_pod_runs_hardened_and_stays_live(
     first_probe_s = liveness.get("initialDelaySeconds", 0) + liveness.get("periodSeconds", 10) + 5
 
     def probed() -> bool:
-        current = operator_pod(state)
-        status = current["status"]["containerStatuses"][0]
-        assert status["restartCount"] == 0, status
+        for replica in operator_pods(state):
+            for each in replica["status"].get("containerStatuses", []):
+                assert each["restartCount"] == 0, each
+        status = operator_pod(state)["status"]["containerStatuses"][0]
         started = datetime.fromisoformat(status["state"]["running"]["startedAt"].replace("Z", "+00:00"))
         return bool((datetime.now(UTC) - started).total_seconds() > first_probe_s)
 
     wait_for(state, "the liveness probe's first period", probed, first_probe_s + 120, (SYSTEM_NAMESPACE,))
-    events = kubectl(
-        state, "get", "events", "-n", SYSTEM_NAMESPACE, "--field-selector", f"involvedObject.name={name}"
-    )
+    events = kubectl(state, "get", "events", "-n", SYSTEM_NAMESPACE)
     # (A readiness failure in the first second, before kopf serves, is expected.)
     assert "Liveness probe failed" not in events, events
     # In-cluster configuration: no kubeconfig in the pod, and it watches through the API server.
-    logs = kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, name)
+    logs = kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=spout-operator")
     assert "Watching all namespaces" in logs, logs[-2000:]
+    assert "kubeconfig" not in logs.lower(), logs[-2000:]
 
 
 # --- spout101 with real pods --------------------------------------------------------

@@ -13,7 +13,7 @@ from devstack.stack import State
 
 pytestmark = pytest.mark.integration
 
-SECTIONS = ("one_resource", "n_resources", "drift", "steady", "memory", "consumer")
+SECTIONS = ("one_resource", "n_resources", "drift", "spout_update", "steady", "memory", "consumer")
 
 
 def _numbers(section: dict[str, object]) -> list[float]:
@@ -41,6 +41,8 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
     assert data["one_resource"]["operator_p50_s"] > 0 and data["one_resource"]["floor_p50_s"] > 0
     assert data["n_resources"]["operator_s"] > 0 and data["n_resources"]["floor_s"] > 0
     assert data["drift"]["samples"] == k and data["drift"]["p95_s"] > 0
+    assert data["spout_update"]["history_kept"] is True
+    assert data["spout_update"]["processors_rewired"] == k
     assert data["steady"]["pachd_writes"] == 0
     assert data["steady"]["list_pipeline_calls"] >= 1
     assert data["steady"]["versions_unchanged"] is True

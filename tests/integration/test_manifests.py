@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kubectl, use_kubeconfig
+from conftest import eventually, kubectl, use_kubeconfig
 from devstack.stack import State, service_account_kubeconfig
 from test_operator import (  # fixtures are registered where they are imported
     condition,
+    connection,
+    crd,
+    default_connection,
     names,
     operator_env,
     pipelines,
@@ -21,7 +24,7 @@ from test_operator import (  # fixtures are registered where they are imported
     wait_condition,
 )
 
-__all__ = ["names", "operator_env"]
+__all__ = ["crd", "default_connection", "names", "operator_env"]
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +41,12 @@ def installed(stack: State) -> None:
     out = kubectl(stack, "apply", "--dry-run=server", "-k", manifests)
     assert "(server dry run)" in out
     kubectl(stack, "apply", "-k", manifests)
-    kubectl(stack, "wait", "--for=condition=Established", "crd/spoutpipelines.spout-operator.dev")
+    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        kubectl(stack, "wait", "--for=condition=Established", f"crd/{plural}.spout-operator.dev")
+    # The default connection is valid as shipped. Only dry-run: the tests' own `default` points
+    # at the stack's pachd, not at the Helm chart's address.
+    out = kubectl(stack, "apply", "--dry-run=server", "-f", str(ROOT / "manifests" / "connection.yaml"))
+    assert "clusterpachdconnection.spout-operator.dev/default" in out
 
 
 def test_apply_creates_every_object(stack: State, installed: None) -> None:
@@ -47,7 +55,16 @@ def test_apply_creates_every_object(stack: State, installed: None) -> None:
         ("serviceaccount", "spout-operator", True),
         ("clusterrole", "spout-operator", False),
         ("clusterrolebinding", "spout-operator", False),
+        ("role", "spout-operator-connections", True),
+        ("rolebinding", "spout-operator-connections", True),
+        ("clusterrole", "spout-operator-connection-reader", False),
+        ("clusterrole", "spout-operator-edit", False),
+        ("clusterrole", "spout-operator-view", False),
+        ("crd", "pachdconnections.spout-operator.dev", False),
+        ("crd", "clusterpachdconnections.spout-operator.dev", False),
         ("deployment", "spout-operator", True),
+        ("poddisruptionbudget", "spout-operator", True),
+        ("role", "spout-operator-leader-election", True),
         ("crd", "spoutpipelines.spout-operator.dev", False),
     ):
         where = ["-n", SYSTEM_NAMESPACE] if namespaced else []
@@ -57,37 +74,186 @@ def test_apply_creates_every_object(stack: State, installed: None) -> None:
     )
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leader (a Lease); never both away at once.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SPOUT_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pdb = json.loads(kubectl(stack, "get", "pdb", "spout-operator", "-n", SYSTEM_NAMESPACE, "-o", "json"))
+    assert pdb["spec"]["minAvailable"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"requests", "limits"} <= set(container["resources"])
+    env = {e["name"]: e for e in container["env"]}
+    assert not {"SPOUT_OPERATOR_PACHD_ADDRESS", "SPOUT_OPERATOR_PACHD_AUTH_TOKEN"} & set(env)
+    assert env["SPOUT_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 @pytest.mark.parametrize(
-    ("verb", "what", "allowed"),
+    ("verb", "what", "where", "allowed"),
     [
-        ("watch", "spoutpipelines.spout-operator.dev", True),
-        ("patch", "spoutpipelines.spout-operator.dev/status", True),
-        ("create", "events", True),
-        ("get", "secrets", True),
+        ("watch", "spoutpipelines.spout-operator.dev", None, True),
+        ("patch", "spoutpipelines.spout-operator.dev/status", None, True),
+        ("create", "events", None, True),
+        ("watch", "pachdconnections.spout-operator.dev", None, True),
+        ("watch", "clusterpachdconnections.spout-operator.dev", None, True),
+        ("patch", "pachdconnections.spout-operator.dev/status", None, True),
+        ("patch", "clusterpachdconnections.spout-operator.dev/status", None, True),
+        ("get", "namespaces", None, True),
+        # Secrets and CA ConfigMaps of ClusterPachdConnections: the operator's namespace only.
+        ("get", "secrets", SYSTEM_NAMESPACE, True),
+        ("get", "configmaps", SYSTEM_NAMESPACE, True),
+        ("get", "secrets", None, False),  # not cluster-wide
+        ("get", "secrets", "default", False),  # nor in a namespace no admin opened to it
+        ("get", "configmaps", "default", False),
         # Nothing broader than the operator needs:
-        ("list", "secrets", False),
-        ("watch", "secrets", False),
-        ("delete", "spoutpipelines.spout-operator.dev", False),
-        ("create", "spoutpipelines.spout-operator.dev", False),
-        ("create", "pods", False),
-        ("get", "configmaps", False),
-        ("update", "customresourcedefinitions.apiextensions.k8s.io", False),
+        ("list", "secrets", SYSTEM_NAMESPACE, False),
+        ("watch", "secrets", SYSTEM_NAMESPACE, False),
+        ("list", "secrets", None, False),
+        ("create", "secrets", SYSTEM_NAMESPACE, False),
+        ("create", "pachdconnections.spout-operator.dev", None, False),  # admins own connections
+        ("update", "clusterpachdconnections.spout-operator.dev", None, False),
+        ("delete", "pachdconnections.spout-operator.dev", None, False),
+        ("delete", "spoutpipelines.spout-operator.dev", None, False),
+        ("create", "spoutpipelines.spout-operator.dev", None, False),
+        ("create", "pods", None, False),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io", None, False),
     ],
 )
 def test_rbac_allows_only_what_the_operator_needs(
-    stack: State, installed: None, verb: str, what: str, allowed: bool
+    stack: State, installed: None, verb: str, what: str, where: str | None, allowed: bool
 ) -> None:
-    answer = kubectl(stack, "auth", "can-i", verb, what, "--as", ACCOUNT, "-A", check=False).strip()
+    scope = ["-n", where] if where else ["-A"]
+    resource, _, subresource = what.partition("/")  # `can-i patch x/status` asks about an x named status
+    sub = [f"--subresource={subresource}"] if subresource else []
+    answer = kubectl(
+        stack, "auth", "can-i", verb, resource, *sub, "--as", ACCOUNT, *scope, check=False
+    ).strip()
     assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+def can_i(stack: State, who: str, verb: str, what: str, namespace: str) -> bool:
+    answer = kubectl(stack, "auth", "can-i", verb, what, "--as", who, "-n", namespace, check=False)
+    return answer.strip().splitlines()[0] == "yes"
+
+
+def test_connection_reader_is_granted_one_namespace_at_a_time(
+    stack: State, installed: None, namespace: str
+) -> None:
+    """A PachdConnection's Secrets become readable to the operator only where an admin binds
+    the reader ClusterRole, and only there."""
+    assert not can_i(stack, ACCOUNT, "get", "secrets", namespace)
+    bind_reader(stack, namespace)
+    assert can_i(stack, ACCOUNT, "get", "secrets", namespace)
+    assert can_i(stack, ACCOUNT, "get", "configmaps", namespace)
+    assert not can_i(stack, ACCOUNT, "list", "secrets", namespace)
+    assert not can_i(stack, ACCOUNT, "get", "secrets", "default")
+
+
+def bind_reader(stack: State, namespace: str) -> None:
+    kubectl(
+        stack,
+        "create",
+        "rolebinding",
+        "spout-operator-connection-reader",
+        "-n",
+        namespace,
+        "--clusterrole=spout-operator-connection-reader",
+        f"--serviceaccount={SYSTEM_NAMESPACE}:spout-operator",
+    )
+
+
+def test_tenants_with_edit_manage_spoutpipelines_not_connections(
+    stack: State, installed: None, namespace: str
+) -> None:
+    """spout-operator-edit is what aggregation adds to the built-in edit and admin roles (this
+    stack runs no aggregation controller, so the test binds it directly)."""
+    tenant = "tenant-with-edit"
+    kubectl(
+        stack,
+        "create",
+        "rolebinding",
+        "edit",
+        "-n",
+        namespace,
+        "--clusterrole=spout-operator-edit",
+        f"--user={tenant}",
+    )
+    assert can_i(stack, tenant, "create", "spoutpipelines.spout-operator.dev", namespace)
+    assert can_i(stack, tenant, "get", "pachdconnections.spout-operator.dev", namespace)
+    assert not can_i(stack, tenant, "create", "pachdconnections.spout-operator.dev", namespace)
+    assert not can_i(stack, tenant, "update", "pachdconnections.spout-operator.dev", namespace)
+    assert not can_i(stack, tenant, "create", "clusterpachdconnections.spout-operator.dev", namespace)
+    assert not can_i(stack, tenant, "get", "secrets", namespace)
+    labels = json.loads(kubectl(stack, "get", "clusterrole", "spout-operator-edit", "-o", "json"))[
+        "metadata"
+    ]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("get", SYSTEM_NAMESPACE, True),
+        ("create", SYSTEM_NAMESPACE, True),
+        ("update", SYSTEM_NAMESPACE, True),
+        ("delete", SYSTEM_NAMESPACE, False),
+        ("list", SYSTEM_NAMESPACE, False),
+        ("update", "default", False),  # the operator's namespace only
+    ],
+)
+def test_leases_are_writable_only_in_the_operators_namespace(
+    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+) -> None:
+    answer = kubectl(
+        stack,
+        "auth",
+        "can-i",
+        verb,
+        "leases.coordination.k8s.io",
+        "--as",
+        ACCOUNT,
+        "-n",
+        namespace,
+        check=False,
+    ).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("watch", "default", True),  # pachd's namespace, as installed
+        ("list", "default", True),
+        ("get", "default", False),
+        ("delete", "default", False),
+        ("patch", "default", False),
+        ("watch", SYSTEM_NAMESPACE, False),  # nowhere else
+        ("list", "kube-system", False),
+    ],
+)
+def test_worker_rcs_are_readable_only_in_pachds_namespace(
+    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+) -> None:
+    answer = kubectl(
+        stack, "auth", "can-i", verb, "replicationcontrollers", "--as", ACCOUNT, "-n", namespace, check=False
+    ).strip()
+    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@pytest.fixture
+def workers_rbac_in_stack(stack: State, installed: None) -> Iterator[None]:
+    """manifests/workers-rbac.yaml moved to the stack's pachd namespace, as a user would."""
+    text = (ROOT / "manifests" / "workers-rbac.yaml").read_text()
+    moved = text.replace("namespace: default", f"namespace: {stack.pachds[0].namespace}")
+    kubectl(stack, "apply", "-f", "-", input=moved)
+    yield
+    kubectl(stack, "delete", "-f", "-", "--ignore-not-found", input=moved, check=False)
 
 
 @contextlib.contextmanager
@@ -101,23 +267,65 @@ def as_service_account(stack: State) -> Iterator[None]:
 def test_operator_with_service_account_rights_runs_the_full_lifecycle(
     stack: State,
     installed: None,
+    workers_rbac_in_stack: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    names: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spout, processor = names
+    # A PachdConnection whose token Secret the operator may not read yet: said so in status.
+    connection(stack, "team", stack.pachds[0].address, namespace=namespace, token="unused-by-pachd")
+    body = resource("rbac", spout, processor, connectionRef={"kind": "PachdConnection", "name": "team"})
+    monkeypatch.setenv("SPOUT_OPERATOR_WORKER_NAMESPACES", stack.pachds[0].namespace)
+    with as_service_account(stack), running_operator(namespace) as runner:
+        kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+        obj = wait_condition(stack, namespace, "rbac", "Synced", "False")
+        assert condition(obj, "Synced")["reason"] == "ConnectionForbidden"
+        assert "spout-operator-connection-reader" in condition(obj, "Synced")["message"]
+        bind_reader(stack, namespace)
+        obj = wait_condition(stack, namespace, "rbac", "Ready", "True")
+        assert condition(obj, "Synced")["status"] == "True"
+        pachd_client.stop_pipeline(spout)  # drift repair writes status and an Event
+        wait_condition(stack, namespace, "rbac", "Ready", "True")
+        eventually(  # connection status written with the ServiceAccount's rights
+            lambda: (
+                condition(
+                    json.loads(
+                        kubectl(stack, "get", "pachdconnection", "team", "-n", namespace, "-o", "json")
+                    ),
+                    "Ready",
+                ).get("status")
+                == "True"
+            ),
+            30,
+        )
+        kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
+        assert pipelines(pachd_client, spout, processor) == {}
+    assert "Worker watch" not in runner.output, runner.output  # the watch never had to restart
+    forbidden = [line for line in runner.output.splitlines() if "Forbidden" in line or "403" in line]
+    # The only refusal is the one the test provoked, reported in status as ConnectionForbidden.
+    assert all("secrets" in line or "Secret" in line for line in forbidden), forbidden
+
+
+def test_cluster_connection_secret_in_the_operator_namespace(
+    stack: State,
+    installed: None,
     operator_env: None,
     namespace: str,
     pachd_client: Any,
     names: tuple[str, str],
 ) -> None:
     spout, processor = names
-    kubectl(
-        stack, "create", "secret", "generic", "token", "-n", namespace, "--from-literal=auth-token=unused"
-    )
-    body = resource("rbac", spout, processor, pachd={"authTokenSecretRef": {"name": "token"}})
-    body["spec"]["pachd"]["address"] = stack.pachds[0].address
-    with as_service_account(stack), running_operator(namespace) as runner:
-        kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-        obj = wait_condition(stack, namespace, "rbac", "Ready", "True")
-        assert condition(obj, "Synced")["status"] == "True"
-        pachd_client.stop_pipeline(spout)  # drift repair writes status and an Event
-        wait_condition(stack, namespace, "rbac", "Ready", "True")
-        kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
-        assert pipelines(pachd_client, spout, processor) == {}
-    assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output
+    name = f"sa-{namespace}"
+    connection(stack, name, stack.pachds[0].address, token="unused-by-pachd", namespaces=[namespace])
+    body = resource("cluster-conn", spout, processor, connectionRef={"name": name})
+    try:
+        with as_service_account(stack), running_operator(namespace):
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            wait_condition(stack, namespace, "cluster-conn", "Ready", "True")
+            kubectl(stack, "delete", "spoutpipeline", "cluster-conn", "-n", namespace, "--timeout=60s")
+    finally:
+        kubectl(stack, "delete", "clusterpachdconnection", name, check=False)
+        kubectl(stack, "delete", "secret", f"{name}-token", "-n", SYSTEM_NAMESPACE, check=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import threading
 import time
 import urllib.request
 import uuid
@@ -22,24 +24,79 @@ from python_pachyderm.proto.v2.pps import pps_pb2
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "spoutpipelines.yaml"
+CRDS = ROOT / "crds"
 SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
 DRIFT_INTERVAL_S = 2
+CONNECTION_CHECK_S = 2
+OPERATOR_NAMESPACE = "spout-operator-system"  # where ClusterPachdConnections keep their Secrets
+TOKEN_LABEL = {"spout-operator.dev/pachd-auth-token": "true"}
 METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
 def crd(stack: State) -> None:
-    kubectl(stack, "apply", "-f", str(CRD))
-    kubectl(
-        stack, "wait", "--for=condition=Established", "--timeout=60s", "crd/spoutpipelines.spout-operator.dev"
-    )
+    kubectl(stack, "apply", "-k", str(CRDS))
+    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        established = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            f"crd/{plural}.spout-operator.dev",
+        ]
+        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
+
+
+def connection(
+    stack: State,
+    name: str,
+    address: str,
+    namespace: str | None = None,
+    token: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """Create (or replace) a connection as an admin would: a PachdConnection in `namespace`,
+    else a ClusterPachdConnection; with `token`, also its labelled Secret (in `namespace`,
+    else in the operator's namespace)."""
+    body: dict[str, Any] = {
+        "apiVersion": "spout-operator.dev/v1alpha1",
+        "kind": "PachdConnection" if namespace else "ClusterPachdConnection",
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
+        "spec": {"address": address, **spec},
+    }
+    if token is not None:
+        secret(stack, namespace or OPERATOR_NAMESPACE, f"{name}-token", {"auth-token": token}, TOKEN_LABEL)
+        body["spec"]["authTokenSecretRef"] = {"name": f"{name}-token"}
+    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
+    return body
+
+
+def secret(
+    stack: State, namespace: str, name: str, data: dict[str, str], labels: dict[str, str] | None = None
+) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "stringData": data,
+    }
+    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
 
 
 @pytest.fixture(scope="session")
-def operator_env(stack: State) -> None:
+def default_connection(stack: State, crd: None) -> None:
+    """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
+    stack's pachd, open to every namespace."""
+    connection(stack, "default", stack.pachds[0].address, namespaceSelector={})
+
+
+@pytest.fixture(scope="session")
+def operator_env(stack: State, default_connection: None) -> None:
     # The operator reads these when it starts (its startup handler), so set them before.
-    os.environ["SPOUT_OPERATOR_PACHD_ADDRESS"] = stack.pachds[0].address
+    # No pachd address or token: SpoutPipelines reach pachd through connections only.
+    os.environ["SPOUT_OPERATOR_NAMESPACE"] = OPERATOR_NAMESPACE
+    os.environ["SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS"] = str(CONNECTION_CHECK_S)
     os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
     os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
     os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
@@ -321,36 +378,41 @@ def test_unreachable_pachd_is_reported_and_recovers(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    body = resource("away", spout, processor, pachd={"address": "grpc://127.0.0.1:9"})
+    connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
+    body = resource("away", spout, processor, connectionRef={"kind": "PachdConnection", "name": "away"})
     apply(stack, namespace, body)
     obj = wait_condition(stack, namespace, "away", "Synced", "False")
     assert condition(obj, "Synced")["reason"] == "PachdUnavailable"
     assert obj["status"]["summary"] == "PachdUnavailable"
 
-    # Deletion waits for pachd, with a clear message, and finishes once pachd is back.
+    # The admin fixes the connection: the resource recovers at the next sweep.
+    connection(stack, "away", stack.pachds[0].address, namespace=namespace)
+    obj = wait_condition(stack, namespace, "away", "Ready", "True")
+    assert obj["status"]["managed"] == {
+        "connectionRef": {"kind": "PachdConnection", "name": "away"},
+        "address": stack.pachds[0].address,
+    }
+
+    # Pipelines exist now: deletion waits for pachd, with a clear message and the way out...
+    connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
     kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
-    eventually(
-        lambda: "waiting to delete" in condition(get(stack, namespace, "away"), "Ready").get("message", ""),
+    message = eventually(
+        lambda: (
+            condition(get(stack, namespace, "away"), "Ready").get("message", "").count("Orphan")
+            and condition(get(stack, namespace, "away"), "Ready")["message"]
+        ),
         30,
         what="deletion waiting message",
     )
-    body["spec"]["pachd"] = {"address": stack.pachds[0].address}
-    kubectl(
-        stack,
-        "patch",
-        "spoutpipeline",
-        "away",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"pachd": body["spec"]["pachd"]}}),
-    )
+    assert "waiting to delete" in message or "cannot delete" in message
+    # ...and finishes once pachd is reachable again.
+    connection(stack, "away", stack.pachds[0].address, namespace=namespace)
     eventually(
         lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
         60,
         what="resource gone once pachd reachable",
     )
+    assert pipelines(pachd_client, spout, processor) == {}
 
 
 def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pachd_client: Any) -> None:
@@ -376,21 +438,160 @@ def test_user_flow_with_kubectl(stack: State, namespace: str, operator: Any, pac
                 pachd_client.delete_pipeline(name, force=True)
 
 
-def test_spout_edit_refused_by_pachd_is_reported(
+def commit_ids(client: Any, repo: str) -> list[str]:
+    return [c.commit.id for c in client.list_commit(repo)]
+
+
+def event_reasons(stack: State, namespace: str, name: str) -> list[str]:
+    listing = json.loads(
+        kubectl(
+            stack,
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "json",
+        )
+    )
+    return [item["reason"] for item in listing["items"]]
+
+
+def test_spout_image_change_applies_and_keeps_the_data(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
-    """pachd 2.6.0 refuses to update a spout that has a downstream pipeline (a commit
-    provenance error). The resource must say so, keep the running pair, and not loop."""
+    """pachd 2.6 refuses to update a spout while a pipeline reads its repo: the operator
+    pauses the processor, updates the spout, and starts the processor again."""
+    from devstack.sidecar import start_spout_sidecar, stop_spout_sidecar
+    from spout101 import consumer
+    from spout101.consumer import EmulatedSource, Target
+
     spout, processor = names
     body = resource("spout-edit", spout, processor)
     apply(stack, namespace, body)
     wait_condition(stack, namespace, "spout-edit", "Ready", "True")
-    body["spec"]["spout"]["transform"]["env"] = {"SPOUT_INTERVAL_MIN": "1"}
+    sidecar = start_spout_sidecar(stack, stack.pachds[0], spout)
+    try:  # messages in the spout's repo, as its consumer commits them
+        made = consumer.run(
+            consumer.connect(sidecar.address),
+            Target(spout, "master"),
+            EmulatedSource(0, 0, (1024, 2048)),
+            threading.Event(),
+            max_rounds=2,
+        )
+        assert made == 2
+    finally:
+        stop_spout_sidecar(stack, sidecar)
+    spout_commits, processor_commits = commit_ids(pachd_client, spout), commit_ids(pachd_client, processor)
+    files = {f.file.path for f in pachd_client.list_file((spout, "master"), "/")}
+    assert len(files) == 4
+
+    body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"
     apply(stack, namespace, body)
-    obj = wait_condition(stack, namespace, "spout-edit", "Synced", "False")
+    eventually(
+        lambda: versions(pachd_client, spout, processor) == {spout: 2, processor: 1}, 60, what="spout v2"
+    )
+    obj = wait_condition(stack, namespace, "spout-edit", "Ready", "True")
+    assert condition(obj, "Synced")["status"] == "True"
+    found = pipelines(pachd_client, spout, processor)
+    assert found[spout].details.transform.image.endswith(":0.2.0")
+    assert not found[processor].stopped and state_name(found[processor]) == "RUNNING"
+    processor_branch = pachd_client.inspect_branch(processor, "master")  # wired to the spout again
+    assert (spout, "master") in [(b.repo.name, b.name) for b in processor_branch.direct_provenance]
+    assert set(spout_commits) <= set(commit_ids(pachd_client, spout))  # history kept
+    assert set(processor_commits) <= set(commit_ids(pachd_client, processor))
+    assert {f.file.path for f in pachd_client.list_file((spout, "master"), "/")} == files
+    reasons = event_reasons(stack, namespace, "spout-edit")
+    assert "ProcessorPaused" in reasons and "ProcessorResumed" in reasons
+
+
+def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
+) -> None:
+    spout, processor = names
+    body = resource("half", spout, processor)
+    apply(stack, namespace, body)
+    wait_condition(stack, namespace, "half", "Ready", "True")
+    body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"  # valid
+    body["spec"]["processor"]["podPatch"] = "not json"  # pachd: malformed PodPatch
+    apply(stack, namespace, body)
+    obj = wait_condition(stack, namespace, "half", "Synced", "False")
+    eventually(
+        lambda: versions(pachd_client, spout, processor) == {spout: 2, processor: 1}, 60, what="spout v2"
+    )
+    obj = get(stack, namespace, "half")
     assert condition(obj, "Synced")["reason"] == "PachdRejected"
-    assert "provenance" in condition(obj, "Synced")["message"]
-    assert versions(pachd_client, spout, processor) == {spout: 1, processor: 1}
+    assert "PodPatch" in condition(obj, "Synced")["message"]
+    assert obj["status"]["spout"]["lastError"] == ""
+    assert obj["status"]["processor"]["lastError"] != ""
+    assert not pipelines(pachd_client, processor)[processor].stopped  # paused for the spout, started again
+
+
+def test_renames_and_moves_are_refused_with_a_way_out(stack: State, namespace: str, crd: None) -> None:
+    body = resource("named", "sp-fixed", "pr-fixed")
+    apply(stack, namespace, body)
+    for path, value in (("spout", "sp-new"), ("processor", "pr-new")):
+        changed = copy.deepcopy(body)
+        changed["spec"][path]["name"] = value
+        out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(changed), check=False)
+        assert f"spec.{path}.name cannot change" in out and "delete this SpoutPipeline" in out
+    moved = copy.deepcopy(body)
+    moved["spec"]["project"] = "elsewhere"
+    out = kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(moved), check=False)
+    assert "spec.project cannot change" in out
+    # Writing out a default is no change.
+    defaults = resource("implicit", "unset", "unset")
+    del defaults["spec"]["spout"]["name"], defaults["spec"]["processor"]["name"]
+    apply(stack, namespace, defaults)
+    defaults["spec"]["spout"]["name"], defaults["spec"]["processor"]["name"] = (
+        "implicit",
+        "implicit-processor",
+    )
+    assert "configured" in apply(stack, namespace, defaults)
+
+
+@pytest.fixture
+def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
+    """An operator whose sweep is far away: what it repairs now, it learnt from pachd's workers."""
+    saved = {
+        k: os.environ.get(k)
+        for k in ("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "SPOUT_OPERATOR_WORKER_NAMESPACES")
+    }
+    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = "600"
+    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
+    try:
+        with running_operator(namespace) as runner:
+            yield runner
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_drift_is_repaired_from_worker_events_within_seconds(
+    stack: State, namespace: str, names: tuple[str, str], event_driven: Any, pachd_client: Any
+) -> None:
+    spout, processor = names
+    apply(stack, namespace, resource("quick", spout, processor))
+    wait_condition(stack, namespace, "quick", "Ready", "True")
+
+    started = time.monotonic()
+    pachd_client.delete_pipeline(processor)
+    eventually(lambda: processor in pipelines(pachd_client, processor), 10, 0.1, what="processor recreated")
+    deleted_repair_s = time.monotonic() - started
+
+    wait_condition(stack, namespace, "quick", "Ready", "True")
+    started = time.monotonic()
+    pachd_client.stop_pipeline(spout)
+    eventually(lambda: not pipelines(pachd_client, spout)[spout].stopped, 10, 0.1, what="spout started")
+    stopped_repair_s = time.monotonic() - started
+    print(f"repair after deletion {deleted_repair_s:.2f} s, after stop {stopped_repair_s:.2f} s")
+    obj = wait_condition(stack, namespace, "quick", "Ready", "True")
+    assert obj["status"]["driftRepairs"] >= 2
 
 
 def scrape() -> dict[str, float]:
@@ -459,8 +660,13 @@ def test_impossible_pachd_address_is_reported_and_deletable(
     """A port above 65535 passes the schema's pattern: it must end in status, not a crash,
     and the resource must still delete (nothing can exist at such an address)."""
     spout, processor = names
-    apply(stack, namespace, resource("odd", spout, processor, pachd={"address": "grpc://127.0.0.1:99999"}))
+    connection(stack, "odd", "grpc://127.0.0.1:99999", namespace=namespace)
+    apply(
+        stack,
+        namespace,
+        resource("odd", spout, processor, connectionRef={"kind": "PachdConnection", "name": "odd"}),
+    )
     obj = wait_condition(stack, namespace, "odd", "Synced", "False")
-    assert condition(obj, "Synced")["reason"] == "InvalidSpec"
+    assert condition(obj, "Synced")["reason"] == "ConnectionInvalid"
     assert "invalid port" in condition(obj, "Synced")["message"]
     kubectl(stack, "delete", "spoutpipeline", "odd", "-n", namespace, "--timeout=60s")

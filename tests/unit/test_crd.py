@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-CRD = Path(__file__).resolve().parents[2] / "crds" / "spoutpipelines.yaml"
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+ALL = ["spoutpipelines.yaml", "pachdconnections.yaml", "clusterpachdconnections.yaml"]
 IDENTIFIER = re.compile(r"^[a-zA-Z][a-zA-Z0-9]*$")
 SCHEMA_KEYWORDS = {
     "type",
@@ -26,11 +28,13 @@ SCHEMA_KEYWORDS = {
     "maxLength",
     "minItems",
     "additionalProperties",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 
-def schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD.read_text())
+def schema(file: str = "spoutpipelines.yaml") -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / file).read_text())
     result: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return result
 
@@ -47,36 +51,88 @@ def properties(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def test_every_property_name_is_an_identifier() -> None:
+@pytest.mark.parametrize("file", ALL)
+def test_every_property_name_is_an_identifier(file: str) -> None:
     # A comma inside a YAML flow mapping silently turns prose into a property name.
-    bad = [path for path, _ in properties(schema()) if not IDENTIFIER.match(path.rsplit(".", 1)[-1])]
+    bad = [path for path, _ in properties(schema(file)) if not IDENTIFIER.match(path.rsplit(".", 1)[-1])]
     assert bad == []
 
 
-def test_every_property_schema_uses_only_schema_keywords() -> None:
+@pytest.mark.parametrize("file", ALL)
+def test_every_property_schema_uses_only_schema_keywords(file: str) -> None:
     # e.g. `{description: Memory, e.g. 256Mi.}` parses as a key "e.g. 256Mi." (the API server
     # rejects the whole CRD under strict decoding).
     bad = {
         path: sorted(set(node) - SCHEMA_KEYWORDS)
-        for path, node in properties(schema())
+        for path, node in properties(schema(file))
         if set(node) - SCHEMA_KEYWORDS
     }
     assert bad == {}
 
 
-def test_every_spec_and_status_field_has_a_description() -> None:
+@pytest.mark.parametrize("file", ALL)
+def test_every_spec_and_status_field_has_a_description(file: str) -> None:
     skip = {".metadata"}
     missing = [
-        path for path, node in properties(schema()) if path not in skip and not node.get("description")
+        path for path, node in properties(schema(file)) if path not in skip and not node.get("description")
     ]
     assert missing == []
 
 
 def test_spec_fields_the_operator_reads_exist() -> None:
     spec = schema()["properties"]["spec"]["properties"]
-    assert {"pachd", "project", "state", "deletionPolicy", "spout", "processor"} <= set(spec)
+    assert {"connectionRef", "project", "state", "deletionPolicy", "spout", "processor"} <= set(spec)
+    assert "pachd" not in spec  # no address or Secret of a tenant's choosing
+    assert spec["connectionRef"]["properties"]["kind"]["enum"] == [
+        "ClusterPachdConnection",
+        "PachdConnection",
+    ]
     assert spec["state"]["enum"] == ["Running", "Stopped"]
     assert spec["deletionPolicy"]["enum"] == ["Delete", "Orphan"]
     processor = spec["processor"]["properties"]
     assert {"glob", "datumTries", "parallelismSpec", "autoscaling", "transform"} <= set(processor)
     assert "glob" not in spec["spout"]["properties"]
+
+
+def test_crds_are_all_installed_by_kustomize() -> None:
+    kustomization = yaml.safe_load((CRDS / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(ALL)
+
+
+@pytest.mark.parametrize(
+    ("file", "scope"), [("pachdconnections.yaml", "Namespaced"), ("clusterpachdconnections.yaml", "Cluster")]
+)
+def test_connection_kinds_read_what_the_operator_parses(file: str, scope: str) -> None:
+    crd = yaml.safe_load((CRDS / file).read_text())
+    assert crd["spec"]["scope"] == scope
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["shortNames"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {"address", "tls", "authTokenSecretRef"} <= set(spec)
+    assert set(spec["tls"]["properties"]) == {"enabled", "caSecretRef", "caConfigMapRef"}
+    # A connection names a Secret by name only: no namespace field to reach elsewhere.
+    assert set(spec["authTokenSecretRef"]["properties"]) == {"name", "key"}
+    assert ({"namespaces", "namespaceSelector"} <= set(spec)) is (scope == "Cluster")
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Address", "Ready", "Version"} <= columns
+
+
+def test_a_new_resource_reads_in_progress_until_the_operator_writes_its_status() -> None:
+    # kstatus reads a resource without status as Current; the default says Reconciling.
+    status = schema()["properties"]["status"]
+    conditions = {c["type"]: c for c in status["default"]["conditions"]}
+    assert conditions["Ready"]["status"] == "Unknown"
+    assert conditions["Reconciling"]["status"] == "True"
+    item = status["properties"]["conditions"]["items"]
+    for condition in conditions.values():
+        assert set(condition) <= set(item["properties"])
+        assert set(item["required"]) <= set(condition)
+        assert condition["status"] in item["properties"]["status"]["enum"]
+
+
+def test_conditions_are_a_map_keyed_by_type_with_their_generation() -> None:
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "observedGeneration" in conditions["items"]["properties"]

@@ -12,7 +12,7 @@ import yaml
 from spout_operator.gateway import Gateway, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import Step
-from spout_operator.reconcile import ensure, remove
+from spout_operator.reconcile import SpoutUpdateBlocked, ensure, reads_repo, remove
 from spout_operator.render import OWNER_ANNOTATION, DesiredPair, PipelineSpec, render
 from spout_operator.spec import parse
 
@@ -75,12 +75,24 @@ class FakeGateway(Gateway):
             spec=copy.deepcopy(found.spec),
         )
 
+    def list_pipelines(self) -> list[ObservedPipeline]:
+        self.log.append(("list", ""))
+        found = [self.inspect(name, "default") for name in self.pipelines]
+        self.log = [call for call in self.log if call[0] != "inspect" or call[1] not in self.pipelines]
+        return [p for p in found if p is not None]
+
     def create(self, spec: PipelineSpec, update: bool) -> None:
         name = spec["pipeline"]["name"]
         self._record("update" if update else "create", name, spec["pipeline"]["project"]["name"])
         existing = self.pipelines.get(name)
         if existing is not None and not update:
             raise PachdRejected(f'pipeline "{name}" already exists')
+        if existing is not None and "spout" in existing.spec and self._running_readers(name):
+            # pachd 2.6.0's bug: an update of a spout that a running pipeline reads fails
+            raise PachdRejected(
+                f'add commit provenance from "default/x.meta@1" to "default/{name}.user@1": '
+                'violates foreign key constraint "fk_to_commit"'
+            )
         if existing is None:
             self.put(spec)
         else:
@@ -94,6 +106,13 @@ class FakeGateway(Gateway):
         self._record("stop", name, project)
         if name in self.pipelines:
             self.pipelines[name].stopped = True
+
+    def _running_readers(self, repo: str) -> list[str]:
+        return [
+            other
+            for other, p in self.pipelines.items()
+            if p.spec.get("input", {}).get("pfs", {}).get("repo") == repo and not p.stopped
+        ]
 
     def delete(self, name: str, project: str) -> None:
         self._record("delete", name, project)
@@ -237,8 +256,10 @@ def test_image_changed_behind_our_back_is_updated_back() -> None:
     gateway.pipelines["spout"].spec["transform"]["image"] = "someone/else:latest"
     outcome = ensure(pair(), True, OWNER, gateway)
 
-    assert gateway.writes() == [("update", "spout")]
-    assert outcome.applied == (("spout", Step.UPDATE),)
+    # the processor reads the spout's repo: paused around the update (pachd 2.6's bug)
+    assert gateway.writes() == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert outcome.applied == (("processor", Step.STOP), ("spout", Step.UPDATE), ("processor", Step.START))
+    assert outcome.paused == ("processor",)
     assert outcome.plans[0].changed_fields == ("transform",)
     assert gateway.pipelines["spout"].version == 2
     assert gateway.pipelines["spout"].spec["transform"]["image"] == "ghcr.io/spout-operator/spout101:0.1.0"
@@ -325,6 +346,7 @@ def test_rejected_processor_keeps_the_spout_write_in_the_outcome() -> None:
     outcome = ensure(pair(), True, OWNER, gateway)
 
     assert outcome.error is limit
+    assert outcome.errors == {"processor": limit}
     assert outcome.applied == (("spout", Step.CREATE),)
     assert [p.name for p in outcome.plans] == ["spout", "processor"]
     assert gateway.writes() == [("create", "spout"), ("create", "processor")]
@@ -428,3 +450,135 @@ def test_remove_reports_pachd_errors_without_raising(
     assert isinstance(removal.error, PachdUnavailable)
     assert removal.remaining == ("processor", "spout")  # unknown on error: assume both remain
     assert [w for w in gateway.writes() if w != failing_call] == deleted_before
+
+
+# --- ensure: spout updates on pachd 2.6 (its readers paused around the update) ----------------
+
+
+def edited(state: str = "Running", spout_image: str = "", processor_glob: str = "") -> DesiredPair:
+    spec: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())["spec"]
+    spec["state"] = state
+    if spout_image:
+        spec["spout"]["transform"]["image"] = spout_image
+    if processor_glob:
+        spec["processor"]["glob"] = processor_glob
+    return render(parse(spec, "spout101"), OWNER)
+
+
+def reader(gateway: FakeGateway, name: str, owner: str | None, stopped: bool = False) -> None:
+    """Another pipeline reading the spout's repo."""
+    spec = copy.deepcopy(gateway.pipelines["processor"].spec)
+    spec["pipeline"]["name"] = name
+    gateway.put(spec, stopped=stopped)
+    foreign_mark(gateway, name, owner)
+
+
+def test_spout_change_pauses_the_processor_updates_the_spout_and_starts_it_again() -> None:
+    gateway = created()
+    outcome = ensure(edited(spout_image="spout101:2"), True, OWNER, gateway)
+
+    assert gateway.writes() == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert outcome.errors == {}
+    assert outcome.paused == ("processor",)
+    assert gateway.pipelines["spout"].version == 2
+    assert gateway.pipelines["processor"].version == 1  # start is no update
+    assert not gateway.pipelines["processor"].stopped
+    assert ensure(edited(spout_image="spout101:2"), True, OWNER, gateway).applied == ()
+
+
+def test_spout_and_processor_changes_together() -> None:
+    gateway = created()
+    outcome = ensure(edited(spout_image="spout101:2", processor_glob="/*.txt"), True, OWNER, gateway)
+
+    assert gateway.writes() == [
+        ("stop", "processor"),
+        ("update", "spout"),
+        ("update", "processor"),
+        ("start", "processor"),
+    ]
+    assert outcome.errors == {}
+    assert not gateway.pipelines["processor"].stopped
+
+
+@pytest.mark.parametrize("killed_after", ["stop", "update"])
+def test_a_pass_killed_midway_converges_on_the_next(killed_after: str) -> None:
+    gateway = created()
+    gateway.pipelines["processor"].stopped = True  # the pass had paused the processor
+    if killed_after == "update":  # ... and its spout update had landed
+        gateway.put(with_image(gateway.pipelines["spout"].spec, "spout101:2"), version=2)
+    outcome = ensure(edited(spout_image="spout101:2"), True, OWNER, gateway)
+
+    rest = [("start", "processor")]
+    assert gateway.writes() == (rest if killed_after == "update" else [("update", "spout"), *rest])
+    assert outcome.errors == {}
+    assert not gateway.pipelines["processor"].stopped
+    assert gateway.pipelines["spout"].version == 2
+
+
+def with_image(spec: PipelineSpec, image: str) -> PipelineSpec:
+    changed = copy.deepcopy(spec)
+    changed["transform"]["image"] = image
+    return changed
+
+
+def test_a_running_foreign_reader_blocks_the_spout_update_and_is_never_stopped() -> None:
+    gateway = created()
+    reader(gateway, "audit", owner="team-b/audit")
+    outcome = ensure(edited(spout_image="spout101:2", processor_glob="/*.txt"), True, OWNER, gateway)
+
+    assert ("stop", "audit") not in gateway.writes()
+    assert ("update", "spout") not in gateway.writes()
+    assert gateway.writes() == [("update", "processor")]  # the processor's own change still applies
+    blocked = outcome.errors["spout"]
+    assert isinstance(blocked, SpoutUpdateBlocked)
+    assert "default/audit (owner: team-b/audit)" in str(blocked) and "pachctl stop pipeline" in str(blocked)
+    assert "processor" not in outcome.errors
+    assert not gateway.pipelines["processor"].stopped and not gateway.pipelines["audit"].stopped
+
+
+def test_a_stopped_foreign_reader_does_not_block() -> None:
+    gateway = created()
+    reader(gateway, "audit", owner=None, stopped=True)
+    outcome = ensure(edited(spout_image="spout101:2"), True, OWNER, gateway)
+
+    assert gateway.writes() == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert outcome.errors == {}
+    assert gateway.pipelines["audit"].stopped
+
+
+def test_a_refused_spout_update_still_starts_the_paused_processor() -> None:
+    gateway = created()
+    refusal = PachdRejected("invalid image name")
+    gateway.failures[("update", "spout")] = refusal
+    outcome = ensure(edited(spout_image="spout101:2"), True, OWNER, gateway)
+
+    assert gateway.writes() == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert outcome.errors == {"spout": refusal}
+    assert not gateway.pipelines["processor"].stopped
+
+
+def test_a_refused_processor_change_does_not_hold_back_the_spouts() -> None:
+    gateway = created()
+    refusal = PachdRejected("parallelism above 8 requires an activation key")
+    gateway.failures[("update", "processor")] = refusal
+    outcome = ensure(edited(spout_image="spout101:2", processor_glob="/*.txt"), True, OWNER, gateway)
+
+    assert gateway.pipelines["spout"].version == 2
+    assert outcome.errors == {"processor": refusal}
+    assert not gateway.pipelines["processor"].stopped  # started although its update was refused
+
+
+def test_a_spout_change_of_a_stopped_pair_leaves_both_stopped() -> None:
+    gateway = created(running=False)
+    outcome = ensure(edited(state="Stopped", spout_image="spout101:2"), False, OWNER, gateway)
+
+    assert gateway.writes() == [("update", "spout"), ("stop", "spout")]
+    assert outcome.errors == {}
+    assert gateway.pipelines["spout"].stopped and gateway.pipelines["processor"].stopped
+
+
+def test_reads_repo_finds_the_repo_at_any_depth() -> None:
+    nested = {"input": {"cross": [{"pfs": {"repo": "other"}}, {"union": [{"pfs": {"repo": "spout"}}]}]}}
+    assert reads_repo(nested, "default", "spout")
+    assert not reads_repo(nested, "elsewhere", "spout")
+    assert not reads_repo({"spout": {}}, "default", "spout")

@@ -9,40 +9,48 @@ from spout_operator.settings import Settings, SettingsError
 def test_defaults_with_an_empty_environment() -> None:
     settings = Settings.from_env({})
     assert settings == Settings()
-    assert settings.pachd_address == "grpc://pachd.default.svc.cluster.local:30650"
-    assert settings.drift_interval_s == 10.0
+    assert not hasattr(settings, "pachd_address") and not hasattr(settings, "pachd_auth_token")
+    assert settings.operator_namespace == "spout-operator-system"  # outside a pod
+    assert settings.connection_check_interval_s == 30.0
+    assert settings.drift_interval_s == 30.0
     assert settings.drift_interval_s <= 30  # the product asks for drift checks every 30 s or less
     assert settings.pachd_timeout_s == 10.0
     assert settings.retry_delay_s == 15.0
     assert settings.namespaces == ()
+    assert settings.worker_namespaces == ()
 
 
 def test_unprefixed_and_unrelated_variables_are_ignored() -> None:
-    env = {"PACHD_ADDRESS": "grpc://x:1", "DRIFT_INTERVAL_SECONDS": "oops", "SPOUT_OPERATOR_OTHER": "1"}
+    env = {"NAMESPACE": "x", "DRIFT_INTERVAL_SECONDS": "oops", "SPOUT_OPERATOR_OTHER": "1"}
     assert Settings.from_env(env) == Settings()
 
 
 def test_every_variable_is_read() -> None:
     env = {
-        "SPOUT_OPERATOR_PACHD_ADDRESS": "  grpc://pachd.pachyderm:30650  ",
+        "SPOUT_OPERATOR_NAMESPACE": "  pachyderm-ops  ",
+        "SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS": "12",
         "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": "5",
         "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": "2.5",
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": " 30 ",
         "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
+        "SPOUT_OPERATOR_WORKER_NAMESPACES": " pachyderm , ",
     }
     assert Settings.from_env(env) == Settings(
-        pachd_address="grpc://pachd.pachyderm:30650",
+        operator_namespace="pachyderm-ops",
+        connection_check_interval_s=12.0,
         drift_interval_s=5.0,
         pachd_timeout_s=2.5,
         retry_delay_s=30.0,
         namespaces=("team-a", "team-b"),
+        worker_namespaces=("pachyderm",),
     )
 
 
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_blank_values_mean_the_default(blank: str) -> None:
     env = {
-        "SPOUT_OPERATOR_PACHD_ADDRESS": blank,
+        "SPOUT_OPERATOR_NAMESPACE": blank,
+        "SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS": blank,
         "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": blank,
         "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": blank,
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": blank,
@@ -105,3 +113,32 @@ def test_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatc
     settings = Settings.from_env()
     assert settings.drift_interval_s == 3.0
     assert settings.namespaces == ("ops",)
+
+
+@pytest.mark.parametrize("name", ["SPOUT_OPERATOR_PACHD_ADDRESS", "SPOUT_OPERATOR_PACHD_AUTH_TOKEN"])
+def test_a_pachd_address_or_token_in_the_environment_is_refused(name: str) -> None:
+    # They belong in a ClusterPachdConnection now; a token left here would be a credential
+    # the operator holds for nobody. The message must not repeat the value.
+    with pytest.raises(SettingsError, match="ClusterPachdConnection") as caught:
+        Settings.from_env({name: "s3cret-value"})
+    assert "s3cret-value" not in str(caught.value)
+    assert Settings.from_env({name: "  "}) == Settings()
+
+
+def test_repr_holds_no_credential_fields() -> None:
+    assert "token" not in repr(Settings()).lower()
+
+
+def test_leader_election_and_its_lease() -> None:
+    settings = Settings.from_env(
+        {"SPOUT_OPERATOR_LEADER_ELECTION": "true", "POD_NAMESPACE": "spout-operator-system"}
+    )
+    assert settings.leader_election
+    assert (settings.lease_namespace, settings.lease_name) == ("spout-operator-system", "spout-operator")
+    assert Settings.from_env({"SPOUT_OPERATOR_LEASE_NAMESPACE": "x"}).lease_namespace == "x"
+    assert not Settings.from_env({}).leader_election
+
+
+def test_leader_election_must_be_a_boolean() -> None:
+    with pytest.raises(SettingsError, match="SPOUT_OPERATOR_LEADER_ELECTION"):
+        Settings.from_env({"SPOUT_OPERATOR_LEADER_ELECTION": "maybe"})

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 from spout_operator.spec import (
+    ConnectionRef,
     DeletionPolicy,
-    PachdConnection,
     RunState,
-    SecretKeyRef,
     SpecError,
     parse,
 )
@@ -51,7 +50,7 @@ def test_minimal_spec_gets_every_default() -> None:
     assert parsed.running is True
     assert parsed.deletion_policy is DeletionPolicy.DELETE
     assert parsed.glob == "/*"
-    assert parsed.pachd == PachdConnection(address="", tls=False, auth_token_secret=None)
+    assert parsed.connection == ConnectionRef("ClusterPachdConnection", "default")
     assert parsed.spout.options == {}
     assert parsed.processor.options == {}
     assert parsed.spout.transform == SPOUT_TRANSFORM
@@ -93,30 +92,34 @@ def test_stopped_state_is_not_running() -> None:
     assert parse(with_changes(state="Stopped"), "events").running is False
 
 
-# --- pachd connection ---------------------------------------------------------------
+# --- connection -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("pachd", "expected"),
+    ("ref", "expected"),
     [
-        ({}, PachdConnection()),
-        ({"address": "grpc://pachd:30650"}, PachdConnection(address="grpc://pachd:30650")),
-        (
-            {"address": "grpcs://pachd:443", "tls": True},
-            PachdConnection(address="grpcs://pachd:443", tls=True),
-        ),
-        (
-            {"authTokenSecretRef": {"name": "pachd-auth"}},
-            PachdConnection(auth_token_secret=SecretKeyRef("pachd-auth", "auth-token")),
-        ),
-        (
-            {"authTokenSecretRef": {"name": "pachd-auth", "key": "token"}},
-            PachdConnection(auth_token_secret=SecretKeyRef("pachd-auth", "token")),
-        ),
+        ({}, ConnectionRef("ClusterPachdConnection", "default")),
+        ({"name": "shared"}, ConnectionRef("ClusterPachdConnection", "shared")),
+        ({"kind": "PachdConnection", "name": "team"}, ConnectionRef("PachdConnection", "team")),
+        ({"kind": "PachdConnection"}, ConnectionRef("PachdConnection", "default")),
     ],
 )
-def test_pachd_connection(pachd: dict[str, Any], expected: PachdConnection) -> None:
-    assert parse(with_changes(pachd=pachd), "events").pachd == expected
+def test_connection_ref(ref: dict[str, Any], expected: ConnectionRef) -> None:
+    assert parse(with_changes(connectionRef=ref), "events").connection == expected
+
+
+def test_connection_ref_of_another_kind_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"connectionRef\.kind"):
+        parse(with_changes(connectionRef={"kind": "Secret", "name": "x"}), "events")
+
+
+def test_a_spec_cannot_carry_an_address_or_a_secret() -> None:
+    # The old spec.pachd (address, authTokenSecretRef) is gone: whatever is left of it in a
+    # stored object is ignored, never used to reach pachd.
+    old = {"address": "grpc://attacker:1", "authTokenSecretRef": {"name": "db-password"}}
+    parsed = parse(with_changes(pachd=old), "events")
+    assert parsed.connection == ConnectionRef()
+    assert not hasattr(parsed, "pachd")
 
 
 # --- options pass-through ------------------------------------------------------------
@@ -250,19 +253,16 @@ def test_parse_does_not_modify_its_input() -> None:
             with_changes(processor__glob="pfs/*"), "events", "glob must start with '/'", id="glob-relative"
         ),
         pytest.param(
-            with_changes(pachd={"authTokenSecretRef": {"key": "token"}}),
+            with_changes(connectionRef={"kind": "Secret"}),
             "events",
-            "authTokenSecretRef.name is required",
-            id="secret-ref-without-name",
+            "connectionRef.kind must be",
+            id="connection-ref-other-kind",
         ),
         pytest.param(
-            with_changes(pachd={"authTokenSecretRef": {"name": "", "key": "token"}}),
+            with_changes(connectionRef="default"),
             "events",
-            "authTokenSecretRef.name is required",
-            id="secret-ref-empty-name",
-        ),
-        pytest.param(
-            with_changes(pachd="grpc://x"), "events", "pachd must be an object", id="pachd-not-object"
+            "connectionRef must be an object",
+            id="connection-ref-not-object",
         ),
     ],
 )

@@ -9,8 +9,16 @@ import pytest
 from spout_operator.gateway import PachdError, PachdRejected, PachdUnavailable
 from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import PipelinePlan, Step
-from spout_operator.reconcile import Outcome
-from spout_operator.status import Condition, conditions_for, render_conditions, status_patch
+from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
+from spout_operator.status import (
+    Condition,
+    applying,
+    applying_status,
+    conditions_for,
+    deleting_status,
+    render_conditions,
+    status_patch,
+)
 
 EARLIER = "2024-05-01T10:00:00Z"
 NOW = "2024-05-01T12:00:00Z"
@@ -48,7 +56,7 @@ def outcome(
         ),
         observed={"spout": spout, "processor": processor},
         applied=applied,
-        error=error,
+        errors={} if error is None else {"spout": error, "processor": error},
     )
 
 
@@ -62,7 +70,10 @@ def running_pair(**overrides: ObservedPipeline | None) -> Outcome:
 
 
 def by_type(conditions: list[Condition]) -> dict[str, Condition]:
-    assert [c.type for c in conditions] == ["Ready", "Synced"]
+    types = [c.type for c in conditions]
+    assert types[:2] == ["Ready", "Synced"]
+    assert types[2:] in ([], ["Reconciling"], ["Stalled"])  # present only while True, never both
+    assert all(c.status is True for c in conditions[2:])
     return {c.type: c for c in conditions}
 
 
@@ -102,7 +113,12 @@ def test_pachd_errors_make_both_conditions_false(error: PachdError, reason: str,
 
 
 def test_pachd_unavailable_before_anything_was_observed() -> None:
-    found = Outcome(names=("spout", "processor"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    found = Outcome(
+        names=("spout", "processor"),
+        plans=(),
+        observed={},
+        errors=dict.fromkeys(("spout", "processor"), PachdUnavailable(UNREACHABLE)),
+    )
     conditions = by_type(conditions_for(found, running=True))
     assert conditions["Synced"].reason == "PachdUnavailable"
     assert conditions["Ready"].status is False
@@ -115,7 +131,12 @@ def test_declared_stopped_but_running_is_not_ready() -> None:
 
 
 def test_unobserved_pipelines_are_reported_unknown_not_left_stale() -> None:
-    found = Outcome(names=("sp", "pr"), plans=(), observed={}, error=PachdUnavailable(UNREACHABLE))
+    found = Outcome(
+        names=("sp", "pr"),
+        plans=(),
+        observed={},
+        errors=dict.fromkeys(("sp", "pr"), PachdUnavailable(UNREACHABLE)),
+    )
     previous = {"spout": {"name": "sp", "state": "RUNNING", "version": 3}}
     patch = status_patch(found, True, 2, previous, "2026-01-01T00:00:00Z")
     assert patch["spout"] == {
@@ -224,22 +245,42 @@ def previous_conditions(ready: str, synced: str) -> list[Mapping[str, Any]]:
 
 
 def test_conditions_render_in_kubernetes_form() -> None:
-    rendered = render_conditions([Condition("Ready", True, "Running", "ok")], None, NOW)
+    rendered = render_conditions(
+        [Condition("Ready", True, "Running", "ok"), Condition("Synced", None, "Progressing", "applying")],
+        None,
+        NOW,
+        4,
+    )
     assert rendered == [
-        {"type": "Ready", "status": "True", "reason": "Running", "message": "ok", "lastTransitionTime": NOW}
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Running",
+            "message": "ok",
+            "lastTransitionTime": NOW,
+            "observedGeneration": 4,
+        },
+        {
+            "type": "Synced",
+            "status": "Unknown",
+            "reason": "Progressing",
+            "message": "applying",
+            "lastTransitionTime": NOW,
+            "observedGeneration": 4,
+        },
     ]
 
 
 def test_transition_time_is_kept_while_status_is_unchanged() -> None:
     conditions = conditions_for(running_pair(), running=True)
-    rendered = render_conditions(conditions, previous_conditions("True", "True"), NOW)
+    rendered = render_conditions(conditions, previous_conditions("True", "True"), NOW, 1)
     assert [c["lastTransitionTime"] for c in rendered] == [EARLIER, EARLIER]
     assert [c["reason"] for c in rendered] == ["Running", "Synced"]  # reason and message still refresh
 
 
 def test_transition_time_moves_when_status_flips() -> None:
     conditions = conditions_for(running_pair(processor=None), running=True)  # Ready False, Synced True
-    rendered = render_conditions(conditions, previous_conditions("True", "True"), NOW)
+    rendered = render_conditions(conditions, previous_conditions("True", "True"), NOW, 1)
     by_name = {c["type"]: c for c in rendered}
     assert by_name["Ready"]["status"] == "False"
     assert by_name["Ready"]["lastTransitionTime"] == NOW
@@ -248,13 +289,13 @@ def test_transition_time_moves_when_status_flips() -> None:
 
 def test_transition_time_moves_back_on_recovery() -> None:
     conditions = conditions_for(running_pair(), running=True)
-    rendered = render_conditions(conditions, previous_conditions("False", "False"), NOW)
+    rendered = render_conditions(conditions, previous_conditions("False", "False"), NOW, 1)
     assert [c["lastTransitionTime"] for c in rendered] == [NOW, NOW]
 
 
 def test_transition_time_is_set_for_a_condition_seen_first() -> None:
     previous = previous_conditions("True", "True")[:1]  # only Ready was there
-    rendered = render_conditions(conditions_for(running_pair(), running=True), previous, NOW)
+    rendered = render_conditions(conditions_for(running_pair(), running=True), previous, NOW, 1)
     assert [c["lastTransitionTime"] for c in rendered] == [EARLIER, NOW]
 
 
@@ -336,8 +377,143 @@ def test_status_patch_for_an_invalid_spec() -> None:
     assert "spout" not in patch
     assert "processor" not in patch
     assert [
-        (c["status"], c["reason"], c["message"], c["lastTransitionTime"]) for c in patch["conditions"]
+        (c["type"], c["status"], c["reason"], c["message"], c["lastTransitionTime"], c["observedGeneration"])
+        for c in patch["conditions"]
     ] == [
-        ("False", "InvalidSpec", "spout is required", NOW),
-        ("False", "InvalidSpec", "spout is required", NOW),
+        ("Ready", "False", "InvalidSpec", "spout is required", NOW, 9),
+        ("Synced", "False", "InvalidSpec", "spout is required", NOW, 9),
+        ("Stalled", "True", "InvalidSpec", "spout is required", NOW, 9),
+    ]
+
+
+# --- kstatus: Reconciling and Stalled ----------------------------------------------------------
+
+
+def extra(conditions: list[Condition]) -> list[tuple[str, str]]:
+    """The kstatus conditions present besides Ready and Synced: (type, reason)."""
+    return [(c.type, c.reason) for c in by_type(conditions).values() if c.type not in ("Ready", "Synced")]
+
+
+def test_healthy_has_neither_reconciling_nor_stalled() -> None:
+    assert extra(conditions_for(running_pair(), running=True)) == []
+    stopped = outcome(
+        pipeline("spout", "PAUSED", stopped=True), pipeline("processor", "PAUSED", stopped=True)
+    )
+    assert extra(conditions_for(stopped, running=False)) == []
+
+
+@pytest.mark.parametrize(
+    ("found", "reason"),
+    [
+        (outcome(pipeline("spout"), pipeline("processor"), error=PachdRejected(LIMIT)), "PachdRejected"),
+        (
+            outcome(pipeline("spout"), pipeline("processor"), error=SpoutUpdateBlocked("readers")),
+            "SpoutUpdateBlocked",
+        ),
+        (outcome(pipeline("spout"), pipeline("processor"), foreign={"spout": "team-b/x"}), "ForeignPipeline"),
+    ],
+)
+def test_refusals_only_a_spec_change_can_cure_are_stalled(found: Outcome, reason: str) -> None:
+    conditions = conditions_for(found, running=True)
+    assert extra(conditions) == [("Stalled", reason)]
+    stalled = by_type(conditions)["Stalled"]
+    assert stalled.message == by_type(conditions)["Synced"].message
+
+
+def test_invalid_spec_is_stalled() -> None:
+    assert extra(conditions_for(None, running=True, spec_error="bad")) == [("Stalled", "InvalidSpec")]
+
+
+def test_unreachable_pachd_is_neither_stalled_nor_reconciling() -> None:
+    # Retrying can cure it (the sweep retries): kstatus reads Ready=False as InProgress.
+    found = outcome(pipeline("spout"), pipeline("processor"), error=PachdUnavailable(UNREACHABLE))
+    assert extra(conditions_for(found, running=True)) == []
+
+
+@pytest.mark.parametrize("state", ["STARTING", "RESTARTING"])
+def test_starting_pipelines_are_reconciling(state: str) -> None:
+    conditions = conditions_for(running_pair(processor=pipeline("processor", state)), running=True)
+    assert extra(conditions) == [("Reconciling", "PipelinesStarting")]
+    assert by_type(conditions)["Reconciling"].message == "waiting for pachd to start pipeline processor"
+    assert by_type(conditions)["Ready"].status is False
+
+
+@pytest.mark.parametrize("state", ["CRASHING", "FAILURE"])
+def test_failing_pipelines_are_not_reconciling(state: str) -> None:
+    found = running_pair(processor=pipeline("processor", state))
+    assert extra(conditions_for(found, running=True)) == []
+    applied = outcome(pipeline("spout"), pipeline("processor", state), applied=(("processor", Step.START),))
+    assert extra(conditions_for(applied, running=True)) == []
+
+
+def test_a_pipeline_just_started_is_reconciling_until_pachd_shows_it() -> None:
+    found = outcome(
+        pipeline("spout", "PAUSED", stopped=True), pipeline("processor"), applied=(("spout", Step.START),)
+    )
+    assert extra(conditions_for(found, running=True)) == [("Reconciling", "PipelinesStarting")]
+
+
+def test_declared_stopped_and_still_stopping_is_reconciling() -> None:
+    found = outcome(pipeline("spout", "PAUSED", stopped=True), pipeline("processor", "RUNNING"))
+    conditions = conditions_for(found, running=False)
+    assert extra(conditions) == [("Reconciling", "PipelinesStopping")]
+    assert by_type(conditions)["Reconciling"].message == "waiting for pachd to stop pipeline processor"
+
+
+def test_conditions_that_stop_holding_leave_the_status() -> None:
+    # Merge patches replace the list whole: what is not in it is gone.
+    starting = status_patch(running_pair(processor=pipeline("processor", "STARTING")), True, 2, {}, EARLIER)
+    assert [c["type"] for c in starting["conditions"]] == ["Ready", "Synced", "Reconciling"]
+    ready = status_patch(running_pair(), True, 2, starting, NOW)
+    assert [c["type"] for c in ready["conditions"]] == ["Ready", "Synced"]
+    assert all(c["observedGeneration"] == 2 for c in ready["conditions"])
+
+
+# --- a change under way, deletion ---------------------------------------------------------------
+
+
+READY = [{"type": "Ready", "status": "True", "observedGeneration": 1}]
+
+
+@pytest.mark.parametrize(
+    ("previous", "generation", "expected"),
+    [
+        ({}, 1, True),  # no status at all (a CRD without the default): kstatus would say Current
+        ({"conditions": [{"type": "Ready", "status": "Unknown"}]}, 1, False),  # the CRD's default
+        ({"observedGeneration": 1, "conditions": READY}, 1, False),  # resumed: this generation was handled
+        ({"observedGeneration": 1, "conditions": READY}, 2, True),  # a spec change
+    ],
+)
+def test_applying_only_for_a_generation_not_handled_yet(
+    previous: dict[str, Any], generation: int, expected: bool
+) -> None:
+    assert applying(previous, generation) is expected
+
+
+def test_applying_status_reads_in_progress_for_the_new_generation() -> None:
+    previous = {"observedGeneration": 1, "conditions": previous_conditions("True", "True")}
+    patch = applying_status(2, previous, NOW)
+    assert patch["observedGeneration"] == 2
+    assert patch["summary"] == "Reconciling"
+    assert [(c["type"], c["status"], c["observedGeneration"]) for c in patch["conditions"]] == [
+        ("Ready", "Unknown", 2),
+        ("Synced", "Unknown", 2),
+        ("Reconciling", "True", 2),
+    ]
+    assert all(c["lastTransitionTime"] == NOW for c in patch["conditions"])
+    # and once the pass ends, Ready=True is a new transition
+    later = "2024-05-01T12:00:05Z"
+    done = status_patch(running_pair(), True, 2, patch, later)
+    assert [(c["type"], c["status"], c["lastTransitionTime"]) for c in done["conditions"]] == [
+        ("Ready", "True", later),
+        ("Synced", "True", later),
+    ]
+
+
+def test_deleting_status() -> None:
+    patch = deleting_status("waiting to delete pipelines a: pachd down", 3, {}, NOW)
+    assert patch["summary"] == "Deleting"
+    assert [(c["type"], c["status"], c["reason"], c["observedGeneration"]) for c in patch["conditions"]] == [
+        ("Ready", "False", "Deleting", 3),
+        ("Reconciling", "True", "Deleting", 3),
     ]

@@ -1,0 +1,416 @@
+"""The controller: one pass over one resource returns its new status and its Events.
+
+resource -> typed spec -> desired pipelines -> plan against pachd -> pachd calls ->
+status. The pass is synchronous (it runs in a worker thread) and posts nothing itself:
+the kopf handlers write what it returns, so the pass can be tested without kopf.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spout_operator import connections, metrics
+from spout_operator import render as rendering
+from spout_operator.connections import ConnectionProblem, Resolver
+from spout_operator.events import REPAIRS, Event, Trigger, for_invalid_spec, for_pass
+from spout_operator.gateway import (
+    Endpoint,
+    Gateway,
+    Gateways,
+    PachdError,
+    PachdRejected,
+    PachdUnavailable,
+    Snapshot,
+)
+from spout_operator.kube import Kube
+from spout_operator.observed import ObservedPipeline
+from spout_operator.plan import Step
+from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
+from spout_operator.render import PipelineSpec
+from spout_operator.settings import Settings
+from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
+from spout_operator.status import applying, applying_status, deleting_status, status_patch
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A SpoutPipeline as one pass sees it. A copy: kopf updates the body it hands to
+    handlers and daemons while a pass may still run, and one pass must judge by one spec."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    deleting: bool = False
+    deleted_at: str = ""  # metadata.deletionTimestamp
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Resource:
+        meta = body.get("metadata", {})
+        return cls(
+            namespace=str(meta["namespace"]),
+            name=str(meta["name"]),
+            uid=str(meta.get("uid")),
+            generation=int(meta.get("generation") or 0),
+            spec=copy.deepcopy(dict(body.get("spec") or {})),
+            status=copy.deepcopy(dict(body.get("status") or {})),
+            deleting=bool(meta.get("deletionTimestamp")),
+            deleted_at=str(meta.get("deletionTimestamp") or ""),
+        )
+
+    @property
+    def owner(self) -> str:
+        return rendering.owner_id(self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    status: dict[str, Any]
+    events: list[Event]
+    outcome: Outcome | None
+
+    @property
+    def starting(self) -> bool:
+        """pachd is still starting a pipeline of this pass: worth polling for RUNNING."""
+        outcome = self.outcome
+        return (
+            outcome is not None
+            and outcome.error is None
+            and any(p is not None and p.state == "STARTING" for p in outcome.observed.values())
+        )
+
+
+@dataclass(frozen=True)
+class Deletion:
+    done: bool
+    message: str
+    status: dict[str, Any] | None = None  # what to show while deletion waits
+
+
+# How long a deletion in a namespace being deleted waits for a pachd that does not answer.
+NAMESPACE_GONE_GRACE_S = 60.0
+GONE_TTL_S = 600.0  # how long a deleted resource's uid is remembered: longer than any pass waits in the pool
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    """Shared by every handler and daemon. One lock per resource: a pass, the status write
+    that ends it, and deletion never overlap, and the controller is the only writer of a
+    resource's status (kopf's handler patch carries none of it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        gateways: Gateways,
+        kube: Kube,
+        resolver: Resolver | None = None,
+        leading: Callable[[], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateways = gateways
+        self.kube = kube
+        # Reaches pachd only through admin-owned connections (connections.py).
+        self.resolver = resolver or Resolver(kube.core, kube.custom, settings.operator_namespace)
+        self.leading = leading or (lambda: True)  # False: another replica may write; we must not
+        self.readiness = metrics.Readiness()
+        self._locks: dict[str, threading.Lock] = {}
+        self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
+        self._gone: dict[str, float] = {}  # uid -> when its deletion finished (monotonic)
+        self._locks_lock = threading.Lock()
+        self._tidied = time.monotonic()
+
+    def _lock(self, uid: str) -> threading.Lock | None:
+        """The resource's lock; None once it was deleted (a pass queued before then does nothing)."""
+        with self._locks_lock:
+            if uid in self._gone:
+                return None
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def _previous(self, resource: Resource) -> Mapping[str, Any]:
+        """The newest status: our own last write, which kopf's body may not show yet."""
+        written = self._status.get(resource.uid)
+        return resource.status if written is None else written.status
+
+    def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
+        """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
+        resource = Resource.of(body)
+        try:
+            pair = rendering.render(parse(resource.spec, resource.name), resource.owner)
+        except SpecError:
+            return set()
+        return {(s["pipeline"]["project"]["name"], s["pipeline"]["name"]) for s in pair.in_creation_order()}
+
+    def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
+        if trigger == "drift":
+            self._tidy()
+        # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
+        # drift pass that read the old spec can never undo the update handler's new one.
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return None
+        with lock:
+            if resource.uid in self._gone:
+                return None  # deleted while this pass waited for the lock
+            resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
+            if trigger != "change" and (
+                resource.deleting or resource.status.get("observedGeneration") != resource.generation
+            ):
+                # Being deleted, a spec change pending (the handlers own those), or a body from
+                # before a change already applied: it must not undo it.
+                return None
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return None
+            if trigger == "change" and applying(resource.status, resource.generation):
+                # A spec change: until its pass ends, show it under way (Ready=Unknown,
+                # Reconciling) rather than the previous generation's verdict.
+                shown = {**resource.status, **applying_status(resource.generation, resource.status, now())}
+                self._write(resource, shown)
+                resource = dataclasses.replace(resource, status=shown)
+            result = self._pass(resource, trigger, listed_since)
+            self._write(resource, result.status)
+            return result
+
+    def _tidy(self) -> None:
+        """At most once a sweep: close pachd channels no resource asked for in a while."""
+        now = time.monotonic()
+        with self._locks_lock:
+            if now - self._tidied < self.settings.drift_interval_s:
+                return
+            self._tidied = now
+        self.gateways.close_idle(max(self.settings.gateway_idle_s, 3 * self.settings.drift_interval_s))
+
+    def _write(self, resource: Resource, status: dict[str, Any]) -> None:
+        """Write the whole status (called under the resource's lock), when it changed or the
+        last write failed. Kept in memory first, so a failed write loses no repair count."""
+        written = self._status.get(resource.uid)
+        if written is not None and written.ok and written.status == status:
+            return
+        if written is None and resource.status == status:
+            return
+        if not self.leading():
+            metrics.WRITES_REFUSED.inc()
+            return
+        ok = self.kube.write_status(resource.namespace, resource.name, status)
+        self._status[resource.uid] = _Written(copy.deepcopy(status), ok)
+
+    def _pass(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult:
+        if trigger == "change":
+            self.readiness.changed(resource.uid, resource.generation)
+        try:
+            spec = parse(resource.spec, resource.name)
+            # A change reads the connection and its Secret afresh; a sweep's passes share reads.
+            endpoint = self.endpoint(spec.connection, resource.namespace, listed_since or time.monotonic())
+            gateway = Fenced(self.gateways.get(endpoint), self.leading)
+        except (SpecError, PachdError, ConnectionProblem) as err:
+            # Nothing was sent to pachd. (A PachdError here: the address cannot be dialled.)
+            reason = (
+                err.condition_reason
+                if isinstance(err, ConnectionProblem)
+                else "ConnectionInvalid"
+                if isinstance(err, PachdError)
+                else "InvalidSpec"
+            )
+            status = status_patch(
+                None,
+                True,
+                resource.generation,
+                resource.status,
+                now(),
+                spec_error=str(err),
+                error_reason=reason,
+            )
+            if resource.status.get("managed"):  # status is written whole: keep what deletion reads
+                status["managed"] = resource.status["managed"]
+            metrics.RECONCILES.labels(trigger, reason).inc()
+            self.readiness.record(resource.uid, resource.generation, ready=False)
+            return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
+        outcome = self._ensure(spec, resource.owner, gateway, trigger, listed_since)
+        repairs = 0
+        if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
+            paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
+            repairs = len([a for a in outcome.applied if a not in paused])
+        status = status_patch(
+            outcome, spec.running, resource.generation, resource.status, now(), drift_repairs=repairs
+        )
+        if resource.status.get("managed"):  # status is written whole: keep what deletion reads
+            status["managed"] = resource.status["managed"]
+        elif connections.wrote_to_pachd(outcome):
+            # Deletion reads this: a resource that never got this far is deleted without pachd.
+            status["managed"] = connections.managed_entry(spec.connection, endpoint.address)
+        metrics.DRIFT_REPAIRS.inc(repairs)
+        metrics.RECONCILES.labels(trigger, status["summary"]).inc()
+        self.readiness.record(resource.uid, resource.generation, ready=status["summary"] == "Ready")
+        return PassResult(status, for_pass(trigger, outcome, resource.status, status), outcome)
+
+    def _ensure(
+        self, spec: SpoutPipelineSpec, owner: str, gateway: Gateway, trigger: Trigger, listed_since: float
+    ) -> Outcome:
+        pair = rendering.render(spec, owner)
+        if trigger in ("change", "event"):  # one resource's own look at pachd, now
+            return ensure(pair, spec.running, owner, gateway)
+        try:  # polls and sweeps share one listing per pachd (per poll, per sweep)
+            snapshot = gateway.snapshot(not_before=listed_since)
+        except PachdError as err:  # the sweep's one failed listing answers for every resource
+            return unobserved(pair, err)
+        return ensure(pair, spec.running, owner, gateway, snapshot)
+
+    def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
+        """Where the resource's pipelines live, through its admin-owned connection only."""
+        return self.resolver.endpoint(ref, namespace, not_before)
+
+    def delete(self, resource: Resource) -> Deletion:
+        """Delete both pipelines (processor first) unless the policy orphans them. Holds the
+        resource's lock, so no pass of it runs meanwhile, and once done no pass queued
+        before can run at all (none can re-create a pipeline)."""
+        lock = self._lock(resource.uid)
+        if lock is None:
+            return Deletion(True, "Pipelines deleted")
+        with lock:
+            if not self.leading():
+                metrics.WRITES_REFUSED.inc()
+                return Deletion(False, "not the leader: another replica deletes it")
+            # Judge by the newest status (our own last write: kopf's body may lag behind it),
+            # which says whether and where pipelines were created.
+            resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
+            deletion = self._delete(resource)
+            if deletion.done:
+                self.forget(resource.uid)
+            elif deletion.status is not None:
+                previous = self._previous(resource)
+                self._write(resource, {**previous, **deletion.status})
+        return deletion
+
+    def _delete(self, resource: Resource) -> Deletion:
+        """Never wedges: a resource that never created anything (status.managed unset:
+        invalid, not allowed, never reachable) goes at once, and one whose connection or pachd
+        is gone goes within a bounded time when its namespace is being deleted (see
+        connections.finish_without_pachd). Otherwise deletionPolicy: Orphan lets it go."""
+        try:
+            spec = parse(resource.spec, resource.name)
+        except SpecError:
+            return Deletion(True, "Spec is invalid, so no pipeline was ever created; nothing to delete")
+        if spec.deletion_policy is DeletionPolicy.ORPHAN:
+            return Deletion(True, "Deletion policy is Orphan: pipelines stay in pachd")
+        recorded = connections.recorded_connection(resource.status)
+        ref = recorded or spec.connection  # where the pipelines were created, if anything was
+        try:
+            gateway = Fenced(
+                self.gateways.get(self.endpoint(ref, resource.namespace, time.monotonic())), self.leading
+            )
+        except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
+            permanent = not isinstance(err, ConnectionProblem) or err.permanent
+            if self._may_finish(resource, recorded is not None, permanent):
+                where = f"; pipelines may remain in pachd ({ref})" if recorded else ""
+                return Deletion(True, f"Deleted without reaching pachd: {err}{where}")
+            return self._waiting(
+                f"cannot delete pipelines through {ref}: {err}. Restore it, or set "
+                "spec.deletionPolicy: Orphan to leave the pipelines in pachd",
+                resource,
+            )
+        removal = remove(rendering.render(spec, resource.owner), resource.owner, gateway)
+        if removal.error is None and not removal.remaining:
+            return Deletion(True, _foreign_note(removal))
+        unanswered = recorded is None or isinstance(removal.error, PachdUnavailable)
+        if (
+            removal.error is not None
+            and unanswered
+            and self._may_finish(resource, recorded is not None, False)
+        ):
+            return Deletion(True, f"Deleted without reaching pachd: {removal.error}")
+        message = (
+            f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
+        )
+        if recorded is not None:
+            message += " (or set spec.deletionPolicy: Orphan to leave them)"
+        return self._waiting(message, resource)
+
+    def _may_finish(self, resource: Resource, managed: bool, permanent: bool) -> bool:
+        if not managed:
+            return True  # nothing recorded: no need to ask whether the namespace is going
+        waited_s = 0.0
+        if resource.deleted_at:
+            deleted = datetime.datetime.fromisoformat(resource.deleted_at.replace("Z", "+00:00"))
+            waited_s = (datetime.datetime.now(datetime.UTC) - deleted).total_seconds()
+        terminating = self.resolver.namespace_terminating(resource.namespace)
+        return connections.finish_without_pachd(
+            True, permanent, terminating, waited_s, NAMESPACE_GONE_GRACE_S
+        )
+
+    @staticmethod
+    def _waiting(message: str, resource: Resource) -> Deletion:
+        return Deletion(False, message, deleting_status(message, resource.generation, resource.status, now()))
+
+    def forget(self, uid: str) -> None:
+        """Release a deleted resource's bookkeeping; only its uid is remembered, for a while."""
+        with self._locks_lock:
+            self._locks.pop(uid, None)
+            self._status.pop(uid, None)
+            cutoff = time.monotonic() - GONE_TTL_S
+            self._gone = {u: t for u, t in self._gone.items() if t >= cutoff}
+            self._gone[uid] = time.monotonic()
+        self.readiness.forget(uid)
+
+
+@dataclass(frozen=True)
+class _Written:
+    status: dict[str, Any]
+    ok: bool  # False: the write failed, the next pass writes it again
+
+
+class Fenced(Gateway):
+    """A gateway whose writes go through only while this replica leads: a pass that began
+    as the leader stops writing to pachd the moment the Lease is lost."""
+
+    def __init__(self, gateway: Gateway, leading: Callable[[], bool]) -> None:
+        # Gateway.__init__ is deliberately not called: this only wraps one.
+        self._gateway, self._leading = gateway, leading
+
+    def _fence(self) -> None:
+        if not self._leading():
+            metrics.WRITES_REFUSED.inc()
+            raise PachdUnavailable("not the leader: this replica no longer holds the Lease")
+
+    def inspect(self, name: str, project: str) -> ObservedPipeline | None:
+        return self._gateway.inspect(name, project)
+
+    def list_pipelines(self) -> list[ObservedPipeline]:
+        return self._gateway.list_pipelines()
+
+    def snapshot(self, not_before: float) -> Snapshot:
+        return self._gateway.snapshot(not_before)
+
+    def create(self, spec: PipelineSpec, update: bool) -> None:
+        self._fence()
+        self._gateway.create(spec, update)
+
+    def start(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.start(name, project)
+
+    def stop(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.stop(name, project)
+
+    def delete(self, name: str, project: str) -> None:
+        self._fence()
+        self._gateway.delete(name, project)
+
+
+def _foreign_note(removal: Removal) -> str:
+    if removal.foreign:
+        return f"Pipelines {', '.join(removal.foreign)} belong to another owner; left in pachd"
+    return "Pipelines deleted"

@@ -1,0 +1,84 @@
+"""The operator's Kubernetes API session for blocking work (status writes, connection
+reads, the worker watch), and kopf's own login on a bounded connection pool.
+
+Blocking calls here run in worker threads, never on kopf's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+import kubernetes
+
+from spout_operator import metrics
+
+GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
+API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
+
+log = logging.getLogger(__name__)
+
+
+class Kube:
+    """One API client shared by every thread (each new one builds its own TLS context and pool)."""
+
+    def __init__(self, pool_size: int) -> None:
+        try:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        config = kubernetes.client.Configuration.get_default_copy()
+        config.connection_pool_maxsize = pool_size
+        self.api = kubernetes.client.ApiClient(config)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Replace .status as a whole (a JSON patch `add /status`), so keys that no longer
+        hold go with it: a merge patch would keep, say, a pipeline's old foreignOwner.
+        Returns whether it was written (a resource already gone counts as done)."""
+        patch = [{"op": "add", "path": "/status", "value": status}]
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/json-patch+json"
+            )
+        except kubernetes.client.ApiException as err:  # the next pass writes it again
+            if err.status == 404:
+                return True
+            log.warning(f"Status write for {namespace}/{name} failed: {err.reason}")
+            return False
+        metrics.STATUS_WRITES.inc()
+        return True
+
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
+
+def login_session(
+    logger: kopf.Logger, settings: kopf.OperatorSettings, watches: int
+) -> kopf.AiohttpSession | None:
+    """kopf's own login, on an HTTP session with a bounded number of connections.
+
+    kopf's default session opens a TLS connection for every request in flight (about 80
+    when 500 resources arrive at once), and what they allocate stays in the process:
+    RSS 171 MB at 500 resources, 152 MB with 10 connections for requests. Each watch
+    stream holds a connection for as long as it runs, so those come on top.
+    """
+    info = kopf.login_via_client(logger=logger, settings=settings)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=API_CONNECTIONS + watches, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )

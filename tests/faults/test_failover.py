@@ -1,0 +1,110 @@
+"""Two replicas, one leader: failover within a Lease's time, and a leader that lost its Lease
+writes nothing (it would undo what the new leader applied)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+import pytest
+from conftest import eventually
+from devstack.stack import State
+from faults.faultkit import Api, Operator, Pachd, body, crd, figure, ns, operators, prefix, ready
+
+__all__ = ["crd", "ns", "operators", "prefix"]
+
+pytestmark = pytest.mark.faults
+
+
+def holder(stack: State, namespace: str) -> str:
+    client = kubernetes.config.new_client_from_config(config_file=stack.kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        lease: Any = kubernetes.client.CoordinationV1Api(client).read_namespaced_lease(
+            "spout-operator", namespace
+        )
+    except kubernetes.client.ApiException:
+        return ""
+    return str(lease.spec.holder_identity or "")
+
+
+def writes(operator: Operator) -> float:
+    metrics = operator.scrape()
+    return metrics.get("spout_operator_pachd_writes_total", 0) + metrics.get(
+        "spout_operator_status_writes_total", 0
+    )
+
+
+def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
+    stack: State, ns: str, prefix: str, operators: Callable[..., Operator]
+) -> None:
+    api, pachd = Api(stack, ns), Pachd(stack)
+    election = {"SPOUT_OPERATOR_LEADER_ELECTION": "true", "SPOUT_OPERATOR_LEASE_NAMESPACE": ns}
+    a = operators(POD_NAME="replica-a", **election)
+    a.wait_healthy()
+    eventually(lambda: holder(stack, ns) == "replica-a", 30, what="replica-a leads")
+    b = operators(POD_NAME="replica-b", **election)
+    b.wait_healthy()
+    assert b.health() == {"standby": True}
+
+    api.create(body("one", prefix))
+    eventually(lambda: ready(api.get("one")), 120, what="one Ready")
+    spout, processor = f"{prefix}-one-s", f"{prefix}-one-p"
+    assert writes(a) > 0
+    time.sleep(4)  # a few of b's campaign rounds: still the standby, it runs no kopf at all
+    assert holder(stack, ns) == "replica-a" and b.health() == {"standby": True}
+
+    # The leader freezes (a long GC pause, a stalled node): the standby takes over.
+    written_by_a = writes(a)
+    frozen_at = time.monotonic()
+    a.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        eventually(lambda: holder(stack, ns) == "replica-b", 60, 0.2, what="replica-b leads")
+        failover_s = time.monotonic() - frozen_at
+        api.patch("one", {"spec": {"processor": {"transform": {"env": {"BY": "b"}}}}})
+        eventually(
+            lambda: dict(pachd.pipelines(prefix)[processor].details.transform.env) == {"BY": "b"},
+            120,
+            what="replica-b applied the edit",
+        )
+        eventually(lambda: ready(api.get("one")), 120, what="one Ready under replica-b")
+        versions = {n: p.version for n, p in pachd.pipelines(prefix).items()}
+    finally:
+        a.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    thawed_at = time.monotonic()
+    # Thawed, a still runs kopf with the old spec in memory; its Lease is 20 s stale. It
+    # must write nothing: not revert the processor, not rewrite the status.
+    eventually(lambda: a.health() == {"standby": True}, 60, 0.2, what="replica-a back to standby")
+    figure("stale_leader_stepped_down_s", round(time.monotonic() - thawed_at, 2))
+    time.sleep(3 * 2)  # three sweeps of b
+    assert writes(a) == written_by_a  # not one pachd or status write since it froze
+    assert {n: p.version for n, p in pachd.pipelines(prefix).items()} == versions
+    assert dict(pachd.pipelines(prefix)[processor].details.transform.env) == {"BY": "b"}
+    assert spout in pachd.pipelines(prefix)
+    assert "Lease lost by replica-a" in a.output()
+    assert holder(stack, ns) == "replica-b"
+
+    # The new leader dies without a word (SIGKILL): a takes over within a Lease's time.
+    killed_at = time.monotonic()
+    b.kill()
+    eventually(lambda: holder(stack, ns) == "replica-a", 60, 0.2, what="replica-a leads again")
+    kill_failover_s = time.monotonic() - killed_at
+    api.patch("one", {"spec": {"processor": {"transform": {"env": {"BY": "a"}}}}})
+    eventually(
+        lambda: dict(pachd.pipelines(prefix)[processor].details.transform.env) == {"BY": "a"},
+        120,
+        what="replica-a applied the edit",
+    )
+    # A clean stop releases the Lease: the other replica leads at its next try.
+    c = operators(POD_NAME="replica-c", **election)
+    c.wait_healthy()
+    stopped_at = time.monotonic()
+    a.terminate()
+    eventually(lambda: holder(stack, ns) == "replica-c", 30, 0.2, what="replica-c leads")
+    release_failover_s = time.monotonic() - stopped_at
+    figure("failover_after_freeze_s", round(failover_s, 1))
+    figure("failover_after_sigkill_s", round(kill_failover_s, 1))
+    figure("failover_after_sigterm_s", round(release_failover_s, 1))
+    assert kill_failover_s < 15 + 2 + 5, kill_failover_s  # lease + one retry, with slack for load

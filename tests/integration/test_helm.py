@@ -1,0 +1,234 @@
+"""The Helm chart (manifests/helm/spout-operator), with the real helm built from its Go
+module: it lints, renders what the kustomize install holds, and installs into the local
+stack, where the operator, with the installed ServiceAccount's rights and the installed
+Deployment's settings, brings the sample to Ready."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import kubectl, use_kubeconfig
+from devstack import build
+from devstack.stack import State, service_account_kubeconfig
+from test_operator import SAMPLE, crd, operator_env, pipelines, running_operator, state_name
+
+__all__ = ["crd", "operator_env"]
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "manifests" / "helm" / "spout-operator"
+SYSTEM_NAMESPACE = "spout-operator-system"
+# What both installs must agree on; the kustomize install also makes its Namespace.
+SHARED_KINDS = {
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Deployment",
+    "CustomResourceDefinition",
+}
+
+
+@pytest.fixture(scope="session")
+def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    binary = build.program("helm").path
+    if not binary.exists():
+        build.build(["helm"])
+    home = tmp_path_factory.mktemp("helm")
+    saved = {k: os.environ.get(k) for k in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")}
+    for key in saved:
+        os.environ[key] = str(home / key.lower())  # nothing of the user's helm setup, nothing left there
+    try:
+        yield [str(binary), "--kubeconfig", stack.kubeconfig]
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run(args: list[str]) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def template(helm: list[str], *args: str) -> list[dict[str, Any]]:
+    return documents(run([*helm, "template", "spout-operator", str(CHART), "-n", SYSTEM_NAMESPACE, *args]))
+
+
+def essence(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without what may differ between installers: labels (Helm adds its own, and
+    selects by release), annotations."""
+    obj = json.loads(json.dumps(obj))
+    obj["metadata"].pop("labels", None)
+    obj["metadata"].pop("annotations", None)
+    if obj["kind"] == "Deployment":
+        obj["spec"].pop("selector")
+        obj["spec"]["template"]["metadata"].pop("labels")
+    return obj
+
+
+def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
+
+
+def test_chart_lints(helm: list[str]) -> None:
+    run([*helm, "lint", "--strict", str(CHART)])
+    run([*helm, "lint", "--strict", str(CHART), "--set", "metrics.serviceMonitor.enabled=true"])
+
+
+def test_chart_renders_what_kustomize_installs(stack: State, helm: list[str]) -> None:
+    rendered = template(helm, "--include-crds")
+    kustomized = documents(kubectl(stack, "kustomize", str(ROOT / "manifests")))
+    for obj in rendered:  # the namespace is Helm's own (--namespace, --create-namespace)
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+            obj["metadata"].setdefault("namespace", SYSTEM_NAMESPACE)
+    helm_objects = by_key(rendered)
+    kustomize_objects = {k: v for k, v in by_key(kustomized).items() if k[0] in SHARED_KINDS}
+    assert {k[0] for k in helm_objects} == SHARED_KINDS
+    assert set(helm_objects) == set(kustomize_objects)
+    for key, obj in kustomize_objects.items():
+        assert essence(helm_objects[key]) == essence(obj), key
+    deployment = helm_objects[("Deployment", SYSTEM_NAMESPACE, "spout-operator")]
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9090",
+    }
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_chart_values(helm: list[str]) -> None:
+    default = by_key(template(helm))
+    assert not [k for k in default if k[0] in ("Service", "ServiceMonitor")]
+    objects = by_key(
+        template(
+            helm,
+            "--set",
+            "metrics.serviceMonitor.enabled=true,metrics.port=9300,replicas=1",
+            "--set",
+            "image.repository=registry.example/op,image.tag=1.2.3,watchNamespaces={team-a,team-b}",
+            "--set",
+            "pachd.address=grpc://pachd.pach.svc:30650,pachd.namespaces={pach,pach-2}",
+            "--set",
+            "resources.requests.memory=128Mi",
+        )
+    )
+    monitor = objects[("ServiceMonitor", "", "spout-operator")]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service = objects[("Service", "", "spout-operator-metrics")]
+    assert service["spec"]["ports"][0]["port"] == 9300
+    deployment = objects[("Deployment", "", "spout-operator")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/op:1.2.3"
+    assert container["resources"]["requests"]["memory"] == "128Mi"
+    assert env_of(deployment) | {} == {
+        **env_of(default[("Deployment", "", "spout-operator")]),
+        "SPOUT_OPERATOR_PACHD_ADDRESS": "grpc://pachd.pach.svc:30650",
+        "SPOUT_OPERATOR_WORKER_NAMESPACES": "pach,pach-2",
+        "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
+        "SPOUT_OPERATOR_METRICS_PORT": "9300",
+    }
+    assert {k for k in objects if k[0] == "Role"} == {
+        ("Role", "pach", "spout-operator-workers"),
+        ("Role", "pach-2", "spout-operator-workers"),
+    }
+    off = by_key(template(helm, "--set", "metrics.enabled=false"))[("Deployment", "", "spout-operator")]
+    assert env_of(off)["SPOUT_OPERATOR_METRICS_PORT"] == "0"
+    assert "annotations" not in off["spec"]["template"]["metadata"]
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_helm_install_runs_the_sample(
+    stack: State, helm: list[str], crd: None, operator_env: None, namespace: str, pachd_client: Any
+) -> None:
+    pachd = stack.pachds[0]
+    release = "sot"
+    run(
+        [
+            *helm,
+            "install",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "--set",
+            f"pachd.address={pachd.address},pachd.namespaces={{{pachd.namespace}}},driftIntervalSeconds=2",
+        ]
+    )
+    sample = yaml.safe_load(SAMPLE.read_text())
+    spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
+    try:
+        assert "STATUS: deployed" in run([*helm, "status", release, "-n", namespace])
+        deployment = json.loads(
+            kubectl(stack, "get", "deployment", f"{release}-spout-operator", "-n", namespace, "-o", "json")
+        )
+        # No kubelet on the local stack: run the operator in-process as the installed pod would,
+        # with its ServiceAccount's rights and its Deployment's settings.
+        account = service_account_kubeconfig(stack, namespace, f"{release}-spout-operator")
+        settings = env_of(deployment)
+        assert settings["SPOUT_OPERATOR_PACHD_ADDRESS"] == pachd.address
+        assert settings["SPOUT_OPERATOR_WORKER_NAMESPACES"] == pachd.namespace
+        # The pod's own port, not one this machine shares: the session's free one stays.
+        assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
+        with (
+            environment(settings),
+            use_kubeconfig(str(account)),
+            running_operator(namespace) as runner,
+        ):
+            kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
+            out = kubectl(
+                stack,
+                "wait",
+                "-n",
+                namespace,
+                "--for=condition=Ready",
+                "--timeout=90s",
+                "spoutpipeline/spout101",
+            )
+            assert "condition met" in out
+            assert {n: state_name(i) for n, i in pipelines(pachd_client, spout, processor).items()} == {
+                spout: "RUNNING",
+                processor: "RUNNING",
+            }
+            kubectl(stack, "delete", "-n", namespace, "-f", str(SAMPLE), "--timeout=60s")
+            assert pipelines(pachd_client, spout, processor) == {}
+        assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output
+    finally:
+        for name in (processor, spout):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
+        run([*helm, "uninstall", release, "-n", namespace])
+    assert "NotFound" in kubectl(stack, "get", "clusterrole", f"{release}-spout-operator", check=False)

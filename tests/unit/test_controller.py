@@ -1,0 +1,362 @@
+"""The controller's pass, without kopf or an API server: status and Events come back as values."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from spout_operator.controller import Controller, Resource
+from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdUnavailable
+from spout_operator.settings import Settings
+from test_reconcile import FakeGateway
+
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
+
+
+class OneGateway(Gateways):
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(timeout_s=1)
+        self.gateway = gateway
+
+    def get(self, endpoint: Endpoint) -> Gateway:
+        return self.gateway
+
+
+class NoKube:
+    """The pass reads the API only through its resolver; status writes go nowhere."""
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        return True
+
+
+class FakeResolver:
+    """Every namespace may use the default connection, an address the fake gateway answers for."""
+
+    def endpoint(self, ref: Any, namespace: str, not_before: float = 0.0) -> Endpoint:
+        return Endpoint("pachd:30650")
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        return False
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        return True
+
+
+def body(generation: int = 1, observed: int | None = None, **spec_changes: Any) -> dict[str, Any]:
+    spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    spec.update(spec_changes)
+    status = {} if observed is None else {"observedGeneration": observed}
+    return {
+        "metadata": {"namespace": "team-a", "name": "spout101", "uid": "u1", "generation": generation},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def controller(gateway: FakeGateway) -> Controller:
+    return Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver())  # type: ignore[arg-type]
+
+
+def test_a_change_pass_returns_status_and_events_and_posts_nothing() -> None:
+    gateway = FakeGateway()
+    result = controller(gateway).reconcile(Resource.of(body()), "change")
+    assert result is not None
+    assert result.status["observedGeneration"] == 1
+    assert [e.reason for e in result.events] == ["PipelineCreate", "PipelineCreate"]
+    assert gateway.writes() == [("create", "spout"), ("create", "processor")]
+
+
+def test_a_spout_change_says_the_processor_was_paused() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    changed = body(generation=2, observed=1)
+    changed["spec"]["spout"]["transform"]["image"] = "spout101:2"
+    result = ctl.reconcile(Resource.of(changed), "change")
+    assert result is not None
+    assert [(e.reason, e.message) for e in result.events] == [
+        ("ProcessorPaused", "pipeline processor paused for the spout's update"),
+        ("PipelineUpdate", "update pipeline spout"),
+        ("ProcessorResumed", "pipeline processor started again after the spout's update"),
+    ]
+    assert result.status["summary"] == "Ready"
+
+
+def test_a_repair_pass_waits_while_a_spec_change_is_pending() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    assert ctl.reconcile(Resource.of(body(generation=2, observed=1)), "event") is None
+    assert ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift") is None
+    assert gateway.log == []
+
+
+def test_a_repair_counts_what_it_restored_and_says_so() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    del gateway.pipelines["processor"]
+    result = ctl.reconcile(Resource.of(body(observed=1)), "event")
+    assert result is not None
+    assert result.status["driftRepairs"] == 1
+    assert [e.reason for e in result.events] == ["DriftRepaired"]
+
+
+def test_the_resource_is_a_copy_of_the_body() -> None:
+    raw = body()
+    resource = Resource.of(raw)
+    raw["spec"]["spout"]["transform"]["image"] = "edited/while:running"
+    raw["metadata"]["generation"] = 2
+    assert resource.spec["spout"]["transform"]["image"] != "edited/while:running"
+    assert resource.generation == 1
+
+
+def test_deletion_waits_for_a_running_pass_and_releases_bookkeeping() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    inside, release = threading.Event(), threading.Event()
+    original = gateway.inspect
+
+    def slow_inspect(name: str, project: str) -> Any:
+        inside.set()
+        release.wait(5)
+        return original(name, project)
+
+    gateway.inspect = slow_inspect  # type: ignore[method-assign]
+    repair = threading.Thread(target=ctl.reconcile, args=(Resource.of(body(observed=1)), "event"))
+    repair.start()
+    assert inside.wait(5)
+    gateway.inspect = original  # type: ignore[method-assign]
+    deleting = copy.deepcopy(body(observed=1))
+    done: list[bool] = []
+    deleter = threading.Thread(target=lambda: done.append(ctl.delete(Resource.of(deleting)).done))
+    deleter.start()
+    deleter.join(0.2)
+    assert done == []  # the pass holds the resource: deletion waits for it
+    release.set()
+    repair.join(5)
+    deleter.join(5)
+    assert done == [True]
+    assert gateway.pipelines == {}
+    assert "u1" not in ctl._locks
+
+
+def test_the_first_pass_that_writes_records_where_and_the_next_keeps_it() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    result = ctl.reconcile(Resource.of(body()), "change")
+    assert result is not None
+    assert result.status["managed"] == {
+        "connectionRef": {"kind": "ClusterPachdConnection", "name": "default"},
+        "address": "pachd:30650",
+    }
+    again = body(observed=1)
+    again["status"]["managed"] = result.status["managed"]
+    later = ctl.reconcile(Resource.of(again), "event")
+    assert later is not None and later.status["managed"] == result.status["managed"]  # status is whole
+
+
+def test_deleting_what_was_never_created_asks_pachd_nothing_when_it_is_down() -> None:
+    down = PachdUnavailable("pachd unreachable (unavailable)")
+    gateway = FakeGateway({("inspect", "processor"): down, ("inspect", "spout"): down})
+    deleting = body()
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deletion = controller(gateway).delete(Resource.of(deleting))
+    assert deletion.done  # status.managed unset: nothing to wait for
+
+
+def test_deleting_what_was_created_waits_for_pachd_and_names_the_way_out() -> None:
+    down = PachdUnavailable("pachd unreachable (unavailable)")
+    gateway = FakeGateway({("inspect", "processor"): down, ("inspect", "spout"): down})
+    deleting = body()
+    deleting["status"]["managed"] = {"connectionRef": {"kind": "ClusterPachdConnection", "name": "default"}}
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deletion = controller(gateway).delete(Resource.of(deleting))
+    assert not deletion.done
+    assert "deletionPolicy: Orphan" in deletion.message
+
+
+# --- one pass, one writer, one lock per resource (issue 13) ---------------------------
+
+
+class RecordingKube(NoKube):
+    """The status subresource in memory: each write replaces the whole status. A write can be
+    held (`hold`) to show what else may happen while it is in flight."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+        self.writes: list[dict[str, Any]] = []
+        self.hold: threading.Event | None = None
+        self.writing = threading.Event()
+        self.in_flight = 0
+        self.overlaps = 0
+
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        self.in_flight += 1
+        self.overlaps += self.in_flight > 1
+        self.writing.set()
+        if self.hold is not None:
+            assert self.hold.wait(5)
+        self.status = copy.deepcopy(status)
+        self.writes.append(copy.deepcopy(status))
+        self.in_flight -= 1
+        return True
+
+
+def writing_controller(gateway: FakeGateway) -> tuple[Controller, RecordingKube]:
+    kube = RecordingKube()
+    return Controller(Settings(), OneGateway(gateway), kube, FakeResolver()), kube  # type: ignore[arg-type]
+
+
+def test_the_pass_writes_the_status_itself() -> None:
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    result = ctl.reconcile(Resource.of(body()), "change")
+    assert result is not None
+    under_way, final = kube.writes  # the change shown under way, then its result
+    assert {c["type"]: c["status"] for c in under_way["conditions"]}["Reconciling"] == "True"
+    assert final == result.status
+    # Nothing changed: a second look writes nothing.
+    ctl.reconcile(Resource.of(body(observed=1)), "event")
+    assert len(kube.writes) == 2
+
+
+def test_drift_repairs_counted_from_a_stale_body_are_never_lost() -> None:
+    """kopf's body lags behind our own writes: two repairs seen from the same (stale) body
+    must count two, not one."""
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    stale = Resource.of(body(observed=1))  # the body as kopf had it before any repair
+    del gateway.pipelines["processor"]
+    ctl.reconcile(stale, "event")
+    gateway.pipelines["spout"].stopped = True
+    ctl.reconcile(stale, "event")
+    assert kube.status["driftRepairs"] == 2
+
+
+def test_a_status_write_replaces_keys_that_no_longer_hold() -> None:
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    raw = body(observed=1)
+    raw["status"]["spout"] = {"name": "spout", "state": "Foreign", "foreignOwner": "someone/else"}
+    raw["status"]["obsolete"] = "from an older operator"
+    ctl.reconcile(Resource.of(raw), "change")
+    assert "foreignOwner" not in kube.status["spout"]
+    assert "obsolete" not in kube.status
+
+
+def test_no_pass_or_deletion_runs_while_a_status_write_is_in_flight() -> None:
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    del gateway.pipelines["processor"]
+    kube.hold, kube.writing = threading.Event(), threading.Event()
+    repair = threading.Thread(target=ctl.reconcile, args=(Resource.of(body(observed=1)), "event"))
+    repair.start()
+    assert kube.writing.wait(5)  # the repair's status write is in flight
+    log_before = list(gateway.log)
+    done: list[bool] = []
+    deleter = threading.Thread(target=lambda: done.append(ctl.delete(Resource.of(body(observed=1))).done))
+    deleter.start()
+    deleter.join(0.2)
+    assert done == [] and gateway.log == log_before  # deletion waits for the write
+    kube.hold.set()
+    repair.join(5)
+    deleter.join(5)
+    assert done == [True] and kube.overlaps == 0
+
+
+def test_a_pass_queued_before_deletion_never_recreates_the_pipelines() -> None:
+    """kopf stops the drift daemon while deletion runs; a pass already handed to the pool
+    runs after the deletion finished. It must do nothing, and leave no bookkeeping."""
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    queued = Resource.of(body(observed=1))  # taken before the deletion
+    assert ctl.delete(Resource.of(body(observed=1))).done
+    writes = len(kube.writes)
+    assert ctl.reconcile(queued, "drift") is None
+    assert ctl.reconcile(queued, "event") is None
+    assert gateway.pipelines == {}
+    assert len(kube.writes) == writes
+    assert "u1" not in ctl._locks and "u1" not in ctl._status
+
+
+def test_a_repair_from_before_an_edit_does_not_undo_the_edit() -> None:
+    """A drift pass whose body predates the user's edit waits for the lock while the update
+    handler applies generation 2; it must not run with generation 1's spec afterwards."""
+    gateway = FakeGateway()
+    ctl, _ = writing_controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    old = Resource.of(body(observed=1))
+    edited = body(generation=2, observed=1)
+    edited["spec"]["processor"]["transform"]["image"] = "spout101:2"
+    assert ctl.reconcile(Resource.of(edited), "change") is not None
+    version = gateway.pipelines["processor"].version
+    assert ctl.reconcile(old, "drift") is None
+    assert gateway.pipelines["processor"].version == version
+    assert gateway.pipelines["processor"].spec["transform"]["image"] == "spout101:2"
+
+
+def test_deletion_shows_why_it_waits_in_a_status_it_writes_itself() -> None:
+    gateway = FakeGateway()
+    ctl, kube = writing_controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    gateway.ignore_deletes = True
+    deletion = ctl.delete(Resource.of(body(observed=1)))
+    assert not deletion.done
+    assert kube.status["summary"] == "Deleting"
+    assert kube.status["spout"]["name"] == "spout"  # the rest of the status stays
+
+
+def test_sweeps_close_channels_no_resource_uses() -> None:
+    closed: list[float] = []
+
+    class Spy(OneGateway):
+        def close_idle(self, idle_s: float) -> int:
+            closed.append(idle_s)
+            return 0
+
+    gateway = FakeGateway()
+    settings = Settings(drift_interval_s=0.1, gateway_idle_s=0.1)
+    ctl = Controller(settings, Spy(gateway), NoKube(), FakeResolver())  # type: ignore[arg-type]
+    ctl._tidied -= 1  # a sweep interval has passed
+    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # nothing to do, still tidies
+    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # same sweep: once only
+    assert closed == [pytest.approx(0.3)]  # never below three sweeps
+
+
+# --- a replica that does not lead writes nothing -----------------------------------------
+
+
+def test_a_replica_that_does_not_lead_neither_reconciles_nor_writes() -> None:
+    gateway = FakeGateway()
+    kube = RecordingKube()
+    ctl = Controller(Settings(), OneGateway(gateway), kube, FakeResolver(), leading=lambda: False)  # type: ignore[arg-type]
+    assert ctl.reconcile(Resource.of(body()), "change") is None
+    assert not ctl.delete(Resource.of(body())).done
+    assert gateway.log == [] and kube.writes == []
+
+
+def test_a_pass_stops_writing_the_moment_the_lease_is_lost() -> None:
+    """The Lease is lost between the pass's first write to pachd and its second: the second
+    never happens, and neither does the status write."""
+    gateway = FakeGateway()
+    kube = RecordingKube()
+    leading = [True]
+    ctl = Controller(Settings(), OneGateway(gateway), kube, FakeResolver(), leading=lambda: leading[0])  # type: ignore[arg-type]
+    original = gateway.create
+
+    def create_then_lose(spec: Any, update: bool) -> None:
+        original(spec, update)
+        leading[0] = False
+
+    gateway.create = create_then_lose  # type: ignore[method-assign]
+    ctl.reconcile(Resource.of(body()), "change")
+    assert gateway.writes() == [("create", "spout")]
+    assert [w["summary"] for w in kube.writes] == ["Reconciling"]  # written while it still led

@@ -1,0 +1,73 @@
+"""Worker events wake exactly the resources that declare the changed pipeline (no API)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from spout_operator.sweep import Wakeups, WorkerWatch, rc_fingerprint, rc_pipeline
+
+
+def rc(name: str, pipeline: str, spec_commit: str = "c1", replicas: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"pipelineName": pipeline, "pipelineProject": "default"},
+            "annotations": {"specCommit": spec_commit},
+        },
+        "spec": {"replicas": replicas},
+        "status": {"readyReplicas": 0},
+    }
+
+
+def test_a_poke_wakes_only_the_resources_that_declare_the_pipeline() -> None:
+    wakeups = Wakeups()
+    a, b = asyncio.Event(), asyncio.Event()
+    wakeups.register("a", {("default", "spout"), ("default", "proc")}, a)
+    wakeups.register("b", {("default", "other")}, b)
+    wakeups.poke(("default", "proc"))
+    assert a.is_set() and not b.is_set()
+    wakeups.poke(("elsewhere", "other"))
+    assert not b.is_set()
+
+
+def test_re_registering_replaces_the_keys_and_unregister_forgets_all() -> None:
+    wakeups = Wakeups()
+    event = asyncio.Event()
+    wakeups.register("a", {("default", "old")}, event)
+    wakeups.register("a", {("default", "new")}, event)  # the spout was renamed in the spec
+    wakeups.poke(("default", "old"))
+    assert not event.is_set()
+    wakeups.unregister("a")
+    wakeups.poke(("default", "new"))
+    assert not event.is_set() and len(wakeups) == 0
+
+
+def test_fingerprint_moves_on_update_and_stop_not_on_status() -> None:
+    base = rc("default-spout-v1", "spout")
+    assert rc_pipeline(base) == ("default", "spout")
+    assert rc_fingerprint(rc("x", "spout", spec_commit="c2")) != rc_fingerprint(base)
+    assert rc_fingerprint(rc("x", "spout", replicas=0)) != rc_fingerprint(base)
+    ready = rc("x", "spout")
+    ready["status"] = {"readyReplicas": 1}
+    assert rc_fingerprint(ready) == rc_fingerprint(base)
+    assert rc_pipeline({"metadata": {"labels": {}}}) is None
+
+
+class ObservingWatch(WorkerWatch):
+    """The watch's bookkeeping without a thread or an API server."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str]] = []
+        super().__init__(None, "pachyderm", self.changes.append)  # type: ignore[arg-type]
+
+
+def test_the_first_listing_learns_and_later_changes_report() -> None:
+    watch = ObservingWatch()
+    watch._observe("default-spout-v1", rc("default-spout-v1", "spout"), first=True)
+    assert watch.changes == []
+    watch._observe("default-spout-v1", rc("default-spout-v1", "spout"))  # status-only resync
+    assert watch.changes == []
+    watch._observe("default-spout-v1", rc("default-spout-v1", "spout", replicas=0))  # stopped
+    watch._observe("default-proc-v2", rc("default-proc-v2", "proc", spec_commit="c9"))  # updated
+    assert watch.changes == [("default", "spout"), ("default", "proc")]
