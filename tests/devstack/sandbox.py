@@ -115,6 +115,14 @@ def count_files(pachctl: list[str], env: dict[str, str], target: str) -> int:
     return max(0, len(out.splitlines()) - 1)
 
 
+def teardown(stack: Stack) -> None:
+    """Stop everything; a second Ctrl-C (or a SIGTERM) must not cut the teardown short and
+    leave the node's processes, cgroups and namespaces behind."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    stack.down()
+
+
 def main() -> int:
     # Ctrl-C must stop the sandbox however it was started: a shell starts background jobs
     # with SIGINT ignored, and Python then leaves it ignored (a CI run hung that way).
@@ -193,9 +201,9 @@ def main() -> int:
         say("Stopping everything the sandbox started")
     except (StackError, build.BuildError, images.ImageError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
-        stack.down()
+        teardown(stack)
         return 1
-    stack.down()
+    teardown(stack)
     return 0
 
 
