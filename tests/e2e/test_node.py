@@ -271,7 +271,9 @@ def test_operator_pod_runs_hardened_and_stays_live(
     # (A readiness failure in the first second, before kopf serves, is expected.)
     assert "Liveness probe failed" not in events, events
     # In-cluster configuration: no kubeconfig in the pod, and it watches through the API server.
-    logs = kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=spout-operator")
+    logs = kubectl(
+        state, "logs", "-n", SYSTEM_NAMESPACE, "-l", "app.kubernetes.io/name=spout-operator", "--tail=-1"
+    )
     assert "Watching all namespaces" in logs, logs[-2000:]
     assert "kubeconfig" not in logs.lower(), logs[-2000:]
 
