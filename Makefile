@@ -103,7 +103,7 @@ stack-down: venv ## Stop the local stack
 ##@ Run it
 
 .PHONY: sandbox
-sandbox: deps ## Run everything on this machine: stack, operator, spout.yaml (Ctrl-C stops it)
+sandbox: deps ## Run everything on this machine: stack with a node, operator, spout.yaml in real pods (Ctrl-C stops it)
 	cd tests && ../$(PY) -m devstack.sandbox
 
 .PHONY: sandbox-down
