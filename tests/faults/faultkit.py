@@ -32,9 +32,10 @@ from conftest import eventually, kubectl
 from devstack.stack import Stack, State, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+UNREACHABLE_ADDRESS = "grpc://127.0.0.1:9"  # nothing answers there
+UNREACHABLE = "unreachable"  # the ClusterPachdConnection on that address
 GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
 IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
-UNREACHABLE = "grpc://127.0.0.1:9"
 FIGURES_FILE = ROOT / "bench-results" / "faults.json"
 
 
@@ -57,8 +58,19 @@ def control(stack: State) -> Stack:
 
 @pytest.fixture(scope="session")
 def crd(stack: State) -> None:
-    kubectl(stack, "apply", "-f", str(ROOT / "crds" / "spoutpipelines.yaml"))
-    kubectl(stack, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    """The CRDs, and the two connections the tier uses: `default` on the stack's pachd and
+    `unreachable` on an address nothing answers, both open to every namespace."""
+    kubectl(stack, "apply", "-k", str(ROOT / "crds"))
+    for kind in (PLURAL, "pachdconnections", "clusterpachdconnections"):
+        kubectl(stack, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{kind}.{GROUP}")
+    for name, address in (("default", stack.pachds[0].address), ("unreachable", UNREACHABLE_ADDRESS)):
+        connection = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ClusterPachdConnection",
+            "metadata": {"name": name},
+            "spec": {"address": address, "namespaceSelector": {}},
+        }
+        kubectl(stack, "apply", "-f", "-", input=json.dumps(connection))
 
 
 class Api:
@@ -120,8 +132,8 @@ def body(
             "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"], "env": env or {}},
         },
     }
-    if address is not None:
-        spec["pachd"] = {"address": address}
+    if address is not None:  # through the connection of that name
+        spec["connectionRef"] = {"kind": "ClusterPachdConnection", "name": address}
         spec["deletionPolicy"] = "Orphan"
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -169,7 +181,7 @@ class Operator:
             {
                 "PYTHONPATH": str(ROOT / "operator"),
                 "KUBECONFIG": self.state.kubeconfig,
-                "SPOUT_OPERATOR_PACHD_ADDRESS": self.state.pachds[0].address,
+                "SPOUT_OPERATOR_NAMESPACE": "spout-operator-system",  # no connection keeps a Secret
                 "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": "2",
                 "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": "2",
                 "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": "3",

@@ -25,6 +25,7 @@ from test_operator import (  # fixtures are registered where they are imported
     apply,
     condition,
     crd,
+    default_connection,
     get,
     names,
     operator_env,
@@ -33,7 +34,7 @@ from test_operator import (  # fixtures are registered where they are imported
     wait_condition,
 )
 
-__all__ = ["crd", "names", "operator_env"]
+__all__ = ["crd", "default_connection", "names", "operator_env"]
 
 pytestmark = pytest.mark.integration
 
