@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -410,6 +411,81 @@ def test_sample_runs_in_pods_and_every_message_is_processed(
         line = client.get_file(("processor", head), path).read().decode()
         match = LINE.fullmatch(line)
         assert match and match["name"] == name, (label, line)
+
+
+def tag_image(state: State, source: str, target: str) -> None:
+    """A second name for an image the node holds: a new image, as far as pachd can tell."""
+    assert state.node is not None
+    ctr = shutil.which("ctr")
+    assert ctr is not None
+    address = state.node.containerd_socket
+    subprocess.run([ctr, "--address", address, "-n", "k8s.io", "images", "rm", target], capture_output=True)
+    subprocess.run(
+        [ctr, "--address", address, "-n", "k8s.io", "images", "tag", source, target],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def test_a_spout_image_change_keeps_messages_flowing(
+    node_stack: State, applied_sample: dict[str, Any]
+) -> None:
+    """pachd 2.6 cannot update a spout while its processor reads it: the operator pauses the
+    processor around the update. Afterwards the new spout pod's messages reach the processor."""
+    from python_pachyderm.proto.v2.pps import pps_pb2
+
+    state = node_stack
+    spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    client = pachd_client(state)
+    before = {p.pipeline.name: p for p in client.list_pipeline(details=True)}
+    assert {"spout", "processor"} <= set(before)
+    history = {c.commit.id for c in client.list_commit("spout")}
+    new_image = images.SPOUT101_IMAGE.rsplit(":", 1)[0] + ":e2e-next"
+    tag_image(state, images.SPOUT101_IMAGE, new_image)
+    body = json.loads(json.dumps(applied_sample))
+    body["spec"]["spout"]["transform"]["image"] = new_image
+    kubectl(state, "apply", "-n", SAMPLE_NAMESPACE, "-f", "-", input=json.dumps(body))
+
+    def updated() -> bool:
+        found = {p.pipeline.name: p for p in client.list_pipeline(details=True)}
+        return (
+            found["spout"].version == before["spout"].version + 1
+            and found["spout"].details.transform.image == new_image
+            and found["processor"].version == before["processor"].version
+            and not found["processor"].stopped
+        )
+
+    wait_for(state, "the spout at its new image, the processor running", updated, 180, spaces)
+    wait_for(
+        state, "the new spout's worker pod Running", lambda: worker_pods_running(state, "spout"), 240, spaces
+    )
+    assert history <= {c.commit.id for c in client.list_commit("spout")}  # nothing lost
+
+    def new_messages() -> Any:
+        fresh = [
+            c
+            for c in client.list_commit("spout")
+            if c.commit.id not in history and c.finished.seconds and files_at(client, "spout", c.commit.id)
+        ]
+        return max(fresh, key=lambda c: (c.started.seconds, c.started.nanos)) if fresh else None
+
+    head = wait_for(state, "a commit from the new spout pod", new_messages, 180, spaces).commit.id
+    ended = (pps_pb2.JOB_FAILURE, pps_pb2.JOB_SUCCESS, pps_pb2.JOB_KILLED, pps_pb2.JOB_UNRUNNABLE)
+
+    def job_done() -> Any:
+        job = next(iter(client.inspect_job(head, "processor")))
+        return job if job.state in ended else None
+
+    job = wait_for(state, f"the processor's job for {head}", job_done, 300, spaces)
+    assert job.state == pps_pb2.JOB_SUCCESS, f"processor job {head} ended in state {job.state}: {job.reason}"
+    messages = {path.lstrip("/") for path in files_at(client, "spout", head)}
+    processed = {
+        p.rsplit("/", 1)[1]
+        for directory in ("/1K.txt/", "/2K.txt/")
+        for p in files_at(client, "processor", head, directory)
+    }
+    assert processed == messages  # every message, the new pod's included, processed once
 
 
 def test_sample_delete_removes_pipelines_and_pods(node_stack: State, applied_sample: dict[str, Any]) -> None:
