@@ -153,7 +153,9 @@ def main() -> int:
             time.sleep(5)
     except KeyboardInterrupt:
         say("Stopping everything the sandbox started")
-    except (StackError, build.BuildError, subprocess.CalledProcessError) as err:
+    except (StackError, build.BuildError, subprocess.SubprocessError) as err:
+        # SubprocessError: also a kubectl that timed out (TimeoutExpired), which used to skip
+        # the teardown and leave the whole stack running, pachd holding port 1658
         print(f"error: {err}", file=sys.stderr)
         stack.down()
         return 1
