@@ -199,7 +199,9 @@ def main() -> int:
             time.sleep(5)
     except KeyboardInterrupt:
         say("Stopping everything the sandbox started")
-    except (StackError, build.BuildError, images.ImageError, subprocess.CalledProcessError) as err:
+    except (StackError, build.BuildError, images.ImageError, subprocess.SubprocessError) as err:
+        # SubprocessError: also a kubectl that timed out (TimeoutExpired), which used to skip
+        # the teardown and leave the whole stack running, pachd holding port 1658
         print(f"error: {err}", file=sys.stderr)
         teardown(stack)
         return 1
