@@ -18,16 +18,26 @@ import yaml
 from conftest import kubectl, use_kubeconfig
 from devstack import build
 from devstack.stack import State, service_account_kubeconfig
-from test_operator import SAMPLE, crd, operator_env, pipelines, running_operator, state_name
+from test_operator import (
+    SAMPLE,
+    connection,
+    crd,
+    default_connection,
+    operator_env,
+    pipelines,
+    running_operator,
+    state_name,
+)
 
-__all__ = ["crd", "operator_env"]
+__all__ = ["crd", "default_connection", "operator_env"]
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "manifests" / "helm" / "spout-operator"
 SYSTEM_NAMESPACE = "spout-operator-system"
-# What both installs must agree on; the kustomize install also makes its Namespace.
+# What both installs must agree on; the kustomize install also makes its Namespace. Its
+# default connection is manifests/connection.yaml (applied once the CRDs are established).
 SHARED_KINDS = {
     "ServiceAccount",
     "ClusterRole",
@@ -35,8 +45,11 @@ SHARED_KINDS = {
     "Role",
     "RoleBinding",
     "Deployment",
+    "PodDisruptionBudget",
     "CustomResourceDefinition",
+    "ClusterPachdConnection",
 }
+CLUSTER_KINDS = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPachdConnection")
 
 
 @pytest.fixture(scope="session")
@@ -74,14 +87,33 @@ def template(helm: list[str], *args: str) -> list[dict[str, Any]]:
 
 def essence(obj: dict[str, Any]) -> dict[str, Any]:
     """An object without what may differ between installers: labels (Helm adds its own, and
-    selects by release), annotations."""
+    selects by release), annotations. What selects the operator's pods is checked apart
+    (`pod_selectors`): each installer's selectors must select its own pods."""
     obj = json.loads(json.dumps(obj))
     obj["metadata"].pop("labels", None)
     obj["metadata"].pop("annotations", None)
     if obj["kind"] == "Deployment":
         obj["spec"].pop("selector")
         obj["spec"]["template"]["metadata"].pop("labels")
+        for constraint in obj["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            constraint.pop("labelSelector")
+    if obj["kind"] == "PodDisruptionBudget":
+        obj["spec"].pop("selector")
     return obj
+
+
+def pod_selectors(objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """The Deployment selects its pods' labels, and the PodDisruptionBudget and the spread
+    constraints select exactly what the Deployment does."""
+    deployment = objects[("Deployment", SYSTEM_NAMESPACE, "spout-operator")]
+    selector = deployment["spec"]["selector"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector["matchLabels"] and selector["matchLabels"].items() <= labels.items()
+    constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraints and all(c["labelSelector"] == selector for c in constraints)
+    assert (
+        objects[("PodDisruptionBudget", SYSTEM_NAMESPACE, "spout-operator")]["spec"]["selector"] == selector
+    )
 
 
 def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -96,8 +128,9 @@ def test_chart_lints(helm: list[str]) -> None:
 def test_chart_renders_what_kustomize_installs(stack: State, helm: list[str]) -> None:
     rendered = template(helm, "--include-crds")
     kustomized = documents(kubectl(stack, "kustomize", str(ROOT / "manifests")))
+    kustomized += documents((ROOT / "manifests" / "connection.yaml").read_text())
     for obj in rendered:  # the namespace is Helm's own (--namespace, --create-namespace)
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        if obj["kind"] not in CLUSTER_KINDS:
             obj["metadata"].setdefault("namespace", SYSTEM_NAMESPACE)
     helm_objects = by_key(rendered)
     kustomize_objects = {k: v for k, v in by_key(kustomized).items() if k[0] in SHARED_KINDS}
@@ -105,6 +138,8 @@ def test_chart_renders_what_kustomize_installs(stack: State, helm: list[str]) ->
     assert set(helm_objects) == set(kustomize_objects)
     for key, obj in kustomize_objects.items():
         assert essence(helm_objects[key]) == essence(obj), key
+    pod_selectors(helm_objects)
+    pod_selectors(kustomize_objects)
     deployment = helm_objects[("Deployment", SYSTEM_NAMESPACE, "spout-operator")]
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true",
@@ -115,6 +150,17 @@ def test_chart_renders_what_kustomize_installs(stack: State, helm: list[str]) ->
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def pod_env(deployment: dict[str, Any], namespace: str, pod: str) -> dict[str, str]:
+    """The environment the kubelet would give the Deployment's pod `pod` in `namespace`:
+    the values, and the downward API fields the chart uses."""
+    fields = {"metadata.namespace": namespace, "metadata.name": pod}
+    env = env_of(deployment)
+    for entry in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "valueFrom" in entry:
+            env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
 
 
 def test_chart_values(helm: list[str]) -> None:
@@ -128,9 +174,13 @@ def test_chart_values(helm: list[str]) -> None:
             "--set",
             "image.repository=registry.example/op,image.tag=1.2.3,watchNamespaces={team-a,team-b}",
             "--set",
-            "pachd.address=grpc://pachd.pach.svc:30650,pachd.namespaces={pach,pach-2}",
+            "defaultConnection.address=grpcs://pachd.pach.svc:30650,pachd.workerNamespaces={pach,pach-2}",
             "--set",
-            "resources.requests.memory=128Mi",
+            "defaultConnection.namespaces={team-a},defaultConnection.namespaceSelector=null",
+            "--set",
+            "defaultConnection.authTokenSecretRef.name=pachd-token,defaultConnection.tls.caConfigMapRef.name=ca",
+            "--set",
+            "resources.requests.memory=128Mi,connectionCheckSeconds=5",
         )
     )
     monitor = objects[("ServiceMonitor", "", "spout-operator")]
@@ -138,23 +188,57 @@ def test_chart_values(helm: list[str]) -> None:
     service = objects[("Service", "", "spout-operator-metrics")]
     assert service["spec"]["ports"][0]["port"] == 9300
     deployment = objects[("Deployment", "", "spout-operator")]
+    assert deployment["spec"]["replicas"] == 1
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example/op:1.2.3"
     assert container["resources"]["requests"]["memory"] == "128Mi"
     assert env_of(deployment) | {} == {
         **env_of(default[("Deployment", "", "spout-operator")]),
-        "SPOUT_OPERATOR_PACHD_ADDRESS": "grpc://pachd.pach.svc:30650",
         "SPOUT_OPERATOR_WORKER_NAMESPACES": "pach,pach-2",
         "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
         "SPOUT_OPERATOR_METRICS_PORT": "9300",
+        "SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS": "5",
+    }
+    assert not {"SPOUT_OPERATOR_PACHD_ADDRESS", "SPOUT_OPERATOR_PACHD_AUTH_TOKEN"} & {
+        e["name"] for e in container["env"]
+    }
+    assert objects[("ClusterPachdConnection", "", "default")]["spec"] == {
+        "address": "grpcs://pachd.pach.svc:30650",
+        "namespaces": ["team-a"],
+        "authTokenSecretRef": {"name": "pachd-token"},
+        "tls": {"caConfigMapRef": {"name": "ca"}},
     }
     assert {k for k in objects if k[0] == "Role"} == {
         ("Role", "pach", "spout-operator-workers"),
         ("Role", "pach-2", "spout-operator-workers"),
+        ("Role", SYSTEM_NAMESPACE, "spout-operator-connections"),
+        ("Role", SYSTEM_NAMESPACE, "spout-operator-leader-election"),
     }
+    # One replica: nothing to spread, and a budget of one available pod would block every drain.
+    assert not [k for k in objects if k[0] == "PodDisruptionBudget"]
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]
     off = by_key(template(helm, "--set", "metrics.enabled=false"))[("Deployment", "", "spout-operator")]
     assert env_of(off)["SPOUT_OPERATOR_METRICS_PORT"] == "0"
     assert "annotations" not in off["spec"]["template"]["metadata"]
+    single = by_key(
+        template(helm, "--set", "replicas=1,leaderElection.enabled=false,defaultConnection.create=false")
+    )
+    assert not [k for k in single if k[0] in ("ClusterPachdConnection", "PodDisruptionBudget")]
+    assert ("Role", SYSTEM_NAMESPACE, "spout-operator-leader-election") not in single
+    lone = single[("Deployment", "", "spout-operator")]
+    assert lone["spec"]["strategy"] == {"type": "Recreate"}
+    assert not {"SPOUT_OPERATOR_LEADER_ELECTION", "POD_NAME"} & {
+        e["name"] for e in lone["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    # Two operators that do not elect a leader would both write: the chart refuses.
+    refused = subprocess.run(
+        [*helm, "template", "x", str(CHART), "--set", "replicas=2,leaderElection.enabled=false"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "leaderElection.enabled=true" in refused.stderr
 
 
 @contextlib.contextmanager
@@ -176,30 +260,40 @@ def test_helm_install_runs_the_sample(
 ) -> None:
     pachd = stack.pachds[0]
     release = "sot"
-    run(
-        [
-            *helm,
-            "install",
-            release,
-            str(CHART),
-            "-n",
-            namespace,
-            "--set",
-            f"pachd.address={pachd.address},pachd.namespaces={{{pachd.namespace}}},driftIntervalSeconds=2",
-        ]
-    )
+    # The chart installs the connection `default`: the session's one makes way for it (Helm
+    # would neither take over an object it did not make nor, adopting it, apply its spec).
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
     sample = yaml.safe_load(SAMPLE.read_text())
     spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
     try:
+        run(
+            [
+                *helm,
+                "install",
+                release,
+                str(CHART),
+                "-n",
+                namespace,
+                "--set",
+                f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
+                "--set",
+                "driftIntervalSeconds=2,connectionCheckSeconds=2",
+            ]
+        )
         assert "STATUS: deployed" in run([*helm, "status", release, "-n", namespace])
+        default = json.loads(kubectl(stack, "get", "clusterpachdconnection", "default", "-o", "json"))
+        assert default["spec"] == {"address": pachd.address, "namespaceSelector": {}}
+        manifest = documents(run([*helm, "get", "manifest", release, "-n", namespace]))
+        assert ("ClusterPachdConnection", "", "default") in by_key(manifest)
         deployment = json.loads(
             kubectl(stack, "get", "deployment", f"{release}-spout-operator", "-n", namespace, "-o", "json")
         )
         # No kubelet on the local stack: run the operator in-process as the installed pod would,
-        # with its ServiceAccount's rights and its Deployment's settings.
+        # with its ServiceAccount's rights and its Deployment's settings (kopf itself, without
+        # the Lease: KopfRunner runs the handlers, not the elected entry point).
         account = service_account_kubeconfig(stack, namespace, f"{release}-spout-operator")
-        settings = env_of(deployment)
-        assert settings["SPOUT_OPERATOR_PACHD_ADDRESS"] == pachd.address
+        settings = pod_env(deployment, namespace, f"{release}-spout-operator-0")
+        assert settings["SPOUT_OPERATOR_NAMESPACE"] == namespace  # where its connections' Secrets are
         assert settings["SPOUT_OPERATOR_WORKER_NAMESPACES"] == pachd.namespace
         # The pod's own port, not one this machine shares: the session's free one stays.
         assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
@@ -230,5 +324,11 @@ def test_helm_install_runs_the_sample(
         for name in (processor, spout):
             with contextlib.suppress(Exception):
                 pachd_client.delete_pipeline(name, force=True)
-        run([*helm, "uninstall", release, "-n", namespace])
+        uninstalled = subprocess.run(
+            [*helm, "uninstall", release, "-n", namespace], capture_output=True, text=True, check=False
+        )
+        # The session's default connection again, as the fixture made it (uninstall deleted it).
+        kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
+        connection(stack, "default", pachd.address, namespaceSelector={})
+    assert uninstalled.returncode == 0, uninstalled.stdout + uninstalled.stderr
     assert "NotFound" in kubectl(stack, "get", "clusterrole", f"{release}-spout-operator", check=False)
