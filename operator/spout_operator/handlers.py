@@ -192,12 +192,15 @@ async def _unless_stopped(stopped: _Ended, work: Awaitable[Any]) -> None:
     """Await `work` unless the daemon is stopped first: on shutdown, 500 daemons must not each
     wait for a pass queued in the pool behind a slow pachd. A pass left running finishes in
     its thread under the resource's lock; nothing waits for its result."""
-    waiters = [asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())]
+    task, stop = asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # a pass's error still reaches kopf (which restarts the daemon)
     finally:
-        for waiter in waiters:
-            waiter.cancel()
+        stop.cancel()
+        if not task.done():
+            task.cancel()
 
 
 async def _woken(stopped: _Ended, poked: asyncio.Event, timeout_s: float) -> bool:

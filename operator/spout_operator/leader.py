@@ -4,7 +4,9 @@ kopf has no Lease-based election of its own (its peering pauses peers through a
 KopfPeering object, with a 60 s keepalive, and no per-object fencing). This follows
 controller-runtime's defaults instead: a 15 s lease, renewed every 2 s, given up when
 it could not be renewed for 10 s, and released when the operator stops, so a standby
-takes over at once on a clean shutdown and within 15 s of a crash.
+takes over at once on a clean shutdown and within 15 s of a crash: it counts the lease
+from its look before the one that showed the last renewal (client-go counts from the
+look that showed it, up to one 2 s look later) and tries again right at expiry.
 
 Only the leader runs kopf (`kopf.operator()` as a task with a stop flag). A leader that
 cannot renew stops writing at once (`Elector.leading` turns False 10 s after the last
@@ -81,7 +83,11 @@ class Elector:
         self._clock, self._wall = clock, wall
         self.lease_s, self.renew_deadline_s = lease_s, renew_deadline_s
         self._renewed_at: float | None = None  # our last successful write (monotonic)
-        self._seen: tuple[Record | None, float] = (None, -float("inf"))  # another's record, when seen
+        # Another's record (by the Lease's resourceVersion: every write changes it), and the
+        # earliest its last write can have happened: the start of the look before the one
+        # that first showed it, when that look was recent; else the start of this look.
+        self._seen: tuple[Record | None, str, float] = (None, "", -float("inf"))
+        self._looked: float | None = None  # when the last look at the Lease started
         self._lock = threading.Lock()
 
     def leading(self) -> bool:
@@ -100,19 +106,33 @@ class Elector:
     def _attempt(self) -> bool:
         started = self._clock()
         record, version = self.store.read()
+        ended = self._clock()
+        looked, self._looked = self._looked, started
         now = self._wall()
         if record is None:
             return self._won(self.store.create(Record(self.name, self.lease_s, now, now)), started)
         if record.holder == self.name:  # ours: renew (the version guards against a taker)
             return self._won(self.store.replace(replace(record, renewed=now), version), started)
-        # Someone else's: judged by when *we* saw it change (no trust in their clock).
-        if self._seen[0] != record:
-            self._seen = (record, self._clock())
-        if record.holder and self._clock() - self._seen[1] < record.lease_s:
+        # Someone else's: judged by our own clock, never theirs. It expires one lease after the
+        # earliest moment it can have been written: the previous look's start, if that is less
+        # than 4 s before this look ended (else this look's start). The holder stopped writing
+        # 10 s after it began that write (its renew deadline), so at least 1 s before.
+        if self._seen[1] != version:
+            recent = looked is not None and ended - looked < self.lease_s - self.renew_deadline_s - 1
+            self._seen = (record, version, looked if recent and looked is not None else started)
+        if record.holder and self._clock() - self._seen[2] < record.lease_s:
             self._lost()
             return False
         taken = Record(self.name, self.lease_s, now, now, record.transitions + 1)
         return self._won(self.store.replace(taken, version), started)
+
+    def until_next_try(self, retry_s: float) -> float:
+        """How long a candidate waits before its next try: the retry period, or less when the
+        holder's Lease expires sooner (a standby takes over at expiry, not at its next tick)."""
+        record, _, since = self._seen
+        if record is None or not record.holder:
+            return retry_s
+        return max(0.05, min(retry_s, since + record.lease_s - self._clock()))
 
     def _won(self, ok: bool, started: float) -> bool:
         if ok:
@@ -222,7 +242,7 @@ async def elect(
         while True:
             async with standby():
                 while not await attempt(elector):
-                    await _wait(terminating, retry_s)
+                    await _wait(terminating, elector.until_next_try(retry_s))
                     if terminating.is_set():
                         return
             if not await _hold(elector, run, terminating, retry_s):

@@ -107,4 +107,5 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     figure("failover_after_freeze_s", round(failover_s, 1))
     figure("failover_after_sigkill_s", round(kill_failover_s, 1))
     figure("failover_after_sigterm_s", round(release_failover_s, 1))
-    assert kill_failover_s < 15 + 2 + 5, kill_failover_s  # lease + one retry, with slack for load
+    # Within the 15 s Lease (the contract), plus slack for a loaded machine's API server.
+    assert kill_failover_s < 15 + 5, kill_failover_s

@@ -8,6 +8,7 @@ import datetime
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import pytest
 from spout_operator.leader import Elector, Record, elect
 
 
@@ -150,3 +151,30 @@ def test_lead_runs_the_operator_only_while_leading_and_releases_on_exit() -> Non
     asyncio.run(scenario())
     assert runs == ["start", "stop", "start", "stop"]
     assert store.record is not None and store.record.holder == ""  # released
+
+
+def test_the_standby_takes_over_within_one_lease_of_the_leaders_death() -> None:
+    """The standby looks every 2 s, so it sees a renewal up to 2 s late; counting the lease
+    from its previous look (the renewal came after it) it takes over within 15 s of the
+    leader's last renewal, and still after the leader stopped writing (10 s)."""
+    store, clock = MemoryLease(), Clock()
+    a, b = pair(store, clock)
+    a.attempt()  # t=1000
+    clock.t += 0.1
+    assert not b.attempt()  # looks at 1000.1
+    clock.t = 1001.9
+    assert not b.attempt()  # looks at 1001.9: unchanged
+    clock.t = 1002.0
+    assert a.attempt()  # a's last renewal, at 1002.0; a dies at 1002.1
+    clock.t = 1003.9
+    assert not b.attempt()  # sees the renewal 1.9 s late
+    assert b.until_next_try(2.0) == 2.0
+    clock.t = 1012.0
+    assert not a.leading()  # a stopped writing here
+    assert not b.attempt()
+    assert 4.8 < b.until_next_try(5.0) <= 5.0  # the Lease expires at 1016.9 (1001.9 + 15)
+    clock.t = 1016.8
+    assert not b.attempt()
+    assert b.until_next_try(2.0) == pytest.approx(0.1)
+    clock.t = 1016.95
+    assert b.attempt()  # 14.85 s after a died

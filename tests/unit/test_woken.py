@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from spout_operator import handlers
 
 
@@ -117,3 +118,14 @@ def test_a_daemon_started_during_shutdown_ends_at_cleanup() -> None:
 class _NoPool:
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
+
+
+def test_a_pass_that_fails_still_fails_the_daemon() -> None:
+    async def failing() -> None:
+        raise RuntimeError("a bug in a pass")
+
+    async def scenario() -> None:
+        await handlers._unless_stopped(Stopped(), failing())  # type: ignore[arg-type]
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(scenario())
