@@ -57,6 +57,18 @@ def say(message: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+REAL = "soak-pachd"  # the soak namespace's PachdConnection to the stack's pachd
+
+
+def connection(name: str, address: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PachdConnection",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"address": address},
+    }
+
+
 def body(name: str, address: str | None, image: str = IMAGE) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "spout": {
@@ -68,8 +80,12 @@ def body(name: str, address: str | None, image: str = IMAGE) -> dict[str, Any]:
             "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
         },
     }
+    # Through the namespace's PachdConnection for that address (named by its port).
+    spec["connectionRef"] = {
+        "kind": "PachdConnection",
+        "name": REAL if address is None else endpoint(address),
+    }
     if address is not None:
-        spec["pachd"] = {"address": address}
         spec["deletionPolicy"] = "Orphan"  # nothing can exist at an address where nothing listens
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -104,6 +120,10 @@ def slope_per_10min(samples: list[dict[str, float]], key: str) -> float:
     return 0.0 if var == 0 else 600 * sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var
 
 
+def endpoint(address: str) -> str:
+    return f"soak-ep-{address.rsplit(':', 1)[1]}"
+
+
 class Churn:
     def __init__(self, state: State, options: SoakOptions, tag: str) -> None:
         client = kubernetes.config.new_client_from_config(config_file=state.kubeconfig)  # type: ignore[no-untyped-call]
@@ -113,6 +133,7 @@ class Churn:
         self.serial = 0
         self.rng = random.Random(13)
         self.counts = {"created": 0, "edited": 0, "deleted": 0}
+        self.connections: set[str] = set()  # the endpoints' PachdConnections that exist
 
     def address(self) -> str:
         """One of --endpoints addresses, from a window that moves on as resources are made:
@@ -128,6 +149,11 @@ class Churn:
         self.serial += 1
         name = f"{self.tag}-{self.serial}"
         address = None if real else self.address()
+        if address is not None and endpoint(address) not in self.connections:
+            self.api.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, "pachdconnections", connection(endpoint(address), address)
+            )
+            self.connections.add(endpoint(address))
         self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body(name, address))
         self.live[name] = address
         self.counts["created"] += 1
@@ -161,6 +187,12 @@ class Churn:
         if real and self.rng.random() < 0.3:  # a real pair is replaced now and then
             self.delete(self.rng.choice(real))
             self.create(real=True)
+        # An endpoint no resource names any more goes with its connection (as an admin would
+        # retire one): its channel must then be closed.
+        for name in self.connections - {endpoint(a) for a in self.live.values() if a is not None}:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                self.api.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "pachdconnections", name)
+            self.connections.discard(name)
 
     def items(self) -> list[dict[str, Any]]:
         found: Any = self.api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
@@ -172,9 +204,11 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
     tag = f"soak{uuid.uuid4().hex[:4]}"
     log = Path(state.root) / "logs" / f"soak-operator-{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    kubectl(state, "apply", "-f", str(ROOT / "crds" / "spoutpipelines.yaml"))
-    kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    kubectl(state, "apply", "-k", str(ROOT / "crds"))
+    for kind in (PLURAL, "pachdconnections", "clusterpachdconnections"):
+        kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{kind}.{GROUP}")
     kubectl(state, "create", "namespace", NAMESPACE, check=False)
+    kubectl(state, "apply", "-f", "-", input=json.dumps(connection(REAL, state.pachds[0].address)))
     operator = Operator(
         state,
         Options(drift_interval_s=options.drift_interval_s, pachds=1),
