@@ -24,6 +24,7 @@ from devstack.status_readers import HEALTH, ROOT, argocd_health, kstatus
 from test_operator import (  # fixtures are registered where they are imported
     apply,
     condition,
+    connection,
     crd,
     default_connection,
     get,
@@ -194,8 +195,13 @@ def test_stalled_and_unreachable(
     spout, processor = names
     # Orphan: deleting them needs no pachd, so the namespace goes away cleanly.
     rejected = resource("rejected", spout, processor, project="no-such-project", deletionPolicy="Orphan")
+    connection(stack, f"away-{namespace}", "grpc://127.0.0.1:9", namespaces=[namespace])  # nothing there
     away = resource(
-        "away", spout, processor, pachd={"address": "grpc://127.0.0.1:9"}, deletionPolicy="Orphan"
+        "away",
+        spout,
+        processor,
+        connectionRef={"kind": "ClusterPachdConnection", "name": f"away-{namespace}"},
+        deletionPolicy="Orphan",
     )
     with running_operator(namespace):
         apply(stack, namespace, rejected)
