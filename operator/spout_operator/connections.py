@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 
-from spout_operator.gateway import Endpoint, Gateway, PachdError, PachdRejected, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdError, PachdRejected, PachdUnavailable
 from spout_operator.reconcile import Outcome
 from spout_operator.render import GROUP
 from spout_operator.spec import CLUSTER_CONNECTION, NAMESPACED_CONNECTION, ConnectionRef
@@ -273,6 +273,24 @@ def connection_status(
     if result.version:
         status["pachdVersion"] = result.version
     return status
+
+
+def checked_status(
+    kind: str, body: Mapping[str, Any], resolver: Resolver, gateways: Gateways, now: str
+) -> dict[str, Any] | None:
+    """A connection's `.status` after one check (blocking: reads Secrets, asks pachd), or None
+    when it says nothing new (a quiet check writes nothing)."""
+    try:
+        spec = parse_connection(kind, body, resolver.operator_namespace)
+        endpoint = resolver.connection_endpoint(spec, time.monotonic())
+        result = check(spec, endpoint, gateways.get(endpoint))
+    except (ConnectionProblem, PachdError) as err:
+        reason = err.condition_reason if isinstance(err, ConnectionProblem) else "ConnectionInvalid"
+        result = CheckResult(False, reason, str(err))
+    previous = body.get("status") or {}
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    new_status = connection_status(result, generation, previous, now)
+    return None if all(previous.get(k) == v for k, v in new_status.items()) else new_status
 
 
 # --- Kubernetes reads -----------------------------------------------------------------------

@@ -18,13 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kopf
-import kubernetes
 
 from spout_operator import connections, metrics
-from spout_operator.connections import ConnectionProblem
 from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
-from spout_operator.gateway import Gateways, PachdError
+from spout_operator.gateway import Gateways
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.sweep import PipelineKey, Wakeups, WorkerWatch, until_next_sweep
@@ -324,34 +322,14 @@ async def _check_connections_forever(memo: kopf.Memo) -> None:
 
 
 def _check_connection(memo: kopf.Memo, key: tuple[str, str, str], body: dict[str, Any]) -> None:
-    """One connection's check and status write (blocking: runs in the pool). The status holds
-    what pachd answered and names objects, never a token."""
+    """One connection's check and status write (blocking: runs in the pool)."""
     plural, namespace, name = key
     controller: Controller = memo.controller
-    resolver = controller.resolver
-    meta = body.get("metadata", {})
-    try:
-        spec = connections.parse_connection(CONNECTION_KINDS[plural], body, resolver.operator_namespace)
-        endpoint = resolver.connection_endpoint(spec, time.monotonic())
-        result = connections.check(spec, endpoint, controller.gateways.get(endpoint))
-    except (ConnectionProblem, PachdError) as err:
-        reason = err.condition_reason if isinstance(err, ConnectionProblem) else "ConnectionInvalid"
-        result = connections.CheckResult(False, reason, str(err))
-    previous = body.get("status") or {}
-    new_status = connections.connection_status(result, int(meta.get("generation") or 0), previous, now())
-    if all(previous.get(k) == v for k, v in new_status.items()):
-        return  # nothing new: a quiet check writes nothing
-    try:
-        custom = memo.kube.custom
-        if namespace:
-            custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": new_status}
-            )
-        else:
-            custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, {"status": new_status})
-    except kubernetes.client.ApiException as err:  # deleted meanwhile, or the API hiccuped: next check
-        logging.getLogger(__name__).warning(f"Status write for {plural}/{name} failed: {err.reason}")
+    status = connections.checked_status(
+        CONNECTION_KINDS[plural], body, controller.resolver, controller.gateways, now()
+    )
+    if status is None or not memo.kube.merge_status(plural, namespace, name, status):
         return
     index = memo.connections
     if key in index:  # so the next check compares against what it wrote, not the old status
-        index[key] = {**index[key], "status": {**previous, **new_status}}
+        index[key] = {**index[key], "status": {**(body.get("status") or {}), **status}}

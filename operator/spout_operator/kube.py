@@ -52,6 +52,23 @@ class Kube:
         metrics.STATUS_WRITES.inc()
         return True
 
+    def merge_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge-patch the status of one of our objects (namespaced, or cluster-scoped when
+        `namespace` is empty); whether it was written."""
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, {"status": status}
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, {"status": status}
+                )
+        except kubernetes.client.ApiException as err:  # deleted meanwhile, or the API hiccuped
+            log.warning(f"Status write for {plural}/{name} failed: {err.reason}")
+            return False
+        return True
+
     def close(self) -> None:
         self.api.close()  # type: ignore[no-untyped-call]
 

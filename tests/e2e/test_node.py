@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import eventually
 from devstack import images
 from devstack import node as nodes
 from devstack.stack import PACHD_PORT, Stack, State
@@ -43,21 +43,11 @@ LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{6
 def wait_for(
     state: State, what: str, check: Callable[[], Any], timeout_s: float, namespaces: tuple[str, ...]
 ) -> Any:
-    """Poll until `check` returns something truthy; on the deadline fail with the cluster's view."""
-    end = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as err:  # the condition may raise until it holds
-            last = err
-        time.sleep(1)
-    raise AssertionError(
-        f"timed out after {timeout_s:.0f}s waiting for {what}; last saw {last!r}\n"
-        + diagnostics(state, namespaces)
-    )
+    """conftest.eventually, once a second; on the deadline fail with the cluster's view too."""
+    try:
+        return eventually(check, timeout_s, 1.0, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{diagnostics(state, namespaces)}") from None
 
 
 # --- the machine as the stack found it ----------------------------------------------
