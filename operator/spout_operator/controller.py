@@ -38,6 +38,7 @@ from spout_operator.render import PipelineSpec
 from spout_operator.settings import Settings
 from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import applying, applying_status, deleting_status, status_patch
+from spout_operator.workers import HealthSource, WorkerHealth
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ class Controller:
         kube: Kube,
         resolver: Resolver | None = None,
         leading: Callable[[], bool] | None = None,
+        workers: HealthSource | None = None,
     ) -> None:
         self.settings = settings
+        self.workers = workers  # the worker pods' index (workers.py); None: pachd's word stands
         self.gateways = gateways
         self.kube = kube
         # Reaches pachd only through admin-owned connections (connections.py).
@@ -244,7 +247,13 @@ class Controller:
             paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
             repairs = len([a for a in outcome.applied if a not in paused])
         status = status_patch(
-            outcome, spec.running, resource.generation, resource.status, now(), drift_repairs=repairs
+            outcome,
+            spec.running,
+            resource.generation,
+            resource.status,
+            now(),
+            drift_repairs=repairs,
+            workers=self._workers(spec.project, outcome),
         )
         if resource.status.get("managed"):  # status is written whole: keep what deletion reads
             status["managed"] = resource.status["managed"]
@@ -267,6 +276,17 @@ class Controller:
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             return unobserved(pair, err)
         return ensure(pair, spec.running, owner, gateway, snapshot)
+
+    def _workers(self, project: str, outcome: Outcome) -> dict[str, WorkerHealth] | None:
+        """Each observed pipeline's workers, of the version pachd runs (from memory: no call)."""
+        if self.workers is None:
+            return None
+        source = self.workers
+        return {
+            name: source.health((project, name), observed.version)
+            for name, observed in outcome.observed.items()
+            if observed is not None
+        }
 
     def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
         """Where the resource's pipelines live, through its admin-owned connection only."""

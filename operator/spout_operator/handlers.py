@@ -26,6 +26,7 @@ from spout_operator.gateway import Gateways
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.sweep import PipelineKey, Wakeups, WorkerWatch, until_next_sweep
+from spout_operator.workers import LISTED_WAIT_S, WorkerHealthWatch
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 WORKERS = 32  # threads for blocking pachd and API calls
@@ -81,6 +82,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     ]
     for watch in memo.worker_watches:
         watch.start()
+    # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
+    # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).
+    memo.worker_health = WorkerHealthWatch.from_settings(memo.settings, memo.kube.core, changed)
+    if memo.worker_health is not None:
+        memo.worker_health.start()
+        memo.controller.workers = memo.worker_health.pods
+        await asyncio.to_thread(memo.worker_health.pods.wait_listed, LISTED_WAIT_S)
 
 
 @kopf.on.login()
@@ -100,6 +108,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     memo.shutdown.set()
     for watch in memo.worker_watches:
         watch.stop()
+    if getattr(memo, "worker_health", None) is not None:
+        memo.worker_health.stop()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
     # Passes still queued (their daemons stopped) would each run before the process exits.
     memo.executor.shutdown(wait=False, cancel_futures=True)

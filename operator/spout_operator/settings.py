@@ -42,6 +42,9 @@ class Settings:
     lease_name: str = "spout-operator"
     # pachd's Kubernetes namespaces: their worker RCs are watched to repair drift at once
     worker_namespaces: tuple[str, ...] = ()
+    # Judge Ready by the worker pods there too (workers.py). Off only where no pod can ever run
+    # (a control plane without nodes): there every pipeline would wait for its workers forever.
+    worker_health: bool = True
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
@@ -68,6 +71,7 @@ class Settings:
             lease_name=env.get(PREFIX + "LEASE_NAME", "").strip() or defaults.lease_name,
             namespaces=_names(env, "NAMESPACES"),
             worker_namespaces=_names(env, "WORKER_NAMESPACES"),
+            worker_health=_flag(env, "WORKER_HEALTH", defaults.worker_health),
             metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
             operator_namespace=env.get(PREFIX + "NAMESPACE", "").strip() or _pod_namespace(),
             connection_check_interval_s=_seconds(
@@ -83,9 +87,11 @@ def _pod_namespace() -> str:
         return DEFAULT_OPERATOR_NAMESPACE
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(PREFIX + name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if not raw:
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True

@@ -4,10 +4,13 @@ Conditions follow the Kubernetes convention (metav1.Condition: type, status, rea
 message, lastTransitionTime, observedGeneration) and kstatus, so `kubectl wait`,
 Flux, kpt and the health script for Argo CD (manifests/argocd/) read them alike:
 
-- `Ready`: both pipelines exist as declared and run (or are stopped, as declared).
+- `Ready`: both pipelines exist as declared and run (or are stopped, as declared), and,
+  where the operator sees pachd's worker pods (workers.py), their workers are up.
 - `Synced`: the last pass applied the spec without error.
-- `Reconciling`: present (True) only while the operator is applying a change or pachd
-  is still starting or stopping a pipeline: kstatus reads InProgress.
+- `Reconciling`: present (True) only while the operator is applying a change, pachd
+  is still starting or stopping a pipeline, or its worker pods are still starting (being
+  scheduled, pulling, initializing): kstatus reads InProgress. Workers that cannot come up
+  by waiting (pull errors, crash loops, unschedulable) make Ready=False without it.
 - `Stalled`: present (True) only when retrying cannot help, only a change of the spec
   (or of what stands in its way in pachd): kstatus reads Failed.
 
@@ -26,6 +29,7 @@ from typing import Any
 from spout_operator.gateway import PachdUnavailable
 from spout_operator.observed import ObservedPipeline
 from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
+from spout_operator.workers import WorkerHealth
 
 HEALTHY_RUNNING = {"RUNNING", "STANDBY"}
 MISSING = "Missing"
@@ -38,6 +42,7 @@ TRANSIENT = {"STARTING", "RESTARTING"}
 FAILING = {"FAILURE", "CRASHING"}  # pachd gave up, or its workers crash: not progress
 # Refusals that retrying the same spec cannot cure: kstatus reads Stalled=True as Failed.
 STALLED_REASONS = {"InvalidSpec", "PachdRejected", "SpoutUpdateBlocked", "ForeignPipeline"}
+WORKERS_STARTING = "WorkersStarting"  # Ready's reason while worker pods are on their way up
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,11 @@ class Condition:
 
 
 def pipeline_status(
-    name: str, observed: ObservedPipeline | None, foreign_owner: str | None, error: str
+    name: str,
+    observed: ObservedPipeline | None,
+    foreign_owner: str | None,
+    error: str,
+    workers: WorkerHealth | None = None,
 ) -> dict[str, Any]:
     if observed is None:
         return {"name": name, "state": MISSING, "version": 0, "lastError": error}
@@ -60,6 +69,8 @@ def pipeline_status(
         "stopped": observed.stopped,
         "lastError": error or observed.recent_error or observed.reason,
     }
+    if workers is not None:
+        entry["workers"] = workers.as_status()
     if foreign_owner is not None:
         entry["state"] = "Foreign"
         entry["foreignOwner"] = foreign_owner
@@ -67,9 +78,15 @@ def pipeline_status(
 
 
 def conditions_for(
-    outcome: Outcome | None, running: bool, spec_error: str = "", error_reason: str = "InvalidSpec"
+    outcome: Outcome | None,
+    running: bool,
+    spec_error: str = "",
+    error_reason: str = "InvalidSpec",
+    workers: Mapping[str, WorkerHealth] | None = None,
 ) -> list[Condition]:
-    """Ready and Synced, then Reconciling or Stalled when (and only when) either holds."""
+    """Ready and Synced, then Reconciling or Stalled when (and only when) either holds.
+    `workers`: each pipeline's worker health by name; None where workers cannot be seen
+    (pachd's word stands)."""
     if spec_error:  # nothing was asked of pachd: the spec, or its connection, is unusable
         reason, message = error_reason, spec_error
         conditions = [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
@@ -78,7 +95,7 @@ def conditions_for(
         return conditions
     assert outcome is not None
     synced = _synced(outcome)
-    ready = _ready(outcome, running, synced)
+    ready = _ready(outcome, running, synced, workers or {})
     conditions = [ready, synced]
     if synced.reason in STALLED_REASONS:
         conditions.append(Condition("Stalled", True, synced.reason, synced.message))
@@ -89,6 +106,8 @@ def conditions_for(
 
 def _in_progress(outcome: Outcome, running: bool, ready: Condition) -> tuple[str, str] | None:
     """(reason, message) while pachd is on its way to the declared state, else None."""
+    if ready.reason == WORKERS_STARTING:
+        return WORKERS_STARTING, ready.message
     if ready.status or ready.reason not in ("PipelineNotRunning", "PipelineNotStopped"):
         return None
     waiting = [
@@ -132,21 +151,48 @@ def _synced(outcome: Outcome) -> Condition:
     return synced
 
 
-def _ready(outcome: Outcome, running: bool, synced: Condition) -> Condition:
+def _ready(
+    outcome: Outcome, running: bool, synced: Condition, workers: Mapping[str, WorkerHealth]
+) -> Condition:
     if not synced.status:
         return Condition("Ready", False, synced.reason, synced.message)
     for name, observed in outcome.observed.items():
         if observed is None:
             return Condition("Ready", False, "PipelineMissing", f"pipeline {name} does not exist in pachd")
+        health = workers.get(name)
+        if running and not observed.stopped and health is not None and health.failing:
+            # The kubelet's reason says more than pachd's RUNNING (or its later CRASHING).
+            return Condition("Ready", False, health.reason, _workers_message(name, observed, health))
         if running and (observed.stopped or observed.state not in HEALTHY_RUNNING):
             detail = observed.recent_error or observed.reason
             message = f"pipeline {name} is {observed.state}" + (f": {detail}" if detail else "")
             return Condition("Ready", False, "PipelineNotRunning", message)
         if not running and not observed.stopped:
             return Condition("Ready", False, "PipelineNotStopped", f"pipeline {name} is not stopped yet")
-    if running:
-        return Condition("Ready", True, "Running", "both pipelines are running")
-    return Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
+    if not running:
+        return Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
+    starting = [
+        (name, observed, health)
+        for name, observed in outcome.observed.items()
+        if observed is not None
+        and (health := workers.get(name)) is not None
+        and observed.state != "STANDBY"  # pachd scaled it down: no worker is needed
+        and not health.up
+    ]
+    if starting:
+        name, observed, health = starting[0]
+        return Condition("Ready", False, WORKERS_STARTING, _workers_message(name, observed, health))
+    if workers and all(workers.get(name) is not None for name in outcome.observed):
+        counts = ", ".join(f"{name} {workers[name].ready}/{workers[name].total}" for name in outcome.observed)
+        return Condition("Ready", True, "Running", f"both pipelines are running, workers ready: {counts}")
+    return Condition("Ready", True, "Running", "both pipelines are running")
+
+
+def _workers_message(name: str, observed: ObservedPipeline, health: WorkerHealth) -> str:
+    detail = f"{health.reason}: {health.message}" if health.message else health.reason
+    return (
+        f"pipeline {name} is {observed.state} in pachd, {health.ready}/{health.total} workers ready: {detail}"
+    )
 
 
 def render_conditions(
@@ -218,9 +264,10 @@ def status_patch(
     spec_error: str = "",
     drift_repairs: int = 0,
     error_reason: str = "InvalidSpec",
+    workers: Mapping[str, WorkerHealth] | None = None,
 ) -> dict[str, Any]:
-    """The full `.status` to merge-patch onto the resource."""
-    conditions = conditions_for(outcome, running, spec_error, error_reason)
+    """The full `.status` to write onto the resource. `workers`: see conditions_for."""
+    conditions = conditions_for(outcome, running, spec_error, error_reason, workers)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
@@ -231,11 +278,15 @@ def status_patch(
         for role, name in zip(("spout", "processor"), outcome.names, strict=True):
             error = str(outcome.errors.get(name, ""))
             if name in outcome.observed:
-                patch[role] = pipeline_status(name, outcome.observed[name], owners.get(name), error)
+                health = None if workers is None else workers.get(name)
+                patch[role] = pipeline_status(name, outcome.observed[name], owners.get(name), error, health)
             else:  # never observed: say so rather than leave an older state in place
                 patch[role] = {"name": name, "state": UNKNOWN, "lastError": error}
         ready = next(c for c in conditions if c.type == "Ready")
         patch["summary"] = "Ready" if ready.status else ready.reason
+        if workers:  # the printer column: ready/total over both pipelines
+            known = [workers[name] for name in outcome.names if name in workers]
+            patch["workers"] = f"{sum(h.ready for h in known)}/{sum(h.total for h in known)}"
     else:
         patch["summary"] = error_reason
     return patch

@@ -18,6 +18,7 @@ def test_defaults_with_an_empty_environment() -> None:
     assert settings.retry_delay_s == 15.0
     assert settings.namespaces == ()
     assert settings.worker_namespaces == ()
+    assert settings.worker_health is True  # judged wherever worker namespaces are set
 
 
 def test_unprefixed_and_unrelated_variables_are_ignored() -> None:
@@ -34,6 +35,7 @@ def test_every_variable_is_read() -> None:
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": " 30 ",
         "SPOUT_OPERATOR_NAMESPACES": "team-a,team-b",
         "SPOUT_OPERATOR_WORKER_NAMESPACES": " pachyderm , ",
+        "SPOUT_OPERATOR_WORKER_HEALTH": "false",
     }
     assert Settings.from_env(env) == Settings(
         operator_namespace="pachyderm-ops",
@@ -43,6 +45,7 @@ def test_every_variable_is_read() -> None:
         retry_delay_s=30.0,
         namespaces=("team-a", "team-b"),
         worker_namespaces=("pachyderm",),
+        worker_health=False,
     )
 
 
@@ -55,6 +58,7 @@ def test_blank_values_mean_the_default(blank: str) -> None:
         "SPOUT_OPERATOR_PACHD_TIMEOUT_SECONDS": blank,
         "SPOUT_OPERATOR_RETRY_DELAY_SECONDS": blank,
         "SPOUT_OPERATOR_NAMESPACES": blank,
+        "SPOUT_OPERATOR_WORKER_HEALTH": blank,
     }
     assert Settings.from_env(env) == Settings()
 
@@ -142,3 +146,28 @@ def test_leader_election_and_its_lease() -> None:
 def test_leader_election_must_be_a_boolean() -> None:
     with pytest.raises(SettingsError, match="SPOUT_OPERATOR_LEADER_ELECTION"):
         Settings.from_env({"SPOUT_OPERATOR_LEADER_ELECTION": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("1", True),
+        (" Yes ", True),
+        ("on", True),
+        ("false", False),
+        ("0", False),
+        ("NO", False),
+        ("off", False),
+    ],
+)
+def test_worker_health_flag(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"SPOUT_OPERATOR_WORKER_HEALTH": raw}).worker_health is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "t"])
+def test_worker_health_must_be_a_boolean(raw: str) -> None:
+    with pytest.raises(
+        SettingsError, match=f"SPOUT_OPERATOR_WORKER_HEALTH must be true or false, got '{raw.lower()}'"
+    ):
+        Settings.from_env({"SPOUT_OPERATOR_WORKER_HEALTH": raw})

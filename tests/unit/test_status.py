@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from spout_operator.status import (
     render_conditions,
     status_patch,
 )
+from spout_operator.workers import WorkerHealth, health
 
 EARLIER = "2024-05-01T10:00:00Z"
 NOW = "2024-05-01T12:00:00Z"
@@ -517,3 +520,143 @@ def test_deleting_status() -> None:
         ("Ready", "False", "Deleting", 3),
         ("Reconciling", "True", "Deleting", 3),
     ]
+
+
+# --- workers (pachd says RUNNING; the pods say whether the workers are up) ---------------------
+
+WORKER_PODS = Path(__file__).parent / "testdata" / "worker_pods"
+
+
+def workers_of(name: str, pipeline_name: str = "spout") -> WorkerHealth:
+    """A pipeline's worker health from a real pod of the e2e node (see test_workers.py)."""
+    pod = json.loads((WORKER_PODS / f"{name}.json").read_text())
+    pod["metadata"]["labels"].update(pipelineName=pipeline_name, pipelineVersion="1")
+    return health([pod], 1)
+
+
+UP = WorkerHealth(1, 1)
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "said"),
+    [
+        (
+            "image-pull-backoff",
+            "ImagePullBackOff",
+            'Back-off pulling image "ghcr.io/spout-operator/does-not-exist',
+        ),
+        ("err-image-pull", "ErrImagePull", "failed to pull and unpack image"),
+        ("crash-loop-with-message", "CrashLoopBackOff", "container user: the sky fell"),
+        ("crash-loop", "CrashLoopBackOff", "container user: Error, exit code 3"),
+        ("unschedulable", "Unschedulable", "0/1 nodes are available: 1 Insufficient cpu"),
+    ],
+)
+@pytest.mark.parametrize("pachd_state", ["RUNNING", "CRASHING", "STARTING"])
+def test_workers_that_cannot_come_up_make_ready_false_without_reconciling(
+    pod: str, reason: str, said: str, pachd_state: str
+) -> None:
+    """pachd says RUNNING (and later CRASHING): the kubelet's reason is the one a user needs.
+    Waiting cannot fix it, so no Reconciling: Argo CD reads Degraded."""
+    found = running_pair(spout=pipeline("spout", pachd_state))
+    conditions = by_type(
+        conditions_for(found, running=True, workers={"spout": workers_of(pod), "processor": UP})
+    )
+    ready = conditions["Ready"]
+    assert (ready.status, ready.reason) == (False, reason)
+    assert ready.message.startswith(
+        f"pipeline spout is {pachd_state} in pachd, 0/1 workers ready: {reason}: pod "
+    )
+    assert said in ready.message
+    assert set(conditions) == {"Ready", "Synced"}
+    assert conditions["Synced"].status is True  # pachd holds what was declared
+
+
+@pytest.mark.parametrize("pod", ["pod-initializing", "init-running"])
+def test_workers_on_their_way_up_are_reconciling(pod: str) -> None:
+    found = running_pair()
+    conditions = by_type(
+        conditions_for(found, running=True, workers={"spout": UP, "processor": workers_of(pod, "processor")})
+    )
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == (False, "WorkersStarting")
+    assert conditions["Ready"].message.startswith(
+        "pipeline processor is RUNNING in pachd, 0/1 workers ready: "
+        "PodInitializing: pod default-fresh-v1-vvc78: "
+    )
+    assert conditions["Reconciling"] == Condition(
+        "Reconciling", True, "WorkersStarting", conditions["Ready"].message
+    )
+
+
+def test_no_worker_pod_yet_is_reconciling() -> None:
+    nothing = WorkerHealth(
+        0, 0, "NoWorkers", "no worker pod of version 1 yet (watching namespaces pachyderm)"
+    )
+    conditions = by_type(
+        conditions_for(running_pair(), running=True, workers={"spout": nothing, "processor": UP})
+    )
+    assert conditions["Reconciling"].reason == "WorkersStarting"
+    assert conditions["Ready"].message == (
+        "pipeline spout is RUNNING in pachd, 0/0 workers ready: NoWorkers: "
+        "no worker pod of version 1 yet (watching namespaces pachyderm)"
+    )
+
+
+def test_pachd_still_starting_comes_before_its_workers() -> None:
+    found = running_pair(spout=pipeline("spout", "STARTING"))
+    conditions = by_type(
+        conditions_for(
+            found, running=True, workers={"spout": workers_of("pod-initializing"), "processor": UP}
+        )
+    )
+    assert conditions["Ready"].reason == "PipelineNotRunning"
+    assert conditions["Reconciling"].reason == "PipelinesStarting"
+
+
+def test_workers_up_and_pachd_running_is_ready() -> None:
+    workers = {"spout": workers_of("running"), "processor": workers_of("running", "processor")}
+    conditions = by_type(conditions_for(running_pair(), running=True, workers=workers))
+    assert conditions["Ready"] == Condition(
+        "Ready", True, "Running", "both pipelines are running, workers ready: spout 1/1, processor 1/1"
+    )
+
+
+def test_a_processor_in_standby_needs_no_worker() -> None:
+    found = running_pair(processor=pipeline("processor", "STANDBY"))
+    workers = {"spout": UP, "processor": WorkerHealth(0, 0, "NoWorkers", "no worker pod of version 1 yet")}
+    assert by_type(conditions_for(found, running=True, workers=workers))["Ready"].status is True
+
+
+def test_declared_stopped_needs_no_workers() -> None:
+    found = outcome(pipeline("spout", "PAUSED", stopped=True), pipeline("processor", "PAUSED", stopped=True))
+    gone = WorkerHealth(0, 0, "NoWorkers", "no worker pod of version 1 yet")
+    crashing = workers_of("crash-loop")
+    for workers in ({"spout": gone, "processor": gone}, {"spout": crashing, "processor": gone}):
+        ready = by_type(conditions_for(found, running=False, workers=workers))["Ready"]
+        assert ready == Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
+
+
+def test_a_spec_pachd_refuses_is_stalled_whatever_the_workers() -> None:
+    found = outcome(pipeline("spout"), pipeline("processor"), error=PachdRejected(LIMIT))
+    workers = {"spout": workers_of("image-pull-backoff"), "processor": UP}
+    conditions = by_type(conditions_for(found, running=True, workers=workers))
+    assert conditions["Ready"].reason == "PachdRejected"
+    assert "Stalled" in conditions
+
+
+def test_status_carries_each_pipelines_workers_and_the_pairs_count() -> None:
+    workers = {"spout": workers_of("image-pull-backoff"), "processor": workers_of("running", "processor")}
+    patch = status_patch(running_pair(), True, 4, {}, NOW, workers=workers)
+    assert patch["workers"] == "1/2"
+    assert patch["summary"] == "ImagePullBackOff"
+    assert patch["processor"]["workers"] == {"ready": 1, "total": 1}
+    spout = patch["spout"]["workers"]
+    assert (spout["ready"], spout["total"], spout["reason"]) == (0, 1, "ImagePullBackOff")
+    assert spout["message"].startswith("pod default-noimage-v1-sbxcc: container user: Back-off pulling image")
+    ready = next(c for c in patch["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "ImagePullBackOff", 4)
+
+
+def test_without_worker_namespaces_pachds_word_stands() -> None:
+    patch = status_patch(running_pair(), True, 1, {}, NOW)
+    assert "workers" not in patch and "workers" not in patch["spout"] and "workers" not in patch["processor"]
+    assert patch["summary"] == "Ready"
