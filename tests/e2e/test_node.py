@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from conftest import eventually
 from devstack import images
 from devstack import node as nodes
 from devstack.stack import PACHD_PORT, Stack, State
+from devstack.status_readers import HEALTH, argocd_health, kstatus
 from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
 
 __all__ = ["node_prerequisites", "node_stack"]
@@ -150,9 +153,19 @@ def point_operator_at_pachd(state: State) -> None:
 
 def operator_overlay(state: State, workdir: Path) -> Path:
     """manifests/ as a user would deploy it, through kustomize, with the image of `make images`
-    (kustomize's image name)."""
+    (kustomize's image name), and pachd's namespace set where the README says (the worker
+    Role's namespace and the Deployment's SPOUT_OPERATOR_WORKER_NAMESPACES)."""
     for name in ("manifests", "crds"):
         shutil.copytree(ROOT / name, workdir / name)
+    rbac = workdir / "manifests" / "workers-rbac.yaml"
+    assert rbac.read_text().count("namespace: default") == 2
+    rbac.write_text(rbac.read_text().replace("namespace: default", f"namespace: {PACHD_NAMESPACE}"))
+    deployment = workdir / "manifests" / "deployment.yaml"
+    shipped = '{name: SPOUT_OPERATOR_WORKER_NAMESPACES, value: "default"}'
+    assert shipped in deployment.read_text()
+    deployment.write_text(
+        deployment.read_text().replace(shipped, shipped.replace('"default"', f'"{PACHD_NAMESPACE}"'))
+    )
     overlay = workdir / "overlay"
     overlay.mkdir()
     name, _, tag = images.OPERATOR_IMAGE.rpartition(":")
@@ -339,14 +352,18 @@ def test_sample_runs_in_pods_and_every_message_is_processed(
         )
 
     wait_for(state, "SpoutPipeline spout101 Ready", ready, 180, spaces)
+    # Ready now means the workers are up too: the operator saw their pods ready.
+    obj = kubectl_json(state, "get", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE)
+    assert obj["status"]["spout"]["workers"] == {"ready": 1, "total": 1}, obj["status"]
+    assert obj["status"]["processor"]["workers"] == {"ready": 1, "total": 1}, obj["status"]
+    assert obj["status"]["workers"] == "2/2"
+    assert condition(obj, "Ready")["message"] == (
+        "both pipelines are running, workers ready: spout 1/1, processor 1/1"
+    )
     for pipeline in ("spout", "processor"):
-        wait_for(
-            state,
-            f"{pipeline}'s worker pod Running",
-            lambda p=pipeline: worker_pods_running(state, p),  # type: ignore[misc]
-            240,
-            spaces,
-        )
+        assert worker_pods_running(state, pipeline)
+    print("\n$ kubectl get spp\n" + kubectl(state, "get", "spp", "-n", SAMPLE_NAMESPACE), flush=True)
+    print("$ kubectl get spp -o wide\n" + kubectl(state, "get", "spp", "-o", "wide", "-n", SAMPLE_NAMESPACE))
 
     client = pachd_client(state)
 
@@ -476,6 +493,168 @@ def test_a_spout_image_change_keeps_messages_flowing(
         for p in files_at(client, "processor", head, directory)
     }
     assert processed == messages  # every message, the new pod's included, processed once
+
+
+# --- workers that do not come up, although pachd says RUNNING -------------------------
+
+WORKERS_NAMESPACE = "e2e-workers"
+PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull")
+MISSING_IMAGE = "ghcr.io/spout-operator/no-such-image:0.1.0"  # no registry answers here
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def pair(name: str) -> dict[str, Any]:
+    """The sample under other names (pipelines are cluster-wide in pachd)."""
+    body = sample((3, 5))
+    body["metadata"]["name"] = name
+    body["spec"]["spout"]["name"] = name
+    body["spec"]["processor"]["name"] = f"{name}-processor"
+    return body
+
+
+@pytest.fixture
+def workers_namespace(node_stack: State, deployed_operator: dict[str, Any]) -> Iterator[str]:
+    kubectl(node_stack, "create", "namespace", WORKERS_NAMESPACE)
+    try:
+        yield WORKERS_NAMESPACE
+    finally:
+        kubectl(
+            node_stack,
+            "delete",
+            "spoutpipeline",
+            "--all",
+            "-n",
+            WORKERS_NAMESPACE,
+            "--timeout=120s",
+            check=False,
+        )
+        kubectl(node_stack, "delete", "namespace", WORKERS_NAMESPACE, "--timeout=120s", check=False)
+
+
+def readers(obj: dict[str, Any]) -> tuple[str, str]:
+    """(kstatus, Argo CD health) of the status as the operator wrote it."""
+    return kstatus([obj])[0]["status"], argocd_health(obj)["status"]
+
+
+def test_a_missing_image_is_ready_false_with_the_pull_error(
+    node_stack: State, workers_namespace: str
+) -> None:
+    """pachd says RUNNING (a few seconds later CRASHING) while the kubelet cannot pull the
+    spout's image: Ready=False with the kubelet's reason and message, not Reconciling (Argo CD:
+    Degraded). Then the image is fixed and the pair becomes Ready with both workers up."""
+    state = node_stack
+    spaces = (workers_namespace, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    body = pair("noimage")
+    body["spec"]["spout"]["transform"]["image"] = MISSING_IMAGE
+    applied = time.monotonic()
+    kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def pull_error() -> dict[str, Any] | None:
+        obj = kubectl_json(state, "get", "spoutpipeline", "noimage", "-n", workers_namespace)
+        return obj if condition(obj, "Ready").get("reason") in PULL_ERRORS else None
+
+    obj = wait_for(state, "Ready=False with a pull error", pull_error, 120, spaces)
+    seen_s = time.monotonic() - applied
+    ready, status = condition(obj, "Ready"), obj["status"]
+    pods = kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "pipelineName=noimage")["items"]
+    pod_age_s = (datetime.now(UTC) - min(_created(p) for p in pods)).total_seconds()
+    print(
+        f"\n[e2e] pull error in status {seen_s:.1f} s after apply, {pod_age_s:.0f} s after pachd made the "
+        f"worker pod; pachd said {status['spout']['state']}: {ready['reason']}: {ready['message'][:160]}"
+    )
+    assert pod_age_s < 30, "the status follows the pod within seconds (pod events wake the resource)"
+    assert status["spout"]["state"] in ("RUNNING", "CRASHING"), status["spout"]  # pachd's own verdict
+    assert ready["status"] == "False"
+    assert ready["message"].startswith(
+        f"pipeline noimage is {status['spout']['state']} in pachd, 0/1 workers ready: {ready['reason']}: pod "
+    )
+    assert MISSING_IMAGE in ready["message"] and "container user" in ready["message"]
+    assert status["spout"]["workers"]["reason"] == ready["reason"]
+    assert (status["spout"]["workers"]["ready"], status["spout"]["workers"]["total"]) == (0, 1)
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Synced"}  # nothing under way
+    assert condition(obj, "Synced")["status"] == "True"  # pachd holds what was declared
+    assert readers(obj) == ("InProgress", "Degraded")
+    capture("image-pull-error", obj)
+
+    body["spec"]["spout"]["transform"]["image"] = images.SPOUT101_IMAGE
+    kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def ready_again() -> dict[str, Any] | None:
+        obj = kubectl_json(state, "get", "spoutpipeline", "noimage", "-n", workers_namespace)
+        current = condition(obj, "Ready").get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if current and condition(obj, "Ready").get("status") == "True" else None
+
+    obj = wait_for(state, "Ready with the image fixed", ready_again, 180, spaces)
+    assert obj["status"]["workers"] == "2/2"
+    assert obj["status"]["spout"]["workers"] == {"ready": 1, "total": 1}
+    assert readers(obj) == ("Current", "Healthy")
+
+
+def _created(pod: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+
+
+def test_a_crashing_worker_shows_crash_loop_back_off_and_its_last_words(
+    node_stack: State, workers_namespace: str
+) -> None:
+    """A worker container that exits (here the user container's command, replaced through
+    podPatch, writes why to /dev/termination-log and exits 3): CrashLoopBackOff, with the
+    container's message. (A transform.cmd that exits does not do this in pachd 2.6: the worker
+    runs it as a child process and retries it inside a running container.)"""
+    state = node_stack
+    spaces = (workers_namespace, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    said = "cannot reach the message source"
+    body = pair("crashing")
+    command = ["sh", "-c", f"echo {said} > /dev/termination-log; echo boom >&2; exit 3"]
+    body["spec"]["spout"]["podPatch"] = json.dumps(
+        [{"op": "replace", "path": "/containers/0/command", "value": command}]
+    )
+    kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def crash_loop() -> dict[str, Any] | None:
+        obj = kubectl_json(state, "get", "spoutpipeline", "crashing", "-n", workers_namespace)
+        return obj if condition(obj, "Ready").get("reason") == "CrashLoopBackOff" else None
+
+    obj = wait_for(state, "Ready=False, CrashLoopBackOff", crash_loop, 180, spaces)
+    ready, status = condition(obj, "Ready"), obj["status"]
+    print(f"\n[e2e] pachd said {status['spout']['state']}; Ready: {ready['reason']}: {ready['message']}")
+    assert ready["message"].endswith(
+        f"CrashLoopBackOff: pod {_pod_of(state, 'crashing')}: container user: {said}"
+    )
+    assert status["spout"]["workers"] == {
+        "ready": 0,
+        "total": 1,
+        "reason": "CrashLoopBackOff",
+        "message": f"pod {_pod_of(state, 'crashing')}: container user: {said}",
+    }
+    assert status["processor"]["workers"] == {"ready": 1, "total": 1}
+    assert status["workers"] == "1/2"
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Synced"}
+    assert readers(obj) == ("InProgress", "Degraded")
+    capture("crash-loop", obj)
+    print("$ kubectl get spp\n" + kubectl(state, "get", "spp", "-n", workers_namespace))
+
+
+def _pod_of(state: State, pipeline: str) -> str:
+    pods = kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", f"pipelineName={pipeline}")[
+        "items"
+    ]
+    names = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(names) == 1, names
+    return str(names[0])
+
+
+def capture(case: str, obj: dict[str, Any]) -> None:
+    """SPOUT_OPERATOR_CAPTURE_ARGOCD=1: keep this real status as a case of the health script."""
+    if os.environ.get("SPOUT_OPERATOR_CAPTURE_ARGOCD", "") in ("", "0"):
+        return
+    saved = json.loads(json.dumps(obj))
+    saved["metadata"].pop("managedFields", None)
+    saved["metadata"].get("annotations", {}).pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    (HEALTH / "testdata" / f"{case}.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
 
 
 def test_sample_delete_removes_pipelines_and_pods(node_stack: State, applied_sample: dict[str, Any]) -> None:
