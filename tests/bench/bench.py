@@ -242,6 +242,8 @@ class Operator:
                 "SPOUT_OPERATOR_WORKER_NAMESPACES": ",".join(
                     p.namespace for p in state.pachds[: options.pachds]
                 ),
+                # No node on this stack: worker pods never exist, so Ready cannot wait for them.
+                "SPOUT_OPERATOR_WORKER_HEALTH": "false",
                 **(extra_env or {}),
             }
         )

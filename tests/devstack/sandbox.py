@@ -30,6 +30,7 @@ from devstack.stack import Stack, StackError, State, _spawn, free_port, service_
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
 NAMESPACE = "default"
+PACHD_NAMESPACE = "pachyderm"  # where the stack's pachd makes its workers
 
 
 def say(message: str) -> None:
@@ -71,6 +72,11 @@ def start_operator(state: State) -> None:
     kubectl(state, "apply", "-k", str(ROOT / "crds"))
     for manifest in ("namespace.yaml", "rbac.yaml"):
         kubectl(state, "apply", "-n", "spout-operator-system", "-f", str(ROOT / "manifests" / manifest))
+    # Read-only access to pachd's worker RCs and pods, moved to pachd's namespace as the README says.
+    workers_rbac = (ROOT / "manifests" / "workers-rbac.yaml").read_text()
+    kubectl_input(
+        state, workers_rbac.replace("namespace: default", f"namespace: {PACHD_NAMESPACE}"), "apply", "-f", "-"
+    )
     for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
         kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
     say(f"ClusterPachdConnection default -> {state.pachds[0].address} (manifests/connection.yaml)")
@@ -81,6 +87,8 @@ def start_operator(state: State) -> None:
         "KUBECONFIG": str(kubeconfig),
         "PYTHONPATH": str(ROOT / "operator"),
         "SPOUT_OPERATOR_NAMESPACE": "spout-operator-system",
+        # pachd's workers: RC events repair drift at once, their pods' health is in status.
+        "SPOUT_OPERATOR_WORKER_NAMESPACES": PACHD_NAMESPACE,
         "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
         # A free port, not 9090: another operator on this machine may hold that one.
         "SPOUT_OPERATOR_METRICS_PORT": str(free_port()),

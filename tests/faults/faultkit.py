@@ -189,6 +189,8 @@ class Operator:
                 "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{self.liveness_port}/healthz",
                 "SPOUT_OPERATOR_NAMESPACES": self.namespace,
                 "SPOUT_OPERATOR_WORKER_NAMESPACES": self.state.pachds[0].namespace,
+                # No node on this stack: worker pods never exist, so Ready cannot wait for them.
+                "SPOUT_OPERATOR_WORKER_HEALTH": "false",
                 **self.env,
             }
         )

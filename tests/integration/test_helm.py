@@ -276,6 +276,8 @@ def test_helm_install_runs_the_sample(
                 namespace,
                 "--set",
                 f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
+                "--set",  # no node on this stack: worker pods never exist (README, Configuration)
+                "pachd.workerHealth=false",
                 "--set",
                 "driftIntervalSeconds=2,connectionCheckSeconds=2",
             ]
@@ -295,6 +297,7 @@ def test_helm_install_runs_the_sample(
         settings = pod_env(deployment, namespace, f"{release}-spout-operator-0")
         assert settings["SPOUT_OPERATOR_NAMESPACE"] == namespace  # where its connections' Secrets are
         assert settings["SPOUT_OPERATOR_WORKER_NAMESPACES"] == pachd.namespace
+        assert settings["SPOUT_OPERATOR_WORKER_HEALTH"] == "false"
         # The pod's own port, not one this machine shares: the session's free one stays.
         assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
         with (

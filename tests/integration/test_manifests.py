@@ -225,6 +225,7 @@ def test_leases_are_writable_only_in_the_operators_namespace(
     assert answer.splitlines()[0] == ("yes" if allowed else "no")
 
 
+@pytest.mark.parametrize("what", ["replicationcontrollers", "pods"])
 @pytest.mark.parametrize(
     ("verb", "namespace", "allowed"),
     [
@@ -233,17 +234,32 @@ def test_leases_are_writable_only_in_the_operators_namespace(
         ("get", "default", False),
         ("delete", "default", False),
         ("patch", "default", False),
+        ("create", "default", False),
         ("watch", SYSTEM_NAMESPACE, False),  # nowhere else
         ("list", "kube-system", False),
     ],
 )
-def test_worker_rcs_are_readable_only_in_pachds_namespace(
-    stack: State, installed: None, verb: str, namespace: str, allowed: bool
+def test_worker_rcs_and_pods_are_readable_only_in_pachds_namespace(
+    stack: State, installed: None, what: str, verb: str, namespace: str, allowed: bool
 ) -> None:
     answer = kubectl(
-        stack, "auth", "can-i", verb, "replicationcontrollers", "--as", ACCOUNT, "-n", namespace, check=False
+        stack, "auth", "can-i", verb, what, "--as", ACCOUNT, "-n", namespace, check=False
     ).strip()
     assert answer.splitlines()[0] == ("yes" if allowed else "no")
+
+
+@pytest.mark.parametrize(("verb", "what"), [("get", "pods/log"), ("create", "pods/exec"), ("list", "pods")])
+def test_worker_pods_give_no_logs_no_shell_and_no_listing_elsewhere(
+    stack: State, installed: None, verb: str, what: str
+) -> None:
+    """Reading pods' status is all workers' health needs: not their logs, not a shell."""
+    resource, _, subresource = what.partition("/")
+    sub = [f"--subresource={subresource}"] if subresource else []
+    scope = ["-n", "default"] if subresource else ["-A"]
+    answer = kubectl(
+        stack, "auth", "can-i", verb, resource, *sub, "--as", ACCOUNT, *scope, check=False
+    ).strip()
+    assert answer.splitlines()[0] == "no"
 
 
 @pytest.fixture

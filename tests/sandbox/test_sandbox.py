@@ -68,7 +68,8 @@ def test_sandbox_runs_and_tears_down(stack_prerequisites: None) -> None:
         rest, _ = proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 0, output
-    assert "spout101   spout   RUNNING       processor   RUNNING           True" in output, output
+    # Ready with both workers up (the operator watches their pods in pachd's namespace).
+    assert "spout101   spout   RUNNING       processor   RUNNING           True    2/2" in output, output
     # The consumer runs in its pod (the node's), not as a local process.
     assert re.search(r"default-spout-v1-\S+\s+2/2\s+Running", output), output
     assert max(int(n) for n in re.findall(r"now has (\d+) commit", output)) >= 2, output
