@@ -70,7 +70,9 @@ def pipeline_status(
         "lastError": error or observed.recent_error or observed.reason,
     }
     if workers is not None:
-        entry["workers"] = workers.as_status()
+        # A stopped pipeline has no worker by design: no reason to report for that.
+        quiet = observed.stopped and workers.total == 0
+        entry["workers"] = {"ready": 0, "total": 0} if quiet else workers.as_status()
     if foreign_owner is not None:
         entry["state"] = "Foreign"
         entry["foreignOwner"] = foreign_owner

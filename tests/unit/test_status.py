@@ -635,6 +635,14 @@ def test_declared_stopped_needs_no_workers() -> None:
         assert ready == Condition("Ready", True, "Stopped", "both pipelines are stopped, as declared")
 
 
+def test_a_stopped_pipeline_reports_no_reason_for_having_no_worker() -> None:
+    found = outcome(pipeline("spout", "PAUSED", stopped=True), pipeline("processor", "PAUSED", stopped=True))
+    gone = WorkerHealth(0, 0, "NoWorkers", "no worker pod of version 1 yet")
+    patch = status_patch(found, False, 2, {}, NOW, workers={"spout": gone, "processor": gone})
+    assert patch["spout"]["workers"] == patch["processor"]["workers"] == {"ready": 0, "total": 0}
+    assert (patch["workers"], patch["summary"]) == ("0/0", "Ready")
+
+
 def test_a_spec_pachd_refuses_is_stalled_whatever_the_workers() -> None:
     found = outcome(pipeline("spout"), pipeline("processor"), error=PachdRejected(LIMIT))
     workers = {"spout": workers_of("image-pull-backoff"), "processor": UP}
