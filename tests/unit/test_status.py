@@ -528,7 +528,7 @@ WORKER_PODS = Path(__file__).parent / "testdata" / "worker_pods"
 
 
 def workers_of(name: str, pipeline_name: str = "spout") -> WorkerHealth:
-    """A pipeline's worker health from a real pod of the e2e node (see test_workers.py)."""
+    """A pipeline's worker health from a real pod of the e2e node (see test_worker_health.py)."""
     pod = json.loads((WORKER_PODS / f"{name}.json").read_text())
     pod["metadata"]["labels"].update(pipelineName=pipeline_name, pipelineVersion="1")
     return health([pod], 1)
