@@ -78,6 +78,8 @@ class PassResult:
     status: dict[str, Any]
     events: list[Event]
     outcome: Outcome | None
+    endpoint: Endpoint | None = None  # the pachd the pass looked at
+    repairs: int = 0  # drift it undid (not a spec change)
 
     @property
     def starting(self) -> bool:
@@ -254,15 +256,19 @@ class Controller:
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
         self.readiness.record(resource.uid, resource.generation, ready=status["summary"] == "Ready")
-        return PassResult(status, for_pass(trigger, outcome, resource.status, status), outcome)
+        return PassResult(
+            status, for_pass(trigger, outcome, resource.status, status), outcome, endpoint, repairs
+        )
 
     def _ensure(
         self, spec: SpoutPipelineSpec, owner: str, gateway: Gateway, trigger: Trigger, listed_since: float
     ) -> Outcome:
         pair = rendering.render(spec, owner)
-        if trigger in ("change", "event"):  # one resource's own look at pachd, now
+        if trigger == "change":  # one resource's own look at pachd, now
             return ensure(pair, spec.running, owner, gateway)
-        try:  # polls and sweeps share one listing per pachd (per poll, per sweep)
+        # Polls, sweeps and events share one listing per pachd (per poll, sweep or batch of
+        # events), and a listing that shows other pipelines changed wakes their resources too.
+        try:
             snapshot = gateway.snapshot(not_before=listed_since)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             return unobserved(pair, err)

@@ -37,6 +37,8 @@ _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
 
 Snapshot = dict[tuple[str, str], ObservedPipeline]  # (project, name) -> pipeline
+# Told which pipelines a new listing shows changed since the one before, and when it started.
+ListingChanged = Callable[[set[tuple[str, str]], float], None]
 
 
 class PachdError(Exception):
@@ -113,12 +115,29 @@ def _observed(info: Any) -> ObservedPipeline:
     )
 
 
+def _fingerprint(pipeline: ObservedPipeline) -> tuple[int, str, bool]:
+    return (pipeline.version, pipeline.state, pipeline.stopped)
+
+
+def changed_pipelines(before: Snapshot, after: Snapshot) -> set[tuple[str, str]]:
+    """The pipelines two listings disagree on: appeared, gone, updated, stopped or started,
+    or moved between pachd's states."""
+    return {
+        key
+        for key in before.keys() | after.keys()
+        if key not in before or key not in after or _fingerprint(before[key]) != _fingerprint(after[key])
+    }
+
+
 class Gateway:
     """A connection to one pachd. Thread-safe: gRPC channels and stubs are."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeout_s: float = 10.0, listing_changed: ListingChanged | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._listing_changed = listing_changed
         target = endpoint.target
         if endpoint.secure:
             credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
@@ -230,12 +249,17 @@ class Gateway:
         with self._snapshot_lock:
             if self._snapshot_taken < not_before:
                 started = time.monotonic()
+                before = self._snapshot
                 try:
                     self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
                     self._snapshot_error = None
                 except PachdError as err:
                     self._snapshot, self._snapshot_error = None, err
                 self._snapshot_taken = started
+                if before is not None and self._snapshot is not None and self._listing_changed is not None:
+                    changed = changed_pipelines(before, self._snapshot)
+                    if changed:
+                        self._listing_changed(changed, started)
             if self._snapshot_error is not None:
                 # A copy for each caller: raising the one shared object again would chain every
                 # raise's frames (and their locals) onto its traceback for as long as pachd is down.
@@ -289,10 +313,15 @@ class Gateways:
     churn over many endpoints does not keep a channel for each one ever seen."""
 
     def __init__(
-        self, timeout_s: float, idle_s: float = math.inf, clock: Callable[[], float] | None = None
+        self,
+        timeout_s: float,
+        idle_s: float = math.inf,
+        clock: Callable[[], float] | None = None,
+        listing_changed: ListingChanged | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._idle_s = idle_s
+        self._listing_changed = listing_changed
         self._clock = clock or (lambda: time.monotonic())  # looked up at each call
         self._by_endpoint: dict[Endpoint, tuple[Gateway, float]] = {}  # -> gateway, last asked
         self._lock = threading.Lock()
@@ -301,7 +330,9 @@ class Gateways:
         now = self._clock()
         with self._lock:
             found = self._by_endpoint.get(endpoint)
-            gateway = found[0] if found is not None else Gateway(endpoint, self._timeout_s)
+            gateway = (
+                found[0] if found is not None else Gateway(endpoint, self._timeout_s, self._listing_changed)
+            )
             self._by_endpoint[endpoint] = (gateway, now)
             self._evict(now, endpoint, self._idle_s)
             metrics.PACHD_CHANNELS.set(len(self._by_endpoint))

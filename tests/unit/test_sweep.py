@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable, changed_pipelines
 from spout_operator.handlers import until_next_sweep
 from spout_operator.observed import ObservedPipeline
 
@@ -180,5 +180,50 @@ def test_a_shared_failure_does_not_keep_every_pass_alive() -> None:
             kept.append(frames_kept(raised.value))
         assert gateway.calls == 1
         assert kept[-1] == kept[0]
+    finally:
+        gateway.close()
+
+
+def pipeline(name: str, version: int = 1, state: str = "RUNNING", stopped: bool = False) -> ObservedPipeline:
+    return ObservedPipeline(name=name, version=version, state=state, stopped=stopped)
+
+
+def test_what_a_listing_shows_changed_since_the_previous_one() -> None:
+    before = {("default", n): pipeline(n) for n in ("same", "updated", "stopped", "gone", "starting")}
+    after = {
+        ("default", "same"): pipeline("same"),
+        ("default", "updated"): pipeline("updated", version=2),
+        ("default", "stopped"): pipeline("stopped", state="PAUSED", stopped=True),
+        ("default", "starting"): pipeline("starting", state="STARTING"),
+        ("default", "new"): pipeline("new"),
+    }
+    assert changed_pipelines(before, after) == {
+        ("default", n) for n in ("updated", "stopped", "gone", "starting", "new")
+    }
+    assert changed_pipelines(after, after) == set()
+
+
+def test_a_listing_tells_which_pipelines_changed_since_the_last_one() -> None:
+    """One drift seen (an event) makes a listing; whatever else it shows changed (a stop that
+    no event has reported yet) is reported too, with the listing's start time."""
+    told: list[tuple[set[tuple[str, str]], float]] = []
+    gateway = CountingGateway([pipeline("a"), pipeline("b")])
+    gateway._listing_changed = lambda keys, started: told.append((keys, started))
+    try:
+        gateway.snapshot(not_before=time.monotonic())
+        assert told == []  # the first listing has nothing to compare with
+        gateway.snapshot(not_before=time.monotonic())
+        assert told == []  # nothing changed
+        gateway.listing = [pipeline("a", state="PAUSED", stopped=True)]
+        before = time.monotonic()
+        gateway.snapshot(not_before=before)
+        assert [keys for keys, _ in told] == [{("default", "a"), ("default", "b")}]
+        assert told[0][1] >= before
+        gateway.listing = PachdUnavailable("down")
+        with pytest.raises(PachdUnavailable):
+            gateway.snapshot(not_before=time.monotonic())
+        gateway.listing = [pipeline("a")]
+        gateway.snapshot(not_before=time.monotonic())
+        assert len(told) == 1  # after an outage the listing is a new baseline, not a change
     finally:
         gateway.close()
