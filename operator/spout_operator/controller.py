@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import json
 import math
 import threading
 import time
@@ -144,7 +145,7 @@ class Controller:
     def _previous(self, resource: Resource) -> Mapping[str, Any]:
         """The newest status: our own last write, which kopf's body may not show yet."""
         written = self._status.get(resource.uid)
-        return resource.status if written is None else written.status
+        return resource.status if written is None else written.status()
 
     def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
@@ -199,7 +200,7 @@ class Controller:
         """Write the whole status (called under the resource's lock), when it changed or the
         last write failed. Kept in memory first, so a failed write loses no repair count."""
         written = self._status.get(resource.uid)
-        if written is not None and written.ok and written.status == status:
+        if written is not None and written.ok and written.same(status):
             return
         if written is None and resource.status == status:
             return
@@ -207,7 +208,7 @@ class Controller:
             metrics.WRITES_REFUSED.inc()
             return
         ok = self.kube.write_status(resource.namespace, resource.name, status)
-        self._status[resource.uid] = _Written(copy.deepcopy(status), ok)
+        self._status[resource.uid] = _Written(json.dumps(status, sort_keys=True), ok)
 
     def _pass(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult:
         if trigger == "change":
@@ -373,8 +374,16 @@ class Controller:
 
 @dataclass(frozen=True)
 class _Written:
-    status: dict[str, Any]
+    # As JSON: a few hundred bytes a resource rather than a few kilobytes of dicts.
+    text: str
     ok: bool  # False: the write failed, the next pass writes it again
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.text)
+        return found
+
+    def same(self, status: Mapping[str, Any]) -> bool:
+        return self.text == json.dumps(status, sort_keys=True)
 
 
 class Fenced(Gateway):

@@ -152,7 +152,8 @@ class Gateway:
         self._snapshot_error: PachdError | None = None
         self._snapshot_taken = -math.inf  # when the listing started; never
         self._snapshot_lock = threading.Lock()
-        self._written_at: dict[tuple[str, str], float] = {}  # (project, name) -> last write started
+        # (project, name) -> when its last write ended (inf: still in flight)
+        self._written_at: dict[tuple[str, str], float] = {}
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
@@ -172,13 +173,17 @@ class Gateway:
         # call in front of it will.
         if not self._write_lock.acquire(timeout=self.timeout_s):
             raise PachdUnavailable(f"pachd unreachable (busy): no write slot within {self.timeout_s:g}s")
+        pipeline = request.pipeline  # every write request names the pipeline it changes
+        key = (pipeline.project.name or "default", pipeline.name)
         try:
             metrics.PACHD_WRITES.inc()
-            pipeline = request.pipeline  # every write request names the pipeline it changes
+            # In flight until it returns: a listing that runs meanwhile may or may not show it.
             with self._written_lock:
-                self._written_at[(pipeline.project.name or "default", pipeline.name)] = time.monotonic()
+                self._written_at[key] = math.inf
             return self._send(method, request)
         finally:
+            with self._written_lock:
+                self._written_at[key] = time.monotonic()
             self._write_lock.release()
 
     def _send(self, method: str, request: Any) -> Any:
@@ -239,7 +244,8 @@ class Gateway:
         The periodic drift check of N resources on one pachd then costs one ListPipeline
         per sweep, not N inspections: every pass of a sweep, however late it runs, reuses
         the sweep's listing, and no pass ever judges by a listing older than its sweep. A
-        pipeline written through this gateway since the listing started is left out (the
+        pipeline written through this gateway since the listing started (or by a write still
+        in flight when it started: pachd may apply it after the listing read) is left out (the
         caller inspects it), and only that one: a sweep that repairs many pipelines still
         shares one listing.
 

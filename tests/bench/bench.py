@@ -606,23 +606,42 @@ def phase_spout_update(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]])
     for body in bodies:
         body["spec"]["spout"]["transform"]["image"] = NEXT_IMAGE
 
-    def converged() -> bool:
-        found = ctx.pipelines()
-        return all(
+    def pair_done(found: dict[str, Any], s: str, p: str) -> bool:
+        return (
             s in found
             and p in found
             and int(found[s].version) == int(before[s].version) + 1
             and int(found[p].version) == int(before[p].version)
             and not found[p].stopped
             and state_name(found[s]) == state_name(found[p]) == "RUNNING"
+        )
+
+    def converged() -> bool:
+        found = ctx.pipelines()
+        return all(pair_done(found, s, p) for _, s, p in roles) and ctx.kube.ready(resource_names)
+
+    def behind() -> str:
+        """What keeps the phase from converging, for the error."""
+        found = ctx.pipelines()
+        pairs = [
+            f"{s} v{found[s].version} {state_name(found[s])} / {p} v{found[p].version}"
+            f" {state_name(found[p])} stopped={found[p].stopped}"
+            f" (were v{before[s].version} / v{before[p].version})"
+            if s in found and p in found
+            else f"{s} or {p} missing"
             for _, s, p in roles
-        ) and ctx.kube.ready(resource_names)
+            if not pair_done(found, s, p)
+        ]
+        not_ready = sorted(n for n in resource_names if not ctx.kube.ready({n}))
+        return f"pairs behind: {'; '.join(pairs) or 'none'}; not Ready: {', '.join(not_ready) or 'none'}"
 
     start = time.monotonic()
     ctx.kube.apply(bodies)
-    seconds = (
-        wait_for(f"{len(bodies)} spouts updated, processors running, Ready", converged, 300, 0.3) - start
-    )
+    try:
+        done = wait_for(f"{len(bodies)} spouts updated, processors running, Ready", converged, 300, 0.3)
+    except BenchError as err:
+        raise BenchError(f"{err}: {behind()}") from None
+    seconds = done - start
     commits_after = {
         repo: {c.commit.id for c in pachd.client.list_commit(repo)}
         for pachd, s, p in roles

@@ -104,6 +104,30 @@ def test_a_write_hides_only_that_pipeline_until_the_next_listing() -> None:
         gateway.close()
 
 
+def test_a_write_in_flight_while_a_listing_starts_hides_its_pipeline() -> None:
+    """pachd may apply a write after a listing that started later has read the pipeline: that
+    listing must not be taken for the pipeline's state once the write returns (a spout judged
+    by such a listing looked outdated and was updated twice)."""
+    gateway = CountingGateway([_observed("a"), _observed("b")])
+    sending, listed = threading.Event(), threading.Event()
+
+    def slow_send(method: str, request: object) -> None:
+        sending.set()
+        assert listed.wait(5)  # pachd answers only after the listing has been taken
+
+    gateway._send = slow_send  # type: ignore[method-assign]
+    try:
+        writer = threading.Thread(target=gateway.start, args=("a", "default"))
+        writer.start()
+        assert sending.wait(5)
+        assert set(gateway.snapshot(not_before=time.monotonic())) == {("default", "b")}
+        listed.set()
+        writer.join(5)
+        assert set(gateway.snapshot(not_before=0.0)) == {("default", "b")}  # same listing: still hidden
+    finally:
+        gateway.close()
+
+
 def _observed(name: str) -> ObservedPipeline:
     return ObservedPipeline(
         name=name,
