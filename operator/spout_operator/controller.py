@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import json
 import math
 import threading
 import time
@@ -79,6 +80,8 @@ class PassResult:
     status: dict[str, Any]
     events: list[Event]
     outcome: Outcome | None
+    endpoint: Endpoint | None = None  # the pachd the pass looked at
+    repairs: int = 0  # drift it undid (not a spec change)
 
     @property
     def starting(self) -> bool:
@@ -145,7 +148,7 @@ class Controller:
     def _previous(self, resource: Resource) -> Mapping[str, Any]:
         """The newest status: our own last write, which kopf's body may not show yet."""
         written = self._status.get(resource.uid)
-        return resource.status if written is None else written.status
+        return resource.status if written is None else written.status()
 
     def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
@@ -200,7 +203,7 @@ class Controller:
         """Write the whole status (called under the resource's lock), when it changed or the
         last write failed. Kept in memory first, so a failed write loses no repair count."""
         written = self._status.get(resource.uid)
-        if written is not None and written.ok and written.status == status:
+        if written is not None and written.ok and written.same(status):
             return
         if written is None and resource.status == status:
             return
@@ -208,7 +211,7 @@ class Controller:
             metrics.WRITES_REFUSED.inc()
             return
         ok = self.kube.write_status(resource.namespace, resource.name, status)
-        self._status[resource.uid] = _Written(copy.deepcopy(status), ok)
+        self._status[resource.uid] = _Written(json.dumps(status, sort_keys=True), ok)
 
     def _pass(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult:
         if trigger == "change":
@@ -263,15 +266,19 @@ class Controller:
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
         self.readiness.record(resource.uid, resource.generation, ready=status["summary"] == "Ready")
-        return PassResult(status, for_pass(trigger, outcome, resource.status, status), outcome)
+        return PassResult(
+            status, for_pass(trigger, outcome, resource.status, status), outcome, endpoint, repairs
+        )
 
     def _ensure(
         self, spec: SpoutPipelineSpec, owner: str, gateway: Gateway, trigger: Trigger, listed_since: float
     ) -> Outcome:
         pair = rendering.render(spec, owner)
-        if trigger in ("change", "event"):  # one resource's own look at pachd, now
+        if trigger == "change":  # one resource's own look at pachd, now
             return ensure(pair, spec.running, owner, gateway)
-        try:  # polls and sweeps share one listing per pachd (per poll, per sweep)
+        # Polls, sweeps and events share one listing per pachd (per poll, sweep or batch of
+        # events), and a listing that shows other pipelines changed wakes their resources too.
+        try:
             snapshot = gateway.snapshot(not_before=listed_since)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             return unobserved(pair, err)
@@ -387,8 +394,16 @@ class Controller:
 
 @dataclass(frozen=True)
 class _Written:
-    status: dict[str, Any]
+    # As JSON: a few hundred bytes a resource rather than a few kilobytes of dicts.
+    text: str
     ok: bool  # False: the write failed, the next pass writes it again
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.text)
+        return found
+
+    def same(self, status: Mapping[str, Any]) -> bool:
+        return self.text == json.dumps(status, sort_keys=True)
 
 
 class Fenced(Gateway):

@@ -37,6 +37,8 @@ _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
 
 Snapshot = dict[tuple[str, str], ObservedPipeline]  # (project, name) -> pipeline
+# Told which pipelines a new listing shows changed since the one before, and when it started.
+ListingChanged = Callable[[set[tuple[str, str]], float], None]
 
 
 class PachdError(Exception):
@@ -113,12 +115,29 @@ def _observed(info: Any) -> ObservedPipeline:
     )
 
 
+def _fingerprint(pipeline: ObservedPipeline) -> tuple[int, str, bool]:
+    return (pipeline.version, pipeline.state, pipeline.stopped)
+
+
+def changed_pipelines(before: Snapshot, after: Snapshot) -> set[tuple[str, str]]:
+    """The pipelines two listings disagree on: appeared, gone, updated, stopped or started,
+    or moved between pachd's states."""
+    return {
+        key
+        for key in before.keys() | after.keys()
+        if key not in before or key not in after or _fingerprint(before[key]) != _fingerprint(after[key])
+    }
+
+
 class Gateway:
     """A connection to one pachd. Thread-safe: gRPC channels and stubs are."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeout_s: float = 10.0, listing_changed: ListingChanged | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._listing_changed = listing_changed
         target = endpoint.target
         if endpoint.secure:
             credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
@@ -133,7 +152,8 @@ class Gateway:
         self._snapshot_error: PachdError | None = None
         self._snapshot_taken = -math.inf  # when the listing started; never
         self._snapshot_lock = threading.Lock()
-        self._written_at: dict[tuple[str, str], float] = {}  # (project, name) -> last write started
+        # (project, name) -> when its last write ended (inf: still in flight)
+        self._written_at: dict[tuple[str, str], float] = {}
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
@@ -153,13 +173,17 @@ class Gateway:
         # call in front of it will.
         if not self._write_lock.acquire(timeout=self.timeout_s):
             raise PachdUnavailable(f"pachd unreachable (busy): no write slot within {self.timeout_s:g}s")
+        pipeline = request.pipeline  # every write request names the pipeline it changes
+        key = (pipeline.project.name or "default", pipeline.name)
         try:
             metrics.PACHD_WRITES.inc()
-            pipeline = request.pipeline  # every write request names the pipeline it changes
+            # In flight until it returns: a listing that runs meanwhile may or may not show it.
             with self._written_lock:
-                self._written_at[(pipeline.project.name or "default", pipeline.name)] = time.monotonic()
+                self._written_at[key] = math.inf
             return self._send(method, request)
         finally:
+            with self._written_lock:
+                self._written_at[key] = time.monotonic()
             self._write_lock.release()
 
     def _send(self, method: str, request: Any) -> Any:
@@ -220,7 +244,8 @@ class Gateway:
         The periodic drift check of N resources on one pachd then costs one ListPipeline
         per sweep, not N inspections: every pass of a sweep, however late it runs, reuses
         the sweep's listing, and no pass ever judges by a listing older than its sweep. A
-        pipeline written through this gateway since the listing started is left out (the
+        pipeline written through this gateway since the listing started (or by a write still
+        in flight when it started: pachd may apply it after the listing read) is left out (the
         caller inspects it), and only that one: a sweep that repairs many pipelines still
         shares one listing.
 
@@ -230,12 +255,17 @@ class Gateway:
         with self._snapshot_lock:
             if self._snapshot_taken < not_before:
                 started = time.monotonic()
+                before = self._snapshot
                 try:
                     self._snapshot = {(p.project, p.name): p for p in self.list_pipelines()}
                     self._snapshot_error = None
                 except PachdError as err:
                     self._snapshot, self._snapshot_error = None, err
                 self._snapshot_taken = started
+                if before is not None and self._snapshot is not None and self._listing_changed is not None:
+                    changed = changed_pipelines(before, self._snapshot)
+                    if changed:
+                        self._listing_changed(changed, started)
             if self._snapshot_error is not None:
                 # A copy for each caller: raising the one shared object again would chain every
                 # raise's frames (and their locals) onto its traceback for as long as pachd is down.
@@ -289,10 +319,15 @@ class Gateways:
     churn over many endpoints does not keep a channel for each one ever seen."""
 
     def __init__(
-        self, timeout_s: float, idle_s: float = math.inf, clock: Callable[[], float] | None = None
+        self,
+        timeout_s: float,
+        idle_s: float = math.inf,
+        clock: Callable[[], float] | None = None,
+        listing_changed: ListingChanged | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._idle_s = idle_s
+        self._listing_changed = listing_changed
         self._clock = clock or (lambda: time.monotonic())  # looked up at each call
         self._by_endpoint: dict[Endpoint, tuple[Gateway, float]] = {}  # -> gateway, last asked
         self._lock = threading.Lock()
@@ -301,7 +336,9 @@ class Gateways:
         now = self._clock()
         with self._lock:
             found = self._by_endpoint.get(endpoint)
-            gateway = found[0] if found is not None else Gateway(endpoint, self._timeout_s)
+            gateway = (
+                found[0] if found is not None else Gateway(endpoint, self._timeout_s, self._listing_changed)
+            )
             self._by_endpoint[endpoint] = (gateway, now)
             self._evict(now, endpoint, self._idle_s)
             metrics.PACHD_CHANNELS.set(len(self._by_endpoint))

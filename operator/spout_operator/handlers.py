@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import logging
@@ -22,10 +23,10 @@ import kopf
 from spout_operator import connections, metrics
 from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
-from spout_operator.gateway import Gateways
+from spout_operator.gateway import Endpoint, Gateways, PachdError
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
-from spout_operator.sweep import PipelineKey, Wakeups, WorkerWatch, until_next_sweep
+from spout_operator.sweep import VIGIL_POLL_S, PipelineKey, Vigil, Wakeups, WorkerWatch, until_next_sweep
 from spout_operator.workers import LISTED_WAIT_S, WorkerHealthWatch
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -62,26 +63,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # slow to list, they wait there and never hold up the passes that create pipelines.
     memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
     memo.kube = Kube(pool_size=WORKERS)
-    gateways = Gateways(memo.settings.pachd_timeout_s, _gateway_idle_s(memo.settings))
+    memo.wakeups = Wakeups()
+    loop = asyncio.get_running_loop()
+
+    def changed(key: PipelineKey) -> None:  # from a watch thread: wake the daemons in the loop
+        loop.call_soon_threadsafe(memo.wakeups.poke, key, time.monotonic())
+
+    def listed(keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
+        for key in keys:
+            loop.call_soon_threadsafe(memo.wakeups.poke, key, started)
+
+    gateways = Gateways(memo.settings.pachd_timeout_s, _gateway_idle_s(memo.settings), listing_changed=listed)
     # With leader election, whether this replica holds the Lease (checked before every write).
     leading = getattr(memo, "leading", None)
     memo.controller = Controller(memo.settings, gateways, memo.kube, leading=leading)
     # Connections by (plural, namespace, name), for their periodic check. Made here: each
     # object's handlers get a shallow copy of memo, so only objects made now are shared.
     memo.connections = {}
-    memo.wakeups = Wakeups()
     memo.shutdown = asyncio.Event()  # set by cleanup: ends every daemon, even late ones
     metrics.serve(memo.settings.metrics_port)
-    loop = asyncio.get_running_loop()
-
-    def changed(key: PipelineKey) -> None:  # from a watch thread: wake the daemons in the loop
-        loop.call_soon_threadsafe(memo.wakeups.poke, key)
-
     memo.worker_watches = [
         WorkerWatch(memo.kube.core, namespace, changed) for namespace in memo.settings.worker_namespaces
     ]
     for watch in memo.worker_watches:
         watch.start()
+    memo.vigil = Vigil[Endpoint]()
+    memo.vigil_task = loop.create_task(_keep_vigil(memo))
     # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
     # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).
     memo.worker_health = WorkerHealthWatch.from_settings(memo.settings, memo.kube.core, changed)
@@ -106,6 +113,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     # Daemons kopf started after it stopped the others (their handlers finished while it was
     # stopping) are never told to stop: kopf would wait 5 s for them, then cancel them.
     memo.shutdown.set()
+    memo.vigil_task.cancel()
     for watch in memo.worker_watches:
         watch.stop()
     if getattr(memo, "worker_health", None) is not None:
@@ -167,12 +175,15 @@ async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
             trigger: Trigger = "event" if await _woken(ended, poked, sweep_at - now) else "drift"
             if ended:
                 return
+            # Judge by a listing taken at this sweep, never one left over from a late pass of
+            # the previous sweep (that would hide a change made in between for a whole interval);
+            # after an event, by one started once the change was seen.
+            listed_since = sweep_at - SWEEP_WAKE_SLACK_S
             if trigger == "event":
                 await asyncio.sleep(EVENT_SETTLE_S)
                 poked.clear()
-            # Judge by a listing taken at this sweep, never one left over from a late pass of
-            # the previous sweep (that would hide a change made in between for a whole interval).
-            pass_ = _pass(memo, memo.executor, Resource.of(body), trigger, sweep_at - SWEEP_WAKE_SLACK_S)
+                listed_since = memo.wakeups.take_since(uid) or time.monotonic()
+            pass_ = _pass(memo, memo.executor, Resource.of(body), trigger, listed_since)
             await _unless_stopped(ended, pass_)
     finally:
         memo.wakeups.unregister(uid)
@@ -237,7 +248,24 @@ async def _pass(
     result = await _in_pool(executor, controller.reconcile, resource, trigger, listed_since)
     if result is not None:
         _post(resource, result.events)
+        if result.repairs and result.endpoint is not None:
+            memo.vigil.drift_seen(result.endpoint, time.monotonic())
     return result
+
+
+async def _keep_vigil(memo: kopf.Memo) -> None:
+    """List each pachd under vigil (drift just repaired there) every VIGIL_POLL_S: what the
+    listing shows changed wakes its resources at once."""
+
+    def listing(endpoint: Endpoint) -> None:
+        with contextlib.suppress(PachdError):  # the passes report pachd's errors
+            memo.controller.gateways.get(endpoint).snapshot(not_before=time.monotonic())
+
+    while True:
+        await asyncio.sleep(VIGIL_POLL_S)
+        due = memo.vigil.due(time.monotonic())
+        if due:
+            await asyncio.gather(*(_in_pool(memo.executor, listing, e) for e in due), return_exceptions=True)
 
 
 def _post(resource: Resource, events: list[Event]) -> None:

@@ -15,11 +15,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import kubernetes
 
 PipelineKey = tuple[str, str]  # (project, pipeline name)
+T = TypeVar("T")
 
 # The labels pachd 2.6 puts on every pipeline's worker RC (and its pods and Service).
 WORKER_SELECTOR = "app=pipeline,suite=pachyderm"
@@ -29,13 +30,20 @@ RETRY_S = 1.0
 log = logging.getLogger(__name__)
 
 
+# After drift on a pachd, list it this often for this long: more may be on its way (a script,
+# someone at pachctl) and its own events lag behind while pachd's Kubernetes client is busy.
+VIGIL_POLL_S = 0.25
+VIGIL_S = 10.0
+
+
 def until_next_sweep(now: float, interval_s: float) -> float:
     """Seconds from `now` to the next multiple of the interval: the shared sweep grid."""
     return interval_s - now % interval_s
 
 
 class Wakeups:
-    """Which resource declares which pipelines, and the event that wakes its daemon.
+    """Which resource declares which pipelines, the event that wakes its daemon, and how
+    fresh a listing of pachd its pass must judge by (one started after the change was seen).
 
     Used from the event loop only (the watch threads call `poke` through it)."""
 
@@ -43,6 +51,7 @@ class Wakeups:
         self._by_key: dict[PipelineKey, set[str]] = {}
         self._keys: dict[str, set[PipelineKey]] = {}
         self._events: dict[str, asyncio.Event] = {}
+        self._since: dict[str, float] = {}  # uid -> newest change seen (monotonic)
 
     def register(self, uid: str, keys: set[PipelineKey], event: asyncio.Event) -> None:
         self.unregister(uid)
@@ -57,13 +66,39 @@ class Wakeups:
             if not owners:
                 self._by_key.pop(key, None)
         self._events.pop(uid, None)
+        self._since.pop(uid, None)
 
-    def poke(self, key: PipelineKey) -> None:
+    def poke(self, key: PipelineKey, seen_at: float) -> None:
+        """Wake the resources declaring `key`: a change seen at `seen_at` (time.monotonic())."""
         for uid in self._by_key.get(key, ()):
+            self._since[uid] = max(seen_at, self._since.get(uid, seen_at))
             self._events[uid].set()
+
+    def take_since(self, uid: str) -> float:
+        """The newest change seen for the resource since the last call (0.0: none)."""
+        return self._since.pop(uid, 0.0)
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+class Vigil(Generic[T]):
+    """The pachds where drift was just repaired, and until when to keep listing them. A
+    listing that shows a pipeline changed wakes its resource (Gateway.snapshot), so a burst
+    of changes is repaired at the pace of these listings, not of pachd's worker events. A
+    quiet pachd is never listed between sweeps."""
+
+    def __init__(self, duration_s: float = VIGIL_S) -> None:
+        self._duration_s = duration_s
+        self._until: dict[T, float] = {}
+
+    def drift_seen(self, where: T, now: float) -> None:
+        self._until[where] = now + self._duration_s
+
+    def due(self, now: float) -> list[T]:
+        """Where to list now; forgets the pachds whose vigil has ended."""
+        self._until = {where: until for where, until in self._until.items() if until > now}
+        return list(self._until)
 
 
 def rc_fingerprint(rc: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -533,7 +534,38 @@ def _inject(pachd: Pachd, kind: str, body: dict[str, Any]) -> Callable[[dict[str
     return lambda found: spout in found and not found[spout].stopped
 
 
+def phase_drift_one_at_a_time(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
+    """Each resource's pair changed behind the operator's back on its own: one change, timed
+    until pachd shows it undone, then the next (on the next pachd, so each pachd has a few
+    seconds to finish the Kubernetes work of the one before)."""
+    resource_names = {str(b["metadata"]["name"]) for _, b in placed}
+    wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+    by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
+    order = sorted(range(len(placed)), key=lambda i: (i // len(ctx.pachds), i % len(ctx.pachds)))
+    for n, i in enumerate(order):
+        pachd, body = placed[i]
+        kind = DRIFT_KINDS[(n // len(ctx.pachds)) % len(DRIFT_KINDS)]
+        check = _inject(pachd, kind, body)
+        injected = time.monotonic()
+        undone = functools.partial(lambda c, p: c(p.pipelines(ctx.prefix)), check, pachd)
+        repaired = wait_for(f"{kind} undone", undone, 180, POLL_S / 2)
+        by_kind[kind].append(repaired - injected)
+    latencies = [t for times in by_kind.values() for t in times]
+    say(f"drift one at a time: {len(latencies)} repaired, the slowest in {max(latencies):.2f}s")
+    wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+    return {
+        "samples": len(latencies),
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "max_s": max(latencies),
+        "p50_by_kind_s": {k: statistics.median(v) for k, v in by_kind.items() if v},
+        "p95_by_kind_s": {k: percentile(v, 0.95) for k, v in by_kind.items() if v},
+        "interval_s": ctx.options.drift_interval_s,
+    }
+
+
 def phase_drift(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
+    """Every resource's pair changed at once (a burst), each timed from its own change."""
     resource_names = {str(b["metadata"]["name"]) for _, b in placed}
 
     def timed_listing(pachd: Pachd) -> tuple[dict[str, Any], float]:
@@ -608,23 +640,42 @@ def phase_spout_update(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]])
     for body in bodies:
         body["spec"]["spout"]["transform"]["image"] = NEXT_IMAGE
 
-    def converged() -> bool:
-        found = ctx.pipelines()
-        return all(
+    def pair_done(found: dict[str, Any], s: str, p: str) -> bool:
+        return (
             s in found
             and p in found
             and int(found[s].version) == int(before[s].version) + 1
             and int(found[p].version) == int(before[p].version)
             and not found[p].stopped
             and state_name(found[s]) == state_name(found[p]) == "RUNNING"
+        )
+
+    def converged() -> bool:
+        found = ctx.pipelines()
+        return all(pair_done(found, s, p) for _, s, p in roles) and ctx.kube.ready(resource_names)
+
+    def behind() -> str:
+        """What keeps the phase from converging, for the error."""
+        found = ctx.pipelines()
+        pairs = [
+            f"{s} v{found[s].version} {state_name(found[s])} / {p} v{found[p].version}"
+            f" {state_name(found[p])} stopped={found[p].stopped}"
+            f" (were v{before[s].version} / v{before[p].version})"
+            if s in found and p in found
+            else f"{s} or {p} missing"
             for _, s, p in roles
-        ) and ctx.kube.ready(resource_names)
+            if not pair_done(found, s, p)
+        ]
+        not_ready = sorted(n for n in resource_names if not ctx.kube.ready({n}))
+        return f"pairs behind: {'; '.join(pairs) or 'none'}; not Ready: {', '.join(not_ready) or 'none'}"
 
     start = time.monotonic()
     ctx.kube.apply(bodies)
-    seconds = (
-        wait_for(f"{len(bodies)} spouts updated, processors running, Ready", converged, 300, 0.3) - start
-    )
+    try:
+        done = wait_for(f"{len(bodies)} spouts updated, processors running, Ready", converged, 300, 0.3)
+    except BenchError as err:
+        raise BenchError(f"{err}: {behind()}") from None
+    seconds = done - start
     commits_after = {
         repo: {c.commit.id for c in pachd.client.list_commit(repo)}
         for pachd, s, p in roles
@@ -778,11 +829,15 @@ def targets(results: dict[str, Any], options: Options) -> list[dict[str, Any]]:
             "value": f"{many['ratio']:.2f}x",
             "pass": many["ratio"] <= 1.3,
         },
-        {
-            "target": f"drift repair p50 <= 1 s, p95 <= 2 s (sweep every {options.drift_interval_s:g} s)",
-            "value": f"{drift['p50_s']:.2f} / {drift['p95_s']:.2f} s",
-            "pass": drift["p50_s"] <= 1.0 and drift["p95_s"] <= 2.0,
-        },
+        *(
+            {
+                "target": f"drift repair p50 <= 1 s, p95 <= 2 s, {how}"
+                f" (sweep every {options.drift_interval_s:g} s)",
+                "value": f"{found['p50_s']:.2f} / {found['p95_s']:.2f} s",
+                "pass": found["p50_s"] <= 1.0 and found["p95_s"] <= 2.0,
+            }
+            for how, found in (("one at a time", results["drift_one"]), (f"all {many['n']} at once", drift))
+        ),
         {
             "target": f"spout image change on all {update['resources']} converges, history kept, rewired",
             "value": f"{update['converge_s']:.2f} s, kept {update['history_kept']}, "
@@ -844,15 +899,24 @@ def table(results: dict[str, Any]) -> str:
             f"{many['ratio']:.2f}x",
         ),
         ("   (apply -> pachd shows all 2N RUNNING)", f"{many['operator_pachd_running_s']:.2f} s", "-", "-"),
-        (
-            f"3. drift repair p50 / p95 (N={n}, {drift['samples']} samples)",
-            f"{drift['p50_s']:.2f} / {drift['p95_s']:.2f} s",
-            "-",
-            f"sweep {drift['interval_s']:g} s",
-        ),
         *(
-            (f"   {kind} p50 / p95", f"{p50:.2f} / {drift['p95_by_kind_s'][kind]:.2f} s", "-", "-")
-            for kind, p50 in drift["p50_by_kind_s"].items()
+            row
+            for label, found in (
+                ("one change at a time", results["drift_one"]),
+                (f"all {n} changed at once", drift),
+            )
+            for row in (
+                (
+                    f"3. drift repair p50 / p95, {label} ({found['samples']} samples)",
+                    f"{found['p50_s']:.2f} / {found['p95_s']:.2f} s",
+                    "-",
+                    f"sweep {found['interval_s']:g} s",
+                ),
+                *(
+                    (f"   {kind} p50 / p95", f"{p50:.2f} / {found['p95_by_kind_s'][kind]:.2f} s", "-", "-")
+                    for kind, p50 in found["p50_by_kind_s"].items()
+                ),
+            )
         ),
         (
             f"3b. spout image change on {update['resources']} -> all Ready",
@@ -964,6 +1028,7 @@ def run(state: State, options: Options, out: Path | None = None) -> dict[str, An
             say(f"operator pid {operator.proc.pid}, metrics on :{operator.metrics_port}, log {operator.log}")
             results["one_resource"] = phase_one_resource(ctx)
             results["n_resources"], placed = phase_n_resources(ctx)
+            results["drift_one"] = phase_drift_one_at_a_time(ctx, placed)
             results["drift"] = phase_drift(ctx, placed)
             results["spout_update"] = phase_spout_update(ctx, placed)
             results["steady"] = phase_steady(ctx, placed)

@@ -13,7 +13,16 @@ from devstack.stack import State
 
 pytestmark = pytest.mark.integration
 
-SECTIONS = ("one_resource", "n_resources", "drift", "spout_update", "steady", "memory", "consumer")
+SECTIONS = (
+    "one_resource",
+    "n_resources",
+    "drift_one",
+    "drift",
+    "spout_update",
+    "steady",
+    "memory",
+    "consumer",
+)
 
 
 def _numbers(section: dict[str, object]) -> list[float]:
@@ -41,6 +50,7 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
     assert data["one_resource"]["operator_p50_s"] > 0 and data["one_resource"]["floor_p50_s"] > 0
     assert data["n_resources"]["operator_s"] > 0 and data["n_resources"]["floor_s"] > 0
     assert data["drift"]["samples"] == k and data["drift"]["p95_s"] > 0
+    assert data["drift_one"]["samples"] == k and data["drift_one"]["p95_s"] > 0
     assert data["spout_update"]["history_kept"] is True
     assert data["spout_update"]["processors_rewired"] == k
     assert data["steady"]["pachd_writes"] == 0

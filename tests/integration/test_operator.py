@@ -555,15 +555,17 @@ def test_renames_and_moves_are_refused_with_a_way_out(stack: State, namespace: s
     assert "configured" in apply(stack, namespace, defaults)
 
 
-@pytest.fixture
-def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
-    """An operator whose sweep is far away: what it repairs now, it learnt from pachd's workers."""
+@contextlib.contextmanager
+def far_sweep_operator(namespace: str, worker_namespace: str | None) -> Iterator[Any]:
+    """An operator whose sweep is far away: what it repairs now, it learnt otherwise."""
     saved = {
         k: os.environ.get(k)
         for k in ("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "SPOUT_OPERATOR_WORKER_NAMESPACES")
     }
     os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = "600"
-    os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = stack.pachds[0].namespace
+    os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
+    if worker_namespace is not None:
+        os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = worker_namespace
     try:
         with running_operator(namespace) as runner:
             yield runner
@@ -573,6 +575,20 @@ def event_driven(crd: None, operator_env: None, namespace: str, stack: State) ->
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
+    """Repairs come from pachd's worker RCs."""
+    with far_sweep_operator(namespace, stack.pachds[0].namespace) as runner:
+        yield runner
+
+
+@pytest.fixture
+def blind(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
+    """No worker RCs watched and no sweep for 10 minutes: only the operator's own listings."""
+    with far_sweep_operator(namespace, None) as runner:
+        yield runner
 
 
 def test_drift_is_repaired_from_worker_events_within_seconds(
@@ -595,6 +611,30 @@ def test_drift_is_repaired_from_worker_events_within_seconds(
     print(f"repair after deletion {deleted_repair_s:.2f} s, after stop {stopped_repair_s:.2f} s")
     obj = wait_condition(stack, namespace, "quick", "Ready", "True")
     assert obj["status"]["driftRepairs"] >= 2
+
+
+def test_a_listing_taken_for_one_resource_repairs_the_drift_it_shows_of_another(
+    stack: State, namespace: str, names: tuple[str, str], blind: Any, pachd_client: Any
+) -> None:
+    """Changes behind the operator's back come in batches. No event reports this stop (no RC
+    watch, the sweep 10 minutes away), yet the listing that follows a new resource's start
+    shows it, and that repairs it."""
+    spout, processor = names
+    apply(stack, namespace, resource("first", spout, processor))
+    wait_condition(stack, namespace, "first", "Ready", "True")
+    pachd_client.stop_pipeline(spout)
+    suffix = uuid.uuid4().hex[:6]
+    other = (f"sp-{suffix}", f"pr-{suffix}")
+    try:
+        apply(stack, namespace, resource("second", *other))  # polled until RUNNING: listings
+        eventually(lambda: not pipelines(pachd_client, spout)[spout].stopped, 30, 0.2, what="spout started")
+        obj = wait_condition(stack, namespace, "first", "Ready", "True")
+        assert obj["status"]["driftRepairs"] >= 1
+    finally:
+        kubectl(stack, "delete", "spoutpipelines", "second", "-n", namespace, "--timeout=60s", check=False)
+        for name in reversed(other):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
 
 
 def scrape() -> dict[str, float]:

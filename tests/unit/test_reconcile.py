@@ -81,6 +81,10 @@ class FakeGateway(Gateway):
         self.log = [call for call in self.log if call[0] != "inspect" or call[1] not in self.pipelines]
         return [p for p in found if p is not None]
 
+    def snapshot(self, not_before: float) -> dict[tuple[str, str], ObservedPipeline]:
+        """A fresh listing every time (the real gateway shares one per `not_before`)."""
+        return {(p.project, p.name): p for p in self.list_pipelines()}
+
     def create(self, spec: PipelineSpec, update: bool) -> None:
         name = spec["pipeline"]["name"]
         self._record("update" if update else "create", name, spec["pipeline"]["project"]["name"])

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable
+from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable, changed_pipelines
 from spout_operator.handlers import until_next_sweep
 from spout_operator.observed import ObservedPipeline
 
@@ -104,6 +104,30 @@ def test_a_write_hides_only_that_pipeline_until_the_next_listing() -> None:
         gateway.close()
 
 
+def test_a_write_in_flight_while_a_listing_starts_hides_its_pipeline() -> None:
+    """pachd may apply a write after a listing that started later has read the pipeline: that
+    listing must not be taken for the pipeline's state once the write returns (a spout judged
+    by such a listing looked outdated and was updated twice)."""
+    gateway = CountingGateway([_observed("a"), _observed("b")])
+    sending, listed = threading.Event(), threading.Event()
+
+    def slow_send(method: str, request: object) -> None:
+        sending.set()
+        assert listed.wait(5)  # pachd answers only after the listing has been taken
+
+    gateway._send = slow_send  # type: ignore[method-assign]
+    try:
+        writer = threading.Thread(target=gateway.start, args=("a", "default"))
+        writer.start()
+        assert sending.wait(5)
+        assert set(gateway.snapshot(not_before=time.monotonic())) == {("default", "b")}
+        listed.set()
+        writer.join(5)
+        assert set(gateway.snapshot(not_before=0.0)) == {("default", "b")}  # same listing: still hidden
+    finally:
+        gateway.close()
+
+
 def _observed(name: str) -> ObservedPipeline:
     return ObservedPipeline(
         name=name,
@@ -180,5 +204,50 @@ def test_a_shared_failure_does_not_keep_every_pass_alive() -> None:
             kept.append(frames_kept(raised.value))
         assert gateway.calls == 1
         assert kept[-1] == kept[0]
+    finally:
+        gateway.close()
+
+
+def pipeline(name: str, version: int = 1, state: str = "RUNNING", stopped: bool = False) -> ObservedPipeline:
+    return ObservedPipeline(name=name, version=version, state=state, stopped=stopped)
+
+
+def test_what_a_listing_shows_changed_since_the_previous_one() -> None:
+    before = {("default", n): pipeline(n) for n in ("same", "updated", "stopped", "gone", "starting")}
+    after = {
+        ("default", "same"): pipeline("same"),
+        ("default", "updated"): pipeline("updated", version=2),
+        ("default", "stopped"): pipeline("stopped", state="PAUSED", stopped=True),
+        ("default", "starting"): pipeline("starting", state="STARTING"),
+        ("default", "new"): pipeline("new"),
+    }
+    assert changed_pipelines(before, after) == {
+        ("default", n) for n in ("updated", "stopped", "gone", "starting", "new")
+    }
+    assert changed_pipelines(after, after) == set()
+
+
+def test_a_listing_tells_which_pipelines_changed_since_the_last_one() -> None:
+    """One drift seen (an event) makes a listing; whatever else it shows changed (a stop that
+    no event has reported yet) is reported too, with the listing's start time."""
+    told: list[tuple[set[tuple[str, str]], float]] = []
+    gateway = CountingGateway([pipeline("a"), pipeline("b")])
+    gateway._listing_changed = lambda keys, started: told.append((keys, started))
+    try:
+        gateway.snapshot(not_before=time.monotonic())
+        assert told == []  # the first listing has nothing to compare with
+        gateway.snapshot(not_before=time.monotonic())
+        assert told == []  # nothing changed
+        gateway.listing = [pipeline("a", state="PAUSED", stopped=True)]
+        before = time.monotonic()
+        gateway.snapshot(not_before=before)
+        assert [keys for keys, _ in told] == [{("default", "a"), ("default", "b")}]
+        assert told[0][1] >= before
+        gateway.listing = PachdUnavailable("down")
+        with pytest.raises(PachdUnavailable):
+            gateway.snapshot(not_before=time.monotonic())
+        gateway.listing = [pipeline("a")]
+        gateway.snapshot(not_before=time.monotonic())
+        assert len(told) == 1  # after an outage the listing is a new baseline, not a change
     finally:
         gateway.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from spout_operator.sweep import Wakeups, WorkerWatch, rc_fingerprint, rc_pipeline
+from spout_operator.sweep import Vigil, Wakeups, WorkerWatch, rc_fingerprint, rc_pipeline
 
 
 def rc(name: str, pipeline: str, spec_commit: str = "c1", replicas: int = 1) -> dict[str, Any]:
@@ -25,10 +25,22 @@ def test_a_poke_wakes_only_the_resources_that_declare_the_pipeline() -> None:
     a, b = asyncio.Event(), asyncio.Event()
     wakeups.register("a", {("default", "spout"), ("default", "proc")}, a)
     wakeups.register("b", {("default", "other")}, b)
-    wakeups.poke(("default", "proc"))
+    wakeups.poke(("default", "proc"), 5.0)
     assert a.is_set() and not b.is_set()
-    wakeups.poke(("elsewhere", "other"))
+    wakeups.poke(("elsewhere", "other"), 5.0)
     assert not b.is_set()
+
+
+def test_a_pass_after_pokes_judges_by_a_listing_newer_than_the_last_change_seen() -> None:
+    wakeups = Wakeups()
+    wakeups.register("a", {("default", "spout"), ("default", "proc")}, asyncio.Event())
+    wakeups.poke(("default", "proc"), 7.0)
+    wakeups.poke(("default", "spout"), 6.0)  # an older change, reported later
+    assert wakeups.take_since("a") == 7.0
+    assert wakeups.take_since("a") == 0.0  # taken: the next pass has no change to wait for
+    wakeups.poke(("default", "proc"), 9.0)
+    wakeups.unregister("a")
+    assert wakeups.take_since("a") == 0.0
 
 
 def test_re_registering_replaces_the_keys_and_unregister_forgets_all() -> None:
@@ -36,10 +48,10 @@ def test_re_registering_replaces_the_keys_and_unregister_forgets_all() -> None:
     event = asyncio.Event()
     wakeups.register("a", {("default", "old")}, event)
     wakeups.register("a", {("default", "new")}, event)  # the spout was renamed in the spec
-    wakeups.poke(("default", "old"))
+    wakeups.poke(("default", "old"), 1.0)
     assert not event.is_set()
     wakeups.unregister("a")
-    wakeups.poke(("default", "new"))
+    wakeups.poke(("default", "new"), 1.0)
     assert not event.is_set() and len(wakeups) == 0
 
 
@@ -71,3 +83,14 @@ def test_the_first_listing_learns_and_later_changes_report() -> None:
     watch._observe("default-spout-v1", rc("default-spout-v1", "spout", replicas=0))  # stopped
     watch._observe("default-proc-v2", rc("default-proc-v2", "proc", spec_commit="c9"))  # updated
     assert watch.changes == [("default", "spout"), ("default", "proc")]
+
+
+def test_a_vigil_lists_a_pachd_for_a_while_after_drift_there_only() -> None:
+    vigil: Vigil[str] = Vigil(duration_s=10.0)
+    assert vigil.due(0.0) == []  # a quiet pachd is never listed between sweeps
+    vigil.drift_seen("pachd-a", 100.0)
+    assert vigil.due(105.0) == ["pachd-a"]
+    vigil.drift_seen("pachd-a", 108.0)  # more drift: the vigil lasts from the latest
+    vigil.drift_seen("pachd-b", 108.0)
+    assert sorted(vigil.due(115.0)) == ["pachd-a", "pachd-b"]
+    assert vigil.due(118.5) == []

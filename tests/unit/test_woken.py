@@ -104,6 +104,7 @@ def test_a_daemon_started_during_shutdown_ends_at_cleanup() -> None:
         await handlers.close(
             memo=SimpleNamespace(  # type: ignore[arg-type]
                 worker_watches=[],
+                vigil_task=asyncio.ensure_future(asyncio.sleep(60)),
                 poll_executor=_NoPool(),
                 executor=_NoPool(),
                 controller=SimpleNamespace(gateways=SimpleNamespace(close=lambda: None)),
