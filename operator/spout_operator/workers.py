@@ -204,12 +204,14 @@ class WorkerPods:
         }  # ns -> name -> key
         self._listed: dict[str, threading.Event] = {ns: threading.Event() for ns in self._namespaces}
         self._errors: dict[str, str] = {}  # namespace -> why it was never listed
+        self._judged_unlisted = False  # a pass saw WorkersUnknown: the first listing must wake it
 
     def health(self, key: PipelineKey, version: int) -> WorkerHealth:
         with self._lock:
             unseen = [ns for ns in self._namespaces if not self._listed[ns].is_set()]
             errors = "; ".join(f"{ns}: {self._errors[ns]}" for ns in unseen if ns in self._errors)
             pods = list(self._by_key.get(key, {}).values())
+            self._judged_unlisted = self._judged_unlisted or bool(unseen)
         if errors:  # e.g. no RBAC for pods there: nothing about the workers can be known
             return WorkerHealth(0, 0, "WorkersUnknown", _clip(f"cannot list worker pods ({errors})"), True)
         if unseen:
@@ -251,7 +253,7 @@ class WorkerPods:
 
     def replace(self, namespace: str, pods: Iterable[Mapping[str, Any]]) -> set[PipelineKey]:
         """A (re)listing: the pipelines whose health changed. The first listing changes
-        nothing (start-up waits for it), unless an earlier failure showed health as unknown."""
+        nothing (start-up waits for it), unless a pass judged before it (health unknown)."""
         pods = list(pods)
         with self._lock:
             keys = set(self._keys[namespace].values()) | {k for k in map(pod_pipeline, pods) if k}
@@ -262,9 +264,9 @@ class WorkerPods:
                 self._put(namespace, pod)
             first = not self._listed[namespace].is_set()
             self._listed[namespace].set()
-            failed_before = self._errors.pop(namespace, None) is not None
+            self._errors.pop(namespace, None)
             if first:
-                return keys if failed_before else set()
+                return keys if self._judged_unlisted else set()
             return {key for key in keys if before[key] != self._fingerprint(key)}
 
     def update(self, namespace: str, kind: str, pod: Mapping[str, Any]) -> set[PipelineKey]:

@@ -216,8 +216,13 @@ def test_apply_creates_both_pipelines_and_reports_ready(
 
     table = kubectl(stack, "get", "spoutpipelines", "-n", namespace)
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "SPOUT", "SPOUT-STATE", "PROCESSOR", "PROCESSOR-STATE", "READY", "AGE"]
+    assert header.split() == [
+        "NAME", "SPOUT", "SPOUT-STATE", "PROCESSOR", "PROCESSOR-STATE", "READY", "WORKERS", "AGE"
+    ]  # fmt: skip
+    # No node here (SPOUT_OPERATOR_WORKER_HEALTH=false): pachd's word, an empty WORKERS column.
     assert row.split()[:6] == ["pair", spout, "RUNNING", processor, "RUNNING", "True"]
+    assert len(row.split()) == 7 and "workers" not in obj["status"]
+    assert "workers" not in obj["status"]["spout"]
 
 
 def test_reapply_and_operator_restart_leave_versions_unchanged(

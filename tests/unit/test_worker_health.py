@@ -181,12 +181,20 @@ def test_health_is_unknown_until_every_namespace_is_listed() -> None:
     unknown = index.health(SPOUT, 1)
     assert (unknown.reason, unknown.failing) == ("WorkersUnknown", True)
     assert unknown.message == "cannot list worker pods (pachyderm-2: (403) Forbidden)"
-    # Once it can list, the pipelines it found are woken: their status said unknown.
+    # Once it can list, the pipelines it found are woken: a pass judged them unknown.
     assert index.replace("pachyderm-2", [as_pipeline(pod("running"), "processor")]) == {
         ("default", "processor")
     }
     assert index.wait_listed(0.01)
     assert index.health(SPOUT, 1) == WorkerHealth(1, 1)
+
+
+def test_a_first_listing_nobody_waited_for_wakes_nothing() -> None:
+    index = WorkerPods(["pachyderm"])
+    assert index.replace("pachyderm", [as_pipeline(pod("running"), "spout")]) == set()
+    late = WorkerPods(["pachyderm"])
+    assert late.health(SPOUT, 1).reason == "WorkersUnknown"  # start-up's wait ran out
+    assert late.replace("pachyderm", [as_pipeline(pod("running"), "spout")]) == {SPOUT}
 
 
 def test_no_worker_says_where_the_operator_looks() -> None:
