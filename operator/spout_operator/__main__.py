@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -27,22 +26,7 @@ from spout_operator.settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def fewer_malloc_arenas(arenas: int = 2) -> bool:
-    """glibc gives threads malloc arenas of their own (up to 8 per core) and keeps what was
-    freed in each: with a pool of 32 threads that is memory that never goes back. Threads that
-    mostly wait on the network need few. Whether it was set (False off glibc, e.g. musl)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas))
-
-
 def main() -> int:
-    fewer_malloc_arenas()  # before any thread starts
     try:
         settings = Settings.from_env()
     except SettingsError as err:

@@ -68,6 +68,7 @@ NEXT_IMAGE = "ghcr.io/spout-operator/spout101:0.1.1"  # the spout update phase
 UNREACHABLE = "grpc://127.0.0.1:9"
 MAX_PAIRS_PER_PACHD = 8  # a community-edition pachd holds 16 pipelines
 POLL_S = 0.1
+QUIET_S = 12.0  # > the operator's 10 s close watch of a pachd after a repair (sweep.VIGIL_S)
 DEFAULT_OUT = ROOT / "bench-results" / "bench.json"
 DRIFT_KINDS = ("delete-processor", "change-processor-image", "stop-spout")
 
@@ -536,15 +537,19 @@ def _inject(pachd: Pachd, kind: str, body: dict[str, Any]) -> Callable[[dict[str
 
 def phase_drift_one_at_a_time(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
     """Each resource's pair changed behind the operator's back on its own: one change, timed
-    until pachd shows it undone, then the next (on the next pachd, so each pachd has a few
-    seconds to finish the Kubernetes work of the one before)."""
+    until pachd shows it undone, then the next, on the next pachd. Each pachd has been quiet for
+    QUIET_S when its next change comes: longer than the operator's close watch after a repair
+    (sweep.VIGIL_S), so every change here is found by its own worker event."""
     resource_names = {str(b["metadata"]["name"]) for _, b in placed}
     wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
     by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
     order = sorted(range(len(placed)), key=lambda i: (i // len(ctx.pachds), i % len(ctx.pachds)))
+    gap_s = QUIET_S / len(ctx.pachds)
+    start = time.monotonic()
     for n, i in enumerate(order):
         pachd, body = placed[i]
         kind = DRIFT_KINDS[(n // len(ctx.pachds)) % len(DRIFT_KINDS)]
+        time.sleep(max(0.0, start + n * gap_s - time.monotonic()))  # pachd quiet long enough
         check = _inject(pachd, kind, body)
         injected = time.monotonic()
         undone = functools.partial(lambda c, p: c(p.pipelines(ctx.prefix)), check, pachd)
