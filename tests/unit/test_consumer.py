@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from python_pachyderm.proto.v2.pfs import pfs_pb2
 from spout101 import consumer
 from spout101.common import SettingsError
 from spout101.consumer import (
@@ -61,6 +62,16 @@ class FakeClient:
 
     def drop_commit(self, commit_id: str) -> None:
         self.calls.append(("drop", commit_id))
+
+    open_head: str | None = None  # a commit an earlier worker left open on the branch
+
+    def inspect_commit(self, commit: Any) -> Iterator[Any]:
+        assert (commit.repo, commit.branch, commit.project) == ("spout", "master", "default")
+        finished = self.open_head is None
+        head = pfs_pb2.CommitInfo(commit=pfs_pb2.Commit(id=self.open_head or "h0"))
+        if finished:
+            head.finished.GetCurrentTime()
+        return iter([head])
 
     def commits(self) -> dict[str, list[tuple[str, bytes]]]:
         """Finished commits -> their (path, bytes) puts."""
@@ -303,3 +314,18 @@ def test_signals_only_request_a_stop(sig: signal.Signals, caplog: pytest.LogCapt
     os.kill(os.getpid(), sig)
     assert stop.wait(5)
     assert f"Received {sig.name}, stopping after the current batch" in caplog.text
+
+
+def test_a_commit_left_open_by_an_earlier_worker_is_dropped_before_the_first_batch() -> None:
+    """A spout pod killed mid-batch (replaced by a spout update) left its commit open: pachd
+    refuses every later commit on the branch until it is gone."""
+    client = FakeClient(open_head="dangling")
+    assert consumer.run(client, TARGET, ListSource([[b"a" * 1024]]), threading.Event(), max_rounds=1) == 1
+    assert client.calls[0] == ("drop", "dangling")
+    assert [c[0] for c in client.calls[1:]] == ["start", "put", "finish"]
+
+
+def test_a_finished_head_is_left_alone() -> None:
+    client = FakeClient()
+    consumer.run(client, TARGET, ListSource([[b"a" * 1024]]), threading.Event(), max_rounds=1)
+    assert "drop" not in [c[0] for c in client.calls]

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
@@ -163,6 +163,8 @@ class PfsClient(Protocol):
 
     def drop_commit(self, commit_id: str) -> None: ...
 
+    def inspect_commit(self, commit: Any) -> Iterator[Any]: ...
+
 
 def write_batch(client: PfsClient, target: Target, messages: Sequence[bytes]) -> list[str]:
     """Write all messages into ONE new commit; return the file names written.
@@ -196,6 +198,30 @@ def _drop_quietly(client: PfsClient, commit: Any) -> None:
         log.exception("Could not drop unfinished commit %s; it may stay open", commit.id)
 
 
+def drop_unfinished_head(client: PfsClient, target: Target) -> str | None:
+    """Drop the branch's head commit if it was left open; return its id.
+
+    A worker killed in the middle of a batch (its pod replaced by a spout update, its node
+    lost) leaves that batch's commit open, and pachd then refuses every later commit on the
+    branch ("parent commit ... has not been finished"). That batch never completed: drop it,
+    as a failed batch is dropped. Only this spout's master writes to the branch, and pachd
+    runs one master at a time, so an open head is never another live writer's.
+    """
+    from python_pachyderm.pfs import Commit  # Imported here, like the client itself.
+
+    where = Commit(repo=target.repo, branch=target.branch, project=target.project or "default")
+    try:
+        head = next(iter(client.inspect_commit(where)), None)
+    except Exception as err:  # no head yet (a new repo), or pachd away: start_commit will say
+        log.debug("No head commit to check on %s: %s", target, err)
+        return None
+    if head is None or head.HasField("finished"):
+        return None
+    client.drop_commit(head.commit.id)
+    log.warning("Dropped commit %s, left unfinished on %s by an earlier worker", head.commit.id, target)
+    return str(head.commit.id)
+
+
 def run(
     client: PfsClient,
     target: Target,
@@ -209,6 +235,7 @@ def run(
     ``stop`` is only checked between batches: a batch already being written is
     finished (it takes milliseconds) before the loop exits.
     """
+    drop_unfinished_head(client, target)
     commits = 0
     while not stop.is_set() and (max_rounds is None or commits < max_rounds):
         messages = source.receive(stop)
