@@ -535,6 +535,20 @@ def _inject(pachd: Pachd, kind: str, body: dict[str, Any]) -> Callable[[dict[str
     return lambda found: spout in found and not found[spout].stopped
 
 
+def drift_figures(by_kind: dict[str, list[float]], interval_s: float) -> dict[str, Any]:
+    """Repair latencies, all together and by kind of drift."""
+    latencies = [t for times in by_kind.values() for t in times]
+    return {
+        "samples": len(latencies),
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
+        "max_s": max(latencies),
+        "p50_by_kind_s": {k: statistics.median(v) for k, v in by_kind.items() if v},
+        "p95_by_kind_s": {k: percentile(v, 0.95) for k, v in by_kind.items() if v},
+        "interval_s": interval_s,
+    }
+
+
 def phase_drift_one_at_a_time(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
     """Each resource's pair changed behind the operator's back on its own: one change, timed
     until pachd shows it undone, then the next, on the next pachd. Each pachd has been quiet for
@@ -558,15 +572,7 @@ def phase_drift_one_at_a_time(ctx: Context, placed: list[tuple[Pachd, dict[str, 
     latencies = [t for times in by_kind.values() for t in times]
     say(f"drift one at a time: {len(latencies)} repaired, the slowest in {max(latencies):.2f}s")
     wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
-    return {
-        "samples": len(latencies),
-        "p50_s": percentile(latencies, 0.5),
-        "p95_s": percentile(latencies, 0.95),
-        "max_s": max(latencies),
-        "p50_by_kind_s": {k: statistics.median(v) for k, v in by_kind.items() if v},
-        "p95_by_kind_s": {k: percentile(v, 0.95) for k, v in by_kind.items() if v},
-        "interval_s": ctx.options.drift_interval_s,
-    }
+    return drift_figures(by_kind, ctx.options.drift_interval_s)
 
 
 def phase_drift(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
@@ -610,15 +616,7 @@ def phase_drift(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dic
                 f" in <= {max(latencies[-len(placed) :]):.2f}s"
             )
     wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
-    return {
-        "samples": len(latencies),
-        "p50_s": percentile(latencies, 0.5),
-        "p95_s": percentile(latencies, 0.95),
-        "max_s": max(latencies),
-        "p50_by_kind_s": {k: statistics.median(v) for k, v in by_kind.items() if v},
-        "p95_by_kind_s": {k: percentile(v, 0.95) for k, v in by_kind.items() if v},
-        "interval_s": ctx.options.drift_interval_s,
-    }
+    return drift_figures(by_kind, ctx.options.drift_interval_s)
 
 
 def wired(pachd: Pachd, spout: str, processor: str) -> bool:
