@@ -45,7 +45,7 @@ from spout_operator.workers import HealthSource, WorkerHealth
 @dataclass(frozen=True)
 class Resource:
     """A SpoutPipeline as one pass sees it. A copy: kopf updates the body it hands to
-    handlers and daemons while a pass may still run, and one pass must judge by one spec."""
+    handlers while a pass may still run, and one pass must judge by one spec."""
 
     namespace: str
     name: str
@@ -111,7 +111,7 @@ def now() -> str:
 
 
 class Controller:
-    """Shared by every handler and daemon. One lock per resource: a pass, the status write
+    """Shared by every handler and the sweep. One lock per resource: a pass, the status write
     that ends it, and deletion never overlap, and the controller is the only writer of a
     resource's status (kopf's handler patch carries none of it)."""
 
@@ -150,9 +150,9 @@ class Controller:
         written = self._status.get(resource.uid)
         return resource.status if written is None else written.status()
 
-    def pipelines_of(self, body: Mapping[str, Any]) -> set[tuple[str, str]]:
+    @staticmethod
+    def pipelines_of(resource: Resource) -> set[tuple[str, str]]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
-        resource = Resource.of(body)
         try:
             pair = rendering.render(parse(resource.spec, resource.name), resource.owner)
         except SpecError:
@@ -162,7 +162,7 @@ class Controller:
     def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
         if trigger == "drift":
             self._tidy()
-        # Handlers and the drift daemon run concurrently: one pass per resource at a time, so a
+        # Handlers and the drift sweep run concurrently: one pass per resource at a time, so a
         # drift pass that read the old spec can never undo the update handler's new one.
         lock = self._lock(resource.uid)
         if lock is None:

@@ -15,7 +15,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kopf
@@ -26,15 +26,13 @@ from spout_operator.events import Event, Trigger
 from spout_operator.gateway import Endpoint, Gateways, PachdError
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
-from spout_operator.sweep import VIGIL_POLL_S, PipelineKey, Vigil, Wakeups, WorkerWatch, until_next_sweep
+from spout_operator.sweep import PipelineKey, Sweeper, Vigil, WorkerWatch, keep_vigil, until_next_sweep
 from spout_operator.workers import LISTED_WAIT_S, WorkerHealthWatch
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 WORKERS = 32  # threads for blocking pachd and API calls
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
-SWEEP_WAKE_SLACK_S = 0.05  # a daemon's timer may fire a hair early; its listing still counts
-EVENT_SETTLE_S = 0.1  # an update shows as a new RC and an old one deleted: one pass for both
 T = TypeVar("T")
 
 __all__ = ["until_next_sweep"]  # re-exported for tests that import it from here
@@ -63,24 +61,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # slow to list, they wait there and never hold up the passes that create pipelines.
     memo.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
     memo.kube = Kube(pool_size=WORKERS)
-    memo.wakeups = Wakeups()
     loop = asyncio.get_running_loop()
 
-    def changed(key: PipelineKey) -> None:  # from a watch thread: wake the daemons in the loop
-        loop.call_soon_threadsafe(memo.wakeups.poke, key, time.monotonic())
+    def changed(key: PipelineKey) -> None:  # from a watch thread: wake its resources in the loop
+        loop.call_soon_threadsafe(memo.sweeper.wakeups.poke, key, time.monotonic())
 
     def listed(keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
         for key in keys:
-            loop.call_soon_threadsafe(memo.wakeups.poke, key, started)
+            loop.call_soon_threadsafe(memo.sweeper.wakeups.poke, key, started)
 
     gateways = Gateways(memo.settings.pachd_timeout_s, _gateway_idle_s(memo.settings), listing_changed=listed)
     # With leader election, whether this replica holds the Lease (checked before every write).
     leading = getattr(memo, "leading", None)
     memo.controller = Controller(memo.settings, gateways, memo.kube, leading=leading)
+    # Every resource's drift passes, from one task; the `index` handler feeds it.
+    memo.sweeper = Sweeper(
+        functools.partial(_pass, memo, memo.executor),
+        memo.controller.pipelines_of,
+        memo.settings.drift_interval_s,
+    )
     # Connections by (plural, namespace, name), for their periodic check. Made here: each
     # object's handlers get a shallow copy of memo, so only objects made now are shared.
     memo.connections = {}
-    memo.shutdown = asyncio.Event()  # set by cleanup: ends every daemon, even late ones
     metrics.serve(memo.settings.metrics_port)
     memo.worker_watches = [
         WorkerWatch(memo.kube.core, namespace, changed) for namespace in memo.settings.worker_namespaces
@@ -88,7 +90,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     for watch in memo.worker_watches:
         watch.start()
     memo.vigil = Vigil[Endpoint]()
-    memo.vigil_task = loop.create_task(_keep_vigil(memo))
+    memo.vigil_task = loop.create_task(
+        keep_vigil(memo.vigil, functools.partial(_in_pool, memo.executor, _list_pachd, memo))
+    )
     # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
     # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).
     memo.worker_health = WorkerHealthWatch.from_settings(memo.settings, memo.kube.core, changed)
@@ -96,6 +100,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.worker_health.start()
         memo.controller.workers = memo.worker_health.pods
         await asyncio.to_thread(memo.worker_health.pods.wait_listed, LISTED_WAIT_S)
+    memo.sweeper.start()
 
 
 @kopf.on.login()
@@ -110,16 +115,14 @@ async def login(
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     """Stop what startup started. Nothing here blocks (no thread needed)."""
-    # Daemons kopf started after it stopped the others (their handlers finished while it was
-    # stopping) are never told to stop: kopf would wait 5 s for them, then cancel them.
-    memo.shutdown.set()
+    memo.sweeper.stop()
     memo.vigil_task.cancel()
     for watch in memo.worker_watches:
         watch.stop()
     if getattr(memo, "worker_health", None) is not None:
         memo.worker_health.stop()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
-    # Passes still queued (their daemons stopped) would each run before the process exits.
+    # Passes still queued (their tasks cancelled) would each run before the process exits.
     memo.executor.shutdown(wait=False, cancel_futures=True)
     memo.controller.gateways.close()
 
@@ -154,87 +157,15 @@ async def apply(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # the handler ends here: no per-resource retry loop, no Event at every attempt.
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
-async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Restore pipelines changed, stopped or deleted behind the operator's back: at once when
-    pachd's worker RCs show it, and at every sweep.
-
-    All resources wake at the same instants (multiples of the interval), so each pachd is
-    listed once per sweep and every resource is compared against that one listing; a
-    quiet sweep writes nothing anywhere.
-    """
-    uid = str(body.get("metadata", {}).get("uid"))
-    poked = asyncio.Event()
-    ended = _Ended(stopped, memo.shutdown)
-    try:
-        while not ended:
-            # The pipelines this resource declares now (its spec may have changed since).
-            memo.wakeups.register(uid, memo.controller.pipelines_of(body), poked)
-            now = time.monotonic()
-            sweep_at = now + until_next_sweep(now, memo.settings.drift_interval_s)
-            trigger: Trigger = "event" if await _woken(ended, poked, sweep_at - now) else "drift"
-            if ended:
-                return
-            # Judge by a listing taken at this sweep, never one left over from a late pass of
-            # the previous sweep (that would hide a change made in between for a whole interval);
-            # after an event, by one started once the change was seen.
-            listed_since = sweep_at - SWEEP_WAKE_SLACK_S
-            if trigger == "event":
-                await asyncio.sleep(EVENT_SETTLE_S)
-                poked.clear()
-                listed_since = memo.wakeups.take_since(uid) or time.monotonic()
-            pass_ = _pass(memo, memo.executor, Resource.of(body), trigger, listed_since)
-            await _unless_stopped(ended, pass_)
-    finally:
-        memo.wakeups.unregister(uid)
-
-
-class _Ended:
-    """A daemon's end: kopf stopped it, or the operator is shutting down."""
-
-    def __init__(self, stopped: kopf.DaemonStopped, shutdown: asyncio.Event) -> None:
-        self._stopped, self._shutdown = stopped, shutdown
-
-    def __bool__(self) -> bool:
-        return bool(self._stopped) or self._shutdown.is_set()
-
-    async def wait(self) -> None:
-        waiters = [asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(self._shutdown.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-
-async def _unless_stopped(stopped: _Ended, work: Awaitable[Any]) -> None:
-    """Await `work` unless the daemon is stopped first: on shutdown, 500 daemons must not each
-    wait for a pass queued in the pool behind a slow pachd. A pass left running finishes in
-    its thread under the resource's lock; nothing waits for its result."""
-    task, stop = asyncio.ensure_future(work), asyncio.ensure_future(stopped.wait())
-    try:
-        await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # a pass's error still reaches kopf (which restarts the daemon)
-    finally:
-        stop.cancel()
-        if not task.done():
-            task.cancel()
-
-
-async def _woken(stopped: _Ended, poked: asyncio.Event, timeout_s: float) -> bool:
-    """Wait for the sweep (False) or a worker event (True), whichever comes first."""
-    if poked.is_set():
-        return True
-    waiters = [asyncio.ensure_future(poked.wait()), asyncio.ensure_future(stopped.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # Both: a waiter left pending lives until the daemon stops, one more at every wake
-        # (memory that grows with each sweep, and 5 s of kopf's shutdown spent waiting on them).
-        for waiter in waiters:
-            waiter.cancel()
-    return poked.is_set()
+@kopf.on.event(*RESOURCE)
+async def index(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Feed the sweep's index a compact copy of each live resource. No daemon or timer here:
+    kopf would keep every resource's whole body (and a task) for it."""
+    meta = body.get("metadata", {})
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        memo.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
+    else:
+        memo.sweeper.track(Resource.of(body))
 
 
 async def _pass(
@@ -253,19 +184,10 @@ async def _pass(
     return result
 
 
-async def _keep_vigil(memo: kopf.Memo) -> None:
-    """List each pachd under vigil (drift just repaired there) every VIGIL_POLL_S: what the
-    listing shows changed wakes its resources at once."""
-
-    def listing(endpoint: Endpoint) -> None:
-        with contextlib.suppress(PachdError):  # the passes report pachd's errors
-            memo.controller.gateways.get(endpoint).snapshot(not_before=time.monotonic())
-
-    while True:
-        await asyncio.sleep(VIGIL_POLL_S)
-        due = memo.vigil.due(time.monotonic())
-        if due:
-            await asyncio.gather(*(_in_pool(memo.executor, listing, e) for e in due), return_exceptions=True)
+def _list_pachd(memo: kopf.Memo, endpoint: Endpoint) -> None:
+    """One listing of a pachd under vigil; what it shows changed wakes its resources."""
+    with contextlib.suppress(PachdError):  # the passes report pachd's errors
+        memo.controller.gateways.get(endpoint).snapshot(not_before=time.monotonic())
 
 
 def _post(resource: Resource, events: list[Event]) -> None:

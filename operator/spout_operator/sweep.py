@@ -6,18 +6,25 @@ replaces, scales to zero or deletes it within a second or two of an update, stop
 deletion. A watch on those RCs therefore tells within about a second which pipeline
 changed; the resource that declares it is woken for a pass of its own. The sweep (all
 resources on one grid, one listing per pachd) still catches what no event shows: a
-pachd outside the cluster, a watch that was down.
+pachd outside the cluster, a watch that was down. One task (Sweeper) runs both for every
+resource, from a compact index of them: nothing per resource waits between passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import kubernetes
+
+if TYPE_CHECKING:  # controller imports workers, which imports this module
+    from spout_operator.controller import Resource
+    from spout_operator.events import Trigger
 
 PipelineKey = tuple[str, str]  # (project, pipeline name)
 T = TypeVar("T")
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 # someone at pachctl) and its own events lag behind while pachd's Kubernetes client is busy.
 VIGIL_POLL_S = 0.25
 VIGIL_S = 10.0
+SWEEP_WAKE_SLACK_S = 0.05  # a listing started just before the sweep instant still counts
+EVENT_SETTLE_S = 0.1  # an update shows as a new RC and an old one deleted: one pass for both
 
 
 def until_next_sweep(now: float, interval_s: float) -> float:
@@ -42,44 +51,60 @@ def until_next_sweep(now: float, interval_s: float) -> float:
 
 
 class Wakeups:
-    """Which resource declares which pipelines, the event that wakes its daemon, and how
-    fresh a listing of pachd its pass must judge by (one started after the change was seen).
+    """Which resource declares which pipelines, which resources were poked since the loop last
+    looked, and how fresh a listing of pachd each one's pass must judge by (one started after
+    the change was seen).
 
     Used from the event loop only (the watch threads call `poke` through it)."""
 
     def __init__(self) -> None:
         self._by_key: dict[PipelineKey, set[str]] = {}
         self._keys: dict[str, set[PipelineKey]] = {}
-        self._events: dict[str, asyncio.Event] = {}
         self._since: dict[str, float] = {}  # uid -> newest change seen (monotonic)
+        self._poked: set[str] = set()  # since the loop last took them
+        self._any = asyncio.Event()  # one for all: no per-resource waiter
 
-    def register(self, uid: str, keys: set[PipelineKey], event: asyncio.Event) -> None:
-        self.unregister(uid)
-        self._keys[uid], self._events[uid] = set(keys), event
+    def register(self, uid: str, keys: set[PipelineKey]) -> None:
+        """The pipelines the resource declares now; a poke already seen for it stands."""
+        self._drop_keys(uid)
+        self._keys[uid] = set(keys)
         for key in keys:
             self._by_key.setdefault(key, set()).add(uid)
 
     def unregister(self, uid: str) -> None:
+        self._drop_keys(uid)
+        self._since.pop(uid, None)
+        self._poked.discard(uid)
+
+    def _drop_keys(self, uid: str) -> None:
         for key in self._keys.pop(uid, set()):
             owners = self._by_key.get(key, set())
             owners.discard(uid)
             if not owners:
                 self._by_key.pop(key, None)
-        self._events.pop(uid, None)
-        self._since.pop(uid, None)
 
     def poke(self, key: PipelineKey, seen_at: float) -> None:
         """Wake the resources declaring `key`: a change seen at `seen_at` (time.monotonic())."""
         for uid in self._by_key.get(key, ()):
             self._since[uid] = max(seen_at, self._since.get(uid, seen_at))
-            self._events[uid].set()
+            self._poked.add(uid)
+            self._any.set()
+
+    async def poked(self, timeout_s: float) -> set[str]:
+        """The resources poked since the last call, waiting up to `timeout_s` for one."""
+        if not self._poked:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._any.wait(), timeout_s)
+        self._any.clear()
+        poked, self._poked = self._poked, set()
+        return poked
 
     def take_since(self, uid: str) -> float:
         """The newest change seen for the resource since the last call (0.0: none)."""
         return self._since.pop(uid, 0.0)
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._keys)
 
 
 class Vigil(Generic[T]):
@@ -99,6 +124,128 @@ class Vigil(Generic[T]):
         """Where to list now; forgets the pachds whose vigil has ended."""
         self._until = {where: until for where, until in self._until.items() if until > now}
         return list(self._until)
+
+
+async def keep_vigil(vigil: Vigil[T], listing: Callable[[T], Awaitable[object]]) -> None:
+    """List each pachd under vigil every VIGIL_POLL_S (`listing`: one listing of it, whose
+    changed pipelines wake their resources), until cancelled."""
+    while True:
+        await asyncio.sleep(VIGIL_POLL_S)
+        due = vigil.due(time.monotonic())
+        if due:
+            await asyncio.gather(*(listing(where) for where in due), return_exceptions=True)
+
+
+PassFn = Callable[["Resource", "Trigger", float], Awaitable[object]]  # resource, trigger, listed_since
+
+
+class Sweeper:
+    """Every resource's drift passes, driven from one task (no task, timer or event per
+    resource while nothing runs): a pass of all of them at each sweep instant, and of one of
+    them when a poke says its pipelines changed.
+
+    Per resource, one pass at a time: a sweep finding one still running skips it (as a
+    resource's own loop would sleep through that instant), and pokes during its passes run
+    one more "event" pass after them. Different resources' passes run concurrently, so one
+    slow pachd never holds up the others (the thread pool behind `run_pass` bounds them).
+    Used from the event loop only."""
+
+    def __init__(
+        self,
+        run_pass: PassFn,
+        pipelines_of: Callable[[Resource], set[PipelineKey]],
+        interval_s: float,
+        settle_s: float = EVENT_SETTLE_S,
+    ) -> None:
+        self.wakeups = Wakeups()
+        self._run_pass, self._pipelines_of = run_pass, pipelines_of
+        self._interval_s, self._settle_s = interval_s, settle_s
+        self._resources: dict[str, Resource] = {}  # uid -> as its newest event showed it
+        self._passes: dict[str, asyncio.Task[None]] = {}  # uid -> its passes, while any is due
+        self._again: set[str] = set()  # poked during its passes: one more after them
+        self._task: asyncio.Task[None] | None = None
+
+    def track(self, resource: Resource) -> None:
+        """Index a live resource as its newest event shows it; its passes judge by that."""
+        before = self._resources.get(resource.uid)
+        self._resources[resource.uid] = resource
+        if before is None or (before.name, before.spec) != (resource.name, resource.spec):
+            self.wakeups.register(resource.uid, self._pipelines_of(resource))
+
+    def forget(self, uid: str) -> None:
+        """Deleted or being deleted: no more passes (deletion holds its lock meanwhile). A
+        pass in its thread ends there; one still queued in the pool never runs."""
+        self._resources.pop(uid, None)
+        self.wakeups.unregister(uid)
+        self._again.discard(uid)
+        task = self._passes.pop(uid, None)
+        if task is not None:
+            task.cancel()
+
+    def sweep(self, listed_since: float) -> None:
+        """A drift pass of every resource, judged by a listing started after `listed_since`."""
+        for uid in self._resources:
+            if uid not in self._passes:
+                self._start(uid, "drift", listed_since)
+
+    def run_poked(self, uids: Iterable[str]) -> None:
+        """An event pass of each resource, or one more after the passes it is in."""
+        for uid in uids:
+            if uid in self._passes:
+                self._again.add(uid)
+            elif uid in self._resources:
+                self._start(uid, "event", 0.0)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drift-sweep")
+
+    def stop(self) -> None:
+        """Nothing waits for a pass (500 of them may be queued behind a slow pachd): a pass
+        in its thread finishes there under the resource's lock, unheard."""
+        for task in [*([self._task] if self._task else []), *self._passes.values()]:
+            task.cancel()
+        self._passes.clear()
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            sweep_at = now + until_next_sweep(now, self._interval_s)
+            while (left := sweep_at - time.monotonic()) > 0:
+                self.run_poked(await self.wakeups.poked(left))
+            # Judge by a listing taken at this sweep, never one left over from a late pass of
+            # the previous sweep (that would hide a change made in between for a whole interval).
+            self.sweep(sweep_at - SWEEP_WAKE_SLACK_S)
+
+    async def _passes_of(self, uid: str, trigger: Trigger, listed_since: float) -> None:
+        try:
+            while True:
+                if trigger == "event":
+                    # After an event, judge by a listing started once the change was seen; pokes
+                    # until then (an update's new RC and its old one deleted) share this pass.
+                    await asyncio.sleep(self._settle_s)
+                    self._again.discard(uid)
+                    listed_since = self.wakeups.take_since(uid) or time.monotonic()
+                resource = self._resources.get(uid)
+                if resource is None:
+                    return
+                try:
+                    await self._run_pass(resource, trigger, listed_since)
+                except Exception:  # a bug in one pass: the next sweep tries again
+                    log.exception(f"{trigger} pass of {resource.namespace}/{resource.name} failed")
+                if uid not in self._again:
+                    return
+                trigger = "event"
+        finally:
+            if self._passes.get(uid) is asyncio.current_task():
+                del self._passes[uid]
+
+    def _start(self, uid: str, trigger: Trigger, listed_since: float) -> None:
+        self._passes[uid] = asyncio.get_running_loop().create_task(
+            self._passes_of(uid, trigger, listed_since)
+        )
 
 
 def rc_fingerprint(rc: Mapping[str, Any]) -> tuple[Any, ...]:

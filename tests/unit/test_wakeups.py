@@ -21,19 +21,32 @@ def rc(name: str, pipeline: str, spec_commit: str = "c1", replicas: int = 1) -> 
 
 
 def test_a_poke_wakes_only_the_resources_that_declare_the_pipeline() -> None:
-    wakeups = Wakeups()
-    a, b = asyncio.Event(), asyncio.Event()
-    wakeups.register("a", {("default", "spout"), ("default", "proc")}, a)
-    wakeups.register("b", {("default", "other")}, b)
-    wakeups.poke(("default", "proc"), 5.0)
-    assert a.is_set() and not b.is_set()
-    wakeups.poke(("elsewhere", "other"), 5.0)
-    assert not b.is_set()
+    async def scenario() -> None:
+        wakeups = Wakeups()
+        wakeups.register("a", {("default", "spout"), ("default", "proc")})
+        wakeups.register("b", {("default", "other")})
+        wakeups.poke(("default", "proc"), 5.0)
+        wakeups.poke(("default", "spout"), 5.0)
+        wakeups.poke(("elsewhere", "other"), 5.0)
+        assert await wakeups.poked(1.0) == {"a"}
+        assert await wakeups.poked(0.01) == set()  # taken; nothing new within the timeout
+
+    asyncio.run(scenario())
+
+
+def test_the_loop_waits_for_a_poke() -> None:
+    async def scenario() -> None:
+        wakeups = Wakeups()
+        wakeups.register("a", {("default", "spout")})
+        asyncio.get_running_loop().call_soon(wakeups.poke, ("default", "spout"), 1.0)
+        assert await wakeups.poked(30.0) == {"a"}
+
+    asyncio.run(scenario())
 
 
 def test_a_pass_after_pokes_judges_by_a_listing_newer_than_the_last_change_seen() -> None:
     wakeups = Wakeups()
-    wakeups.register("a", {("default", "spout"), ("default", "proc")}, asyncio.Event())
+    wakeups.register("a", {("default", "spout"), ("default", "proc")})
     wakeups.poke(("default", "proc"), 7.0)
     wakeups.poke(("default", "spout"), 6.0)  # an older change, reported later
     assert wakeups.take_since("a") == 7.0
@@ -44,15 +57,22 @@ def test_a_pass_after_pokes_judges_by_a_listing_newer_than_the_last_change_seen(
 
 
 def test_re_registering_replaces_the_keys_and_unregister_forgets_all() -> None:
-    wakeups = Wakeups()
-    event = asyncio.Event()
-    wakeups.register("a", {("default", "old")}, event)
-    wakeups.register("a", {("default", "new")}, event)  # the spout was renamed in the spec
-    wakeups.poke(("default", "old"), 1.0)
-    assert not event.is_set()
-    wakeups.unregister("a")
-    wakeups.poke(("default", "new"), 1.0)
-    assert not event.is_set() and len(wakeups) == 0
+    async def scenario() -> None:
+        wakeups = Wakeups()
+        wakeups.register("a", {("default", "old")})
+        wakeups.poke(("default", "old"), 3.0)
+        wakeups.register("a", {("default", "new")})  # the spout was renamed in the spec
+        assert wakeups.take_since("a") == 3.0  # a poke seen before stands
+        wakeups.poke(("default", "old"), 4.0)
+        assert await wakeups.poked(0.01) == {"a"}  # the one from before the rename only
+        assert wakeups.take_since("a") == 0.0
+        wakeups.poke(("default", "new"), 5.0)
+        wakeups.unregister("a")
+        assert await wakeups.poked(0.01) == set() and len(wakeups) == 0
+        wakeups.poke(("default", "new"), 6.0)
+        assert await wakeups.poked(0.01) == set()
+
+    asyncio.run(scenario())
 
 
 def test_fingerprint_moves_on_update_and_stop_not_on_status() -> None:

@@ -1,0 +1,238 @@
+"""The one drift loop for every resource (sweep.Sweeper), with a fake pass: no pachd, no API."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from spout_operator import handlers
+from spout_operator.controller import Resource
+from spout_operator.events import Trigger
+from spout_operator.sweep import SWEEP_WAKE_SLACK_S, PipelineKey, Sweeper
+
+WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
+
+
+def resource(name: str) -> Resource:
+    return Resource(namespace="ns", name=name, uid=f"uid-{name}", generation=1, spec={}, status={})
+
+
+def pipelines_of(r: Resource) -> set[PipelineKey]:
+    return {("default", r.name), ("default", f"{r.name}-processor")}
+
+
+class Passes:
+    """A fake pass: records each one; a resource's passes may be held until released."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, Trigger, float]] = []
+        self.held: dict[str, asyncio.Event] = {}  # name -> released
+        self.entered: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+
+    def hold(self, name: str) -> asyncio.Event:
+        self.held[name], self.entered[name] = asyncio.Event(), asyncio.Event()
+        return self.held[name]
+
+    async def __call__(self, r: Resource, trigger: Trigger, listed_since: float) -> None:
+        if r.name in self.held:
+            self.entered[r.name].set()
+            await self.held[r.name].wait()
+        self.ran.append((r.name, trigger, listed_since))
+        self._changed.set()
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.ran]
+
+    async def until(self, check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def settled(sweeper: Sweeper) -> None:
+    """Until no pass of any resource is due or running."""
+    async with asyncio.timeout(WAIT_S):
+        while sweeper._passes:
+            await asyncio.gather(*sweeper._passes.values(), return_exceptions=True)
+
+
+def test_a_sweep_runs_every_indexed_resource_once() -> None:
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        for name in ("a", "b", "c"):
+            sweeper.track(resource(name))
+        sweeper.track(resource("a"))  # a later event of the same resource
+        sweeper.sweep(listed_since=42.0)
+        await settled(sweeper)
+        assert sorted(passes.ran) == [("a", "drift", 42.0), ("b", "drift", 42.0), ("c", "drift", 42.0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_poke_runs_only_that_resource_after_the_change_was_seen() -> None:
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("a"))
+        sweeper.track(resource("b"))
+        sweeper.start()
+        try:
+            sweeper.wakeups.poke(("default", "b-processor"), 17.0)
+            sweeper.wakeups.poke(("default", "unknown"), 18.0)  # declared by no resource
+            await passes.until(lambda: len(passes.ran) == 1)
+            await settled(sweeper)
+            assert passes.ran == [("b", "event", 17.0)]
+        finally:
+            sweeper.stop()
+
+    asyncio.run(scenario())
+
+
+def test_pokes_during_a_pass_run_one_more_pass_after_it() -> None:
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("a"))
+        released = passes.hold("a")
+        sweeper.sweep(listed_since=1.0)
+        await passes.entered["a"].wait()
+        sweeper.wakeups.poke(("default", "a"), 5.0)
+        sweeper.wakeups.poke(("default", "a-processor"), 6.0)
+        sweeper.run_poked(await sweeper.wakeups.poked(0.0))
+        sweeper.sweep(listed_since=2.0)  # a sweep while it is in a pass: skipped, as before
+        released.set()
+        await settled(sweeper)
+        assert passes.ran == [("a", "drift", 1.0), ("a", "event", 6.0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_forgotten_resource_is_not_run() -> None:
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.05)
+        sweeper.track(resource("a"))
+        sweeper.track(resource("b"))
+        sweeper.wakeups.poke(("default", "a"), 1.0)
+        sweeper.run_poked(await sweeper.wakeups.poked(0.0))  # a's pass waits to settle
+        sweeper.forget("uid-a")  # being deleted meanwhile
+        sweeper.wakeups.poke(("default", "a"), 2.0)
+        sweeper.run_poked(await sweeper.wakeups.poked(0.0))
+        sweeper.sweep(listed_since=3.0)
+        await settled(sweeper)
+        assert passes.names() == ["b"] and len(sweeper) == 1 and len(sweeper.wakeups) == 1
+
+    asyncio.run(scenario())
+
+
+def test_one_slow_pass_does_not_delay_another_resources_pass() -> None:
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("slow"))
+        sweeper.track(resource("fast"))
+        released = passes.hold("slow")
+        sweeper.sweep(listed_since=1.0)
+        await passes.until(lambda: passes.names() == ["fast"])
+        sweeper.wakeups.poke(("default", "fast"), 2.0)
+        sweeper.run_poked(await sweeper.wakeups.poked(0.0))
+        await passes.until(lambda: passes.names() == ["fast", "fast"])
+        released.set()
+        await settled(sweeper)
+        assert passes.names() == ["fast", "fast", "slow"]
+
+    asyncio.run(scenario())
+
+
+def test_the_loop_sweeps_everything_on_the_shared_grid() -> None:
+    interval = 0.05
+
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=interval, settle_s=0.0)
+        sweeper.track(resource("a"))
+        sweeper.track(resource("b"))
+        sweeper.start()
+        try:
+            await passes.until(lambda: len(passes.ran) >= 4)
+        finally:
+            sweeper.stop()
+        for _, trigger, listed_since in passes.ran:
+            sweep_at = listed_since + SWEEP_WAKE_SLACK_S
+            assert trigger == "drift"
+            assert sweep_at / interval == pytest.approx(round(sweep_at / interval))
+        sweeps = sorted({listed_since for _, _, listed_since in passes.ran})
+        assert sorted(passes.names()[:2]) == ["a", "b"] and len(sweeps) >= 2
+
+    asyncio.run(scenario())
+
+
+def test_a_pass_that_fails_does_not_end_the_loop() -> None:
+    async def scenario() -> None:
+        ran: list[str] = []
+
+        async def failing(r: Resource, trigger: Trigger, listed_since: float) -> None:
+            ran.append(r.name)
+            raise RuntimeError("a bug in a pass")
+
+        sweeper = Sweeper(failing, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("a"))
+        for listed_since in (1.0, 2.0):
+            sweeper.sweep(listed_since)
+            await settled(sweeper)
+        assert ran == ["a", "a"]
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_waits_for_no_pass() -> None:
+    """Shutdown (SIGTERM, or the Lease lost) runs the cleanup handler; a pass queued in the pool
+    behind a slow pachd (or 499 other passes) must not hold it up, nor run afterwards."""
+    entered, release = threading.Event(), threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    ran: list[str] = []
+
+    def blocking(name: str) -> None:
+        ran.append(name)
+        entered.set()
+        release.wait(30)
+
+    async def in_pool(r: Resource, trigger: Trigger, listed_since: float) -> None:
+        await asyncio.get_running_loop().run_in_executor(pool, blocking, r.name)
+
+    async def scenario() -> None:
+        sweeper = Sweeper(in_pool, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("a"))
+        sweeper.track(resource("b"))  # queued behind a's pass in the one thread
+        sweeper.start()
+        sweeper.sweep(listed_since=1.0)
+        await asyncio.to_thread(entered.wait, WAIT_S)
+        assert sweeper._task is not None
+        tasks = [sweeper._task, *sweeper._passes.values()]
+        await handlers.close(  # type: ignore[call-arg, misc]
+            memo=SimpleNamespace(
+                sweeper=sweeper,
+                worker_watches=[],
+                vigil_task=asyncio.ensure_future(asyncio.sleep(60)),
+                poll_executor=pool,
+                executor=pool,
+                controller=SimpleNamespace(gateways=SimpleNamespace(close=lambda: None)),
+            )
+        )
+        async with asyncio.timeout(WAIT_S):  # a's pass still blocks for 30 s
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(task.cancelled() for task in tasks)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ran == ["a"]  # b's pass, still queued, never ran
