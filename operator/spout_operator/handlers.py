@@ -74,7 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # With leader election, whether this replica holds the Lease (checked before every write).
     leading = getattr(memo, "leading", None)
     memo.controller = Controller(memo.settings, gateways, memo.kube, leading=leading)
-    # Every resource's drift passes, from one task; the `index` handler feeds it.
+    # Every resource's drift passes, from one task; the `index` handler starts and feeds it.
     memo.sweeper = Sweeper(
         functools.partial(_pass, memo, memo.executor),
         memo.controller.pipelines_of,
@@ -100,7 +100,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.worker_health.start()
         memo.controller.workers = memo.worker_health.pods
         await asyncio.to_thread(memo.worker_health.pods.wait_listed, LISTED_WAIT_S)
-    memo.sweeper.start()
 
 
 @kopf.on.login()
@@ -161,11 +160,16 @@ async def apply(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def index(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Feed the sweep's index a compact copy of each live resource. No daemon or timer here:
     kopf would keep every resource's whole body (and a task) for it."""
+    sweeper: Sweeper = memo.sweeper
+    if not sweeper.started:
+        # kopf.event posts only from an object's handling context (its event queue is in
+        # there, not in the startup handler's): the sweep's passes run in a copy of this one.
+        sweeper.start(contextvars.copy_context())
     meta = body.get("metadata", {})
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-        memo.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
+        sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
     else:
-        memo.sweeper.track(Resource.of(body))
+        sweeper.track(Resource.of(body))
 
 
 async def _pass(

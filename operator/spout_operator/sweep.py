@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -196,8 +197,14 @@ class Sweeper:
             elif uid in self._resources:
                 self._start(uid, "event", 0.0)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="drift-sweep")
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def start(self, context: contextvars.Context | None = None) -> None:
+        """Run the sweep (and every pass it starts) in `context`: a copy of the current one
+        unless given."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drift-sweep", context=context)
 
     def stop(self) -> None:
         """Nothing waits for a pass (500 of them may be queued behind a slow pachd): a pass

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from spout_operator import handlers
@@ -236,3 +238,34 @@ def test_shutdown_waits_for_no_pass() -> None:
         release.set()
         pool.shutdown()
     assert ran == ["a"]  # b's pass, still queued, never ran
+
+
+def test_passes_run_in_the_context_of_the_handler_that_started_the_sweep() -> None:
+    """kopf.event needs the object-handling context kopf gives handlers (its event queue lives
+    there); the startup handler's context has none, so the first `index` call starts the sweep."""
+    queue: contextvars.ContextVar[str] = contextvars.ContextVar("queue")
+    seen: list[str] = []
+    ran = asyncio.Event()
+
+    async def pass_(r: Resource, trigger: Trigger, listed_since: float) -> None:
+        seen.append(queue.get("none"))
+        ran.set()
+
+    async def scenario() -> None:
+        sweeper = Sweeper(pass_, pipelines_of, interval_s=0.02, settle_s=0.0)
+        body = {"metadata": {"namespace": "ns", "name": "a", "uid": "uid-a"}, "spec": {}}
+
+        async def as_kopf_would() -> None:
+            queue.set("kopf's event queue")
+            index: Any = handlers.index  # kopf types the decorated handler by its own signature
+            await index(event={"type": None}, body=body, memo=SimpleNamespace(sweeper=sweeper))
+
+        await asyncio.create_task(as_kopf_would())
+        try:
+            async with asyncio.timeout(WAIT_S):  # the next sweep, within 0.02 s
+                await ran.wait()
+        finally:
+            sweeper.stop()
+        assert seen[0] == "kopf's event queue"
+
+    asyncio.run(scenario())
