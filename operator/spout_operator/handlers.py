@@ -23,7 +23,7 @@ import kopf
 from spout_operator import connections, metrics
 from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
-from spout_operator.gateway import Endpoint, Gateways, PachdError
+from spout_operator.gateway import Endpoint, Gateways, PachdError, SpecWatch
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.sweep import VIGIL_POLL_S, PipelineKey, Vigil, Wakeups, WorkerWatch, until_next_sweep
@@ -88,6 +88,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     for watch in memo.worker_watches:
         watch.start()
     memo.vigil = Vigil[Endpoint]()
+    # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
+    memo.spec_watch = SpecWatch(lambda key: memo.wakeups.poke(key, time.monotonic()))
     memo.vigil_task = loop.create_task(_keep_vigil(memo))
     # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
     # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).
@@ -118,6 +120,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         watch.stop()
     if getattr(memo, "worker_health", None) is not None:
         memo.worker_health.stop()
+    await memo.spec_watch.close()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
     # Passes still queued (their daemons stopped) would each run before the process exits.
     memo.executor.shutdown(wait=False, cancel_futures=True)
@@ -187,6 +190,7 @@ async def watch_for_drift(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
             await _unless_stopped(ended, pass_)
     finally:
         memo.wakeups.unregister(uid)
+        memo.spec_watch.forget(uid)
 
 
 class _Ended:
@@ -248,6 +252,7 @@ async def _pass(
     result = await _in_pool(executor, controller.reconcile, resource, trigger, listed_since)
     if result is not None:
         _post(resource, result.events)
+        memo.spec_watch.follow(resource.uid, result.endpoint, result.heads)
         if result.repairs and result.endpoint is not None:
             memo.vigil.drift_seen(result.endpoint, time.monotonic())
     return result
