@@ -42,6 +42,7 @@ def test_a_stopped_daemon_does_not_wait_for_its_pass() -> None:
     import threading
     from types import SimpleNamespace
 
+    from spout_operator.gateway import SpecWatch
     from spout_operator.sweep import Wakeups
 
     entered, release = threading.Event(), threading.Event()
@@ -60,6 +61,7 @@ def test_a_stopped_daemon_does_not_wait_for_its_pass() -> None:
     async def scenario() -> None:
         memo = SimpleNamespace(
             wakeups=Wakeups(),
+            spec_watch=SpecWatch(lambda key: None),
             controller=Blocking(),
             settings=SimpleNamespace(drift_interval_s=0.05),
             executor=pool,
@@ -85,6 +87,7 @@ def test_a_daemon_started_during_shutdown_ends_at_cleanup() -> None:
     before cancelling them. The cleanup handler's shutdown event ends them."""
     from types import SimpleNamespace
 
+    from spout_operator.gateway import SpecWatch
     from spout_operator.sweep import Wakeups
 
     class Idle:
@@ -94,6 +97,7 @@ def test_a_daemon_started_during_shutdown_ends_at_cleanup() -> None:
     async def scenario() -> None:
         memo = SimpleNamespace(
             wakeups=Wakeups(),
+            spec_watch=SpecWatch(lambda key: None),
             controller=Idle(),
             settings=SimpleNamespace(drift_interval_s=60.0),
             shutdown=asyncio.Event(),
@@ -104,6 +108,7 @@ def test_a_daemon_started_during_shutdown_ends_at_cleanup() -> None:
         await handlers.close(
             memo=SimpleNamespace(  # type: ignore[arg-type]
                 worker_watches=[],
+                spec_watch=memo.spec_watch,
                 vigil_task=asyncio.ensure_future(asyncio.sleep(60)),
                 poll_executor=_NoPool(),
                 executor=_NoPool(),
