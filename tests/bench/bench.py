@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +49,7 @@ from typing import Any
 
 import kubernetes
 import python_pachyderm
+from devstack import metrics
 from devstack.stack import Stack, State, free_port
 from python_pachyderm.proto.v2.pps import pps_pb2
 from spout101.consumer import EmulatedSource, Target
@@ -274,15 +274,7 @@ class Operator:
         time.sleep(1.0)  # the startup handler serves metrics; the watch starts right after
 
     def scrape(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                samples[key] = float(value)
-        return samples
+        return metrics.scrape(self.metrics_port)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import python_pachyderm
 import yaml
 from conftest import eventually, kubectl
+from devstack import metrics
 from devstack.stack import State, free_port
 from python_pachyderm.proto.v2.pps import pps_pb2
 
@@ -675,14 +675,7 @@ def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
 
 def scrape() -> dict[str, float]:
     """The operator's Prometheus counters, by sample name with labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
+    return metrics.scrape(METRICS_PORT)
 
 
 def resource_versions(stack: State, namespace: str, count: int) -> list[str]:
