@@ -38,6 +38,8 @@ DEFAULT_PORT = 30650
 _STATE_PREFIX = "PIPELINE_"
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
+# A spec commit this soon after the operator's own write of the pipeline is that write's.
+OWN_WRITE_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ class Gateway:
         self._snapshot_lock = threading.Lock()
         # (project, name) -> when its last write ended (inf: still in flight)
         self._written_at: dict[tuple[str, str], float] = {}
+        self._last_write: dict[tuple[str, str], float] = {}  # the same, kept OWN_WRITE_S (spec streams)
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
@@ -186,12 +189,20 @@ class Gateway:
             metrics.PACHD_WRITES.inc()
             # In flight until it returns: a listing that runs meanwhile may or may not show it.
             with self._written_lock:
-                self._written_at[key] = math.inf
+                self._written_at[key] = self._last_write[key] = math.inf
             return self._send(method, request)
         finally:
             with self._written_lock:
-                self._written_at[key] = time.monotonic()
+                ended = time.monotonic()
+                self._written_at[key] = self._last_write[key] = ended
+                self._last_write = {k: t for k, t in self._last_write.items() if ended - t <= OWN_WRITE_S}
             self._write_lock.release()
+
+    def wrote(self, key: PipelineKey, within_s: float = OWN_WRITE_S) -> bool:
+        """Whether a write of ours to the pipeline is in flight or ended within `within_s`."""
+        with self._written_lock:
+            ended = self._last_write.get(key)
+        return ended is not None and time.monotonic() - ended <= within_s
 
     def _send(self, method: str, request: Any) -> Any:
         metrics.PACHD_CALLS.labels(method).inc()
@@ -377,6 +388,12 @@ class Gateways:
     def __len__(self) -> int:
         return len(self._by_endpoint)
 
+    def wrote(self, endpoint: Endpoint, key: PipelineKey) -> bool:
+        """Whether the operator itself just wrote the pipeline there (see Gateway.wrote)."""
+        with self._lock:
+            found = self._by_endpoint.get(endpoint)
+        return found is not None and found[0].wrote(key)
+
     def close(self) -> None:
         with self._lock:
             for gateway, _ in self._by_endpoint.values():
@@ -437,9 +454,17 @@ class SpecWatch:
     A resource follows the pipelines its last pass saw, on the pachd it saw them on; a stream
     nobody follows is cancelled. Used from the event loop only."""
 
-    def __init__(self, changed: Callable[[PipelineKey], None], stream: SpecStream | None = None) -> None:
+    def __init__(
+        self,
+        changed: Callable[[PipelineKey], None],
+        stream: SpecStream | None = None,
+        own: Callable[[Endpoint, PipelineKey], bool] = lambda endpoint, key: False,
+    ) -> None:
         self._changed = changed
         self._stream = stream or self._subscribe
+        # The commit of a write of the operator's own (Gateways.wrote) wakes nobody: in a burst
+        # of repairs, each would cost a pass and a listing of a pachd busy with the next write.
+        self._own = own
         self._wanted: dict[str, tuple[Endpoint, dict[PipelineKey, str]]] = {}  # owner -> where, heads
         self._followers: dict[tuple[Endpoint, PipelineKey], tuple[SpecFollower, asyncio.Task[None]]] = {}
         self._channels: dict[Endpoint, grpc.aio.Channel] = {}
@@ -489,7 +514,7 @@ class SpecWatch:
             try:
                 async for commit in self._stream(endpoint, key):
                     heard = True
-                    if follower.news(commit):
+                    if follower.news(commit) and not self._own(endpoint, key):
                         self._changed(key)
             except asyncio.CancelledError:
                 raise

@@ -89,7 +89,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         watch.start()
     memo.vigil = Vigil[Endpoint]()
     # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
-    memo.spec_watch = SpecWatch(lambda key: memo.wakeups.poke(key, time.monotonic()))
+    memo.spec_watch = SpecWatch(lambda key: memo.wakeups.poke(key, time.monotonic()), own=gateways.wrote)
     memo.vigil_task = loop.create_task(_keep_vigil(memo))
     # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
     # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).

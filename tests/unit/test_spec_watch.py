@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from spout_operator.gateway import Endpoint, PipelineKey, SpecFollower, SpecWatch
+import pytest
+from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable, PipelineKey, SpecFollower, SpecWatch
 
 KEY: PipelineKey = ("default", "proc")
 OTHER: PipelineKey = ("default", "spout")
@@ -134,3 +135,40 @@ def test_a_stream_that_ends_is_opened_again_and_its_replay_is_no_news() -> None:
         return changed
 
     assert asyncio.run(scenario()) == [KEY]
+
+
+def test_the_commit_of_the_operators_own_write_wakes_nobody() -> None:
+    async def scenario() -> list[PipelineKey]:
+        pachd, changed, ours = FakePachd(), list[PipelineKey](), {KEY}
+        watch = SpecWatch(changed.append, pachd.stream, own=lambda endpoint, key: key in ours)
+        watch.follow("uid-1", PACHD, {KEY: "c1"})
+        await settled()
+        await pachd.send(PACHD, KEY, "c1", "c2")  # c2: the operator's own repair
+        assert changed == []
+        ours.clear()
+        await pachd.send(PACHD, KEY, "c3")  # someone else's, later
+        await watch.close()
+        return changed
+
+    assert asyncio.run(scenario()) == [KEY]
+
+
+def test_a_gateway_knows_its_own_writes_while_in_flight_and_just_after() -> None:
+    gateway = Gateway(Endpoint("127.0.0.1:9"), timeout_s=0.1)  # nothing listens: writes fail fast
+    seen_in_flight: list[bool] = []
+    send = gateway._send
+
+    def spying(method: str, request: object) -> object:
+        seen_in_flight.append(gateway.wrote(KEY))
+        return send(method, request)
+
+    gateway._send = spying  # type: ignore[method-assign]
+    try:
+        assert not gateway.wrote(KEY)
+        with pytest.raises(PachdUnavailable):
+            gateway.start(KEY[1], KEY[0])
+        assert seen_in_flight == [True]
+        assert gateway.wrote(KEY) and not gateway.wrote(OTHER)
+        assert not gateway.wrote(KEY, within_s=0.0)  # long enough ago
+    finally:
+        gateway.close()
