@@ -591,61 +591,93 @@ def _repair_directly(pachd: Pachd, kind: str, body: dict[str, Any]) -> None:
 def phase_drift(
     ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]], directly: bool = False
 ) -> dict[str, Any]:
-    """Every resource's pair changed at once (a burst), each timed from its own change.
+    """Every resource's pair changed at once (a burst), each timed from its own change until
+    a listing of its pachd, started after the change, shows it undone. Listings run while the
+    changes are still being made: the last change comes seconds after the first, and a repair
+    seen only once they are all made would count that wait as its own.
 
     `directly`: the floor. The operator is paused (SIGSTOP) and the bench undoes each change
     itself the moment it is made, one write at a time per pachd as the operator writes: how
     fast pachd can take the repairs of a burst when finding them costs nothing."""
     resource_names = {str(b["metadata"]["name"]) for _, b in placed}
-
-    def timed_listing(pachd: Pachd) -> tuple[dict[str, Any], float]:
-        return pachd.pipelines(ctx.prefix), time.monotonic()
-
-    latencies: list[float] = []
     by_kind: dict[str, list[float]] = {k: [] for k in DRIFT_KINDS}
     repairers = {id(pachd): ThreadPoolExecutor(max_workers=1) for pachd in ctx.pachds} if directly else {}
-    with ThreadPoolExecutor(max_workers=len(ctx.pachds)) as observer:
-        for round_ in range(ctx.options.drift_rounds):
-            wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
-            paused = ctx.operator.paused() if directly else contextlib.nullcontext()
-            with paused:
-                pending: dict[int, tuple[str, float, Callable[[dict[str, Any]], bool]]] = {}
-                repairs = []
-                for i, (pachd, body) in enumerate(placed):
-                    kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
-                    check = _inject(pachd, kind, body)
-                    pending[i] = (kind, time.monotonic(), check)
-                    if directly:
-                        repairs.append(repairers[id(pachd)].submit(_repair_directly, pachd, kind, body))
-                end = time.monotonic() + ctx.options.drift_interval_s * 3 + 60
-                while pending and time.monotonic() < end:
-                    # Every pachd listed at once, each repair timed by its own pachd's listing: a
-                    # sequential round over K pachds would add its own length to every latency.
-                    listings = {id(pachd): observer.submit(timed_listing, pachd) for pachd in ctx.pachds}
-                    for i, (pachd, _) in enumerate(placed):
-                        if i not in pending:
-                            continue
-                        found, seen_at = listings[id(pachd)].result()
-                        kind, injected, check = pending[i]
-                        if check(found):
-                            latencies.append(seen_at - injected)
-                            by_kind[kind].append(seen_at - injected)
-                            del pending[i]
-                    time.sleep(POLL_S)
-                for repair in repairs:
-                    repair.result()  # a direct repair that failed is the bench's own error
-            if pending:
-                raise BenchError(
-                    f"drift not repaired on {len(pending)} resource(s): {sorted(pending.values())}"
-                )
-            say(
-                f"drift round {round_ + 1}{' (floor: direct repairs)' if directly else ''}:"
-                f" repaired {len(placed)} in <= {max(latencies[-len(placed) :]):.2f}s"
-            )
+    for round_ in range(ctx.options.drift_rounds):
+        wait_for("resources Ready before drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
+        burst = _Burst(ctx.pachds, ctx.prefix)
+        with ctx.operator.paused() if directly else contextlib.nullcontext(), burst:
+            repairs = []
+            for i, (pachd, body) in enumerate(placed):
+                kind = DRIFT_KINDS[(i + round_) % len(DRIFT_KINDS)]
+                burst.changed(i, pachd, kind, _inject(pachd, kind, body))
+                if directly:
+                    repairs.append(repairers[id(pachd)].submit(_repair_directly, pachd, kind, body))
+            latencies = burst.wait(ctx.options.drift_interval_s * 3 + 60)
+            for repair in repairs:
+                repair.result()  # a direct repair that failed is the bench's own error
+        for kind, latency in latencies:
+            by_kind[kind].append(latency)
+        say(
+            f"drift round {round_ + 1}{' (floor: direct repairs)' if directly else ''}:"
+            f" repaired {len(placed)} in <= {max(t for _, t in latencies):.2f}s"
+        )
     for repairer in repairers.values():
         repairer.shutdown()
     wait_for("resources Ready after drift", lambda: ctx.kube.ready(resource_names), 120, 0.3)
     return drift_figures(by_kind, ctx.options.drift_interval_s)
+
+
+class _Burst:
+    """Lists every pachd at once, every POLL_S, from threads of its own, and times each change
+    from when it was made until a listing started after it shows it undone."""
+
+    def __init__(self, pachds: list[Pachd], prefix: str) -> None:
+        self._pachds, self._prefix = pachds, prefix
+        self._pending: dict[int, tuple[Pachd, str, float, Callable[[dict[str, Any]], bool]]] = {}
+        self._latencies: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listers = ThreadPoolExecutor(max_workers=len(pachds))
+        self._thread = threading.Thread(target=self._observe, daemon=True)
+
+    def __enter__(self) -> _Burst:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listers.shutdown()
+
+    def changed(self, i: int, pachd: Pachd, kind: str, undone: Callable[[dict[str, Any]], bool]) -> None:
+        with self._lock:
+            self._pending[i] = (pachd, kind, time.monotonic(), undone)
+
+    def wait(self, timeout_s: float) -> list[tuple[str, float]]:
+        """(kind, latency) of every change, once all are undone."""
+        wait_for("every change undone", lambda: not self._pending, timeout_s, POLL_S)
+        return self._latencies
+
+    def _observe(self) -> None:
+        def listing(pachd: Pachd) -> tuple[float, dict[str, Any], float]:
+            started = time.monotonic()
+            return started, pachd.pipelines(self._prefix), time.monotonic()
+
+        while not self._stop.is_set():
+            listings = {id(pachd): self._listers.submit(listing, pachd) for pachd in self._pachds}
+            with self._lock:
+                pending = list(self._pending.items())
+            for i, (pachd, kind, changed_at, undone) in pending:
+                try:
+                    started, found, seen_at = listings[id(pachd)].result()
+                except Exception as err:  # pachd busy past its deadline: the next round lists again
+                    say(f"listing failed: {err}")
+                    continue
+                if started > changed_at and undone(found):
+                    with self._lock:
+                        del self._pending[i]
+                        self._latencies.append((kind, seen_at - changed_at))
+            self._stop.wait(POLL_S)
 
 
 def wired(pachd: Pachd, spout: str, processor: str) -> bool:
