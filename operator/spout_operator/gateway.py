@@ -468,6 +468,7 @@ class SpecWatch:
         self._wanted: dict[str, tuple[Endpoint, dict[PipelineKey, str]]] = {}  # owner -> where, heads
         self._followers: dict[tuple[Endpoint, PipelineKey], tuple[SpecFollower, asyncio.Task[None]]] = {}
         self._channels: dict[Endpoint, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     def follow(self, owner: str, endpoint: Endpoint | None, heads: Mapping[PipelineKey, str]) -> None:
         """What `owner`'s last pass saw: the pipelines' spec heads on that pachd (None: none)."""
@@ -505,7 +506,9 @@ class SpecWatch:
             self._followers.pop(place)[1].cancel()
         unused = set(self._channels) - {endpoint for endpoint, _ in self._followers}
         for endpoint in unused:  # nothing is in flight on it any more: close it in the background
-            asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
+            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _follow(self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower) -> None:
         delay = SPEC_RETRY_S[0]
