@@ -84,6 +84,17 @@ class PassResult:
     repairs: int = 0  # drift it undid (not a spec change)
 
     @property
+    def heads(self) -> dict[tuple[str, str], str]:
+        """The spec commit of each pipeline the pass saw on pachd: where its updates follow."""
+        if self.outcome is None:
+            return {}
+        return {
+            (p.project, p.name): p.spec_commit
+            for p in self.outcome.observed.values()
+            if p is not None and p.spec_commit
+        }
+
+    @property
     def starting(self) -> bool:
         """pachd is still starting a pipeline of this pass: worth polling for RUNNING."""
         outcome = self.outcome

@@ -23,7 +23,7 @@ import kopf
 from spout_operator import connections, metrics
 from spout_operator.controller import Controller, PassResult, Resource, now
 from spout_operator.events import Event, Trigger
-from spout_operator.gateway import Endpoint, Gateways, PachdError
+from spout_operator.gateway import Endpoint, Gateways, PachdError, SpecWatch
 from spout_operator.kube import GROUP, PLURAL, VERSION, Kube, login_session
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.sweep import PipelineKey, Sweeper, Vigil, WorkerWatch, keep_vigil, until_next_sweep
@@ -93,6 +93,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.vigil_task = loop.create_task(
         keep_vigil(memo.vigil, functools.partial(_in_pool, memo.executor, _list_pachd, memo))
     )
+    # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
+    memo.spec_watch = SpecWatch(
+        lambda key: memo.sweeper.wakeups.poke(key, time.monotonic()), own=gateways.wrote
+    )
     # Worker pods: Ready needs them up. No pass runs before startup ends: the first ones
     # judge by a listed index (or, after LISTED_WAIT_S, say why it could not be listed).
     memo.worker_health = WorkerHealthWatch.from_settings(memo.settings, memo.kube.core, changed)
@@ -120,6 +124,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         watch.stop()
     if getattr(memo, "worker_health", None) is not None:
         memo.worker_health.stop()
+    await memo.spec_watch.close()
     memo.poll_executor.shutdown(wait=False, cancel_futures=True)
     # Passes still queued (their tasks cancelled) would each run before the process exits.
     memo.executor.shutdown(wait=False, cancel_futures=True)
@@ -168,6 +173,7 @@ async def index(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
     meta = body.get("metadata", {})
     if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
         sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
+        memo.spec_watch.forget(str(meta.get("uid")))
     else:
         sweeper.track(Resource.of(body))
 
@@ -183,6 +189,7 @@ async def _pass(
     result = await _in_pool(executor, controller.reconcile, resource, trigger, listed_since)
     if result is not None:
         _post(resource, result.events)
+        memo.spec_watch.follow(resource.uid, result.endpoint, result.heads)
         if result.repairs and result.endpoint is not None:
             memo.vigil.drift_seen(result.endpoint, time.monotonic())
     return result

@@ -16,3 +16,4 @@ class ObservedPipeline:
     recent_error: str = ""
     reason: str = ""
     project: str = "default"
+    spec_commit: str = ""  # the commit of its spec repo that holds this version's spec

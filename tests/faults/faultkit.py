@@ -29,6 +29,7 @@ import kubernetes
 import pytest
 import python_pachyderm
 from conftest import eventually, kubectl
+from devstack import metrics
 from devstack.stack import Stack, State, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,14 +230,7 @@ class Operator:
         eventually(up, timeout_s, 0.2, what="operator liveness endpoint")
 
     def scrape(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                samples[key] = float(value)
-        return samples
+        return metrics.scrape(self.metrics_port)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

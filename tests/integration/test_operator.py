@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import python_pachyderm
 import yaml
 from conftest import eventually, kubectl
+from devstack import metrics
 from devstack.stack import State, free_port
 from python_pachyderm.proto.v2.pps import pps_pb2
 
@@ -642,16 +642,40 @@ def test_a_listing_taken_for_one_resource_repairs_the_drift_it_shows_of_another(
                 pachd_client.delete_pipeline(name, force=True)
 
 
+def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
+    stack: State, namespace: str, names: tuple[str, str], blind: Any, pachd_client: Any
+) -> None:
+    """No RC watch, the sweep 10 minutes away: the update's commit on the processor's spec
+    repo is what wakes the resource."""
+    spout, processor = names
+    apply(stack, namespace, resource("watched", spout, processor))
+    wait_condition(stack, namespace, "watched", "Ready", "True")
+    info = pipelines(pachd_client, processor)[processor]
+    changed = python_pachyderm.parse_dict_pipeline_spec(
+        {
+            "pipeline": {"name": processor},
+            "transform": {"image": "busybox:1", "cmd": ["sh"]},
+            "input": {"pfs": {"repo": spout, "glob": "/*"}},
+            "metadata": {"annotations": dict(info.details.metadata.annotations)},
+        }
+    )
+    changed.update = True
+    started = time.monotonic()
+    pachd_client.create_pipeline_from_request(changed)
+    eventually(
+        lambda: pipelines(pachd_client, processor)[processor].details.transform.image.startswith("ghcr.io/"),
+        10,
+        0.05,
+        what="processor image restored",
+    )
+    print(f"image change undone after {time.monotonic() - started:.2f} s")
+    obj = wait_condition(stack, namespace, "watched", "Ready", "True")
+    assert obj["status"]["driftRepairs"] >= 1
+
+
 def scrape() -> dict[str, float]:
     """The operator's Prometheus counters, by sample name with labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
+    return metrics.scrape(METRICS_PORT)
 
 
 def resource_versions(stack: State, namespace: str, count: int) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 from spout_operator import handlers
 from spout_operator.controller import Resource
 from spout_operator.events import Trigger
+from spout_operator.gateway import SpecWatch
 from spout_operator.sweep import SWEEP_WAKE_SLACK_S, PipelineKey, Sweeper
 
 WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
@@ -221,6 +222,7 @@ def test_shutdown_waits_for_no_pass() -> None:
         await handlers.close(  # type: ignore[call-arg, misc]
             memo=SimpleNamespace(
                 sweeper=sweeper,
+                spec_watch=SpecWatch(lambda key: None),
                 worker_watches=[],
                 vigil_task=asyncio.ensure_future(asyncio.sleep(60)),
                 poll_executor=pool,
