@@ -7,6 +7,7 @@ Blocking calls here run in worker threads, never on kopf's event loop.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,8 @@ from spout_operator import metrics
 
 GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
 API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
+WATCH_TIMEOUT_S = 60  # the server ends each watch after this; it is opened again at once
+RETRY_S = 1.0  # after a failed listing or watch, list again this much later
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +102,70 @@ def login_session(
         expiration=info.expiration,
         aiohttp_session=session,
     )
+
+
+class ListWatch:
+    """Lists, then watches, one kind of object in one namespace, from a thread of its own
+    (the blocking client stays off kopf's loop), and lists again after any error. A subclass
+    says what a listing and each event mean (`listed`, `event`), on that thread."""
+
+    def __init__(self, core: Any, list_method: str, namespace: str, selector: str, name: str) -> None:
+        self._core, self._list_method = core, list_method  # e.g. CoreV1Api, "list_namespaced_pod"
+        self.namespace, self._selector = namespace, selector
+        self._stop = threading.Event()
+        self._watch: kubernetes.watch.Watch | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def listed(self, items: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def event(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event: ADDED, MODIFIED or DELETED, with the object as the server sent it."""
+        raise NotImplementedError
+
+    def failed(self, err: Exception) -> None:
+        log.warning(f"Watch {self._thread.name} restarts: {err}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()  # type: ignore[no-untyped-call]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                version = self._relist()
+                while not self._stop.is_set():
+                    version = self._follow(version)
+            except Exception as err:  # API server away, 410 Gone, Forbidden: list again shortly
+                if not self._stop.is_set():
+                    self.failed(err)
+                self._stop.wait(RETRY_S)
+
+    def _relist(self) -> str:
+        listing = getattr(self._core, self._list_method)(
+            self.namespace, label_selector=self._selector, _request_timeout=30
+        )
+        raw: dict[str, Any] = self._core.api_client.sanitize_for_serialization(listing)
+        self.listed(raw.get("items") or [])
+        return str(raw["metadata"]["resourceVersion"])
+
+    def _follow(self, version: str) -> str:
+        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+        for event in self._watch.stream(  # type: ignore[no-untyped-call]
+            getattr(self._core, self._list_method),
+            self.namespace,
+            label_selector=self._selector,
+            resource_version=version,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            _request_timeout=WATCH_TIMEOUT_S + 10,
+        ):
+            if event["type"] == "ERROR":
+                raise RuntimeError(f"watch error: {event['raw_object'].get('message')}")
+            obj = event["raw_object"]
+            version = str(obj["metadata"]["resourceVersion"])
+            self.event(event["type"], obj)
+        return version

@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import kubernetes
+
+from spout_operator.kube import ListWatch
 
 if TYPE_CHECKING:  # controller imports workers, which imports this module
     from spout_operator.controller import Resource
@@ -32,8 +33,6 @@ T = TypeVar("T")
 
 # The labels pachd 2.6 puts on every pipeline's worker RC (and its pods and Service).
 WORKER_SELECTOR = "app=pipeline,suite=pachyderm"
-WATCH_TIMEOUT_S = 60  # the server ends each watch after this; it is opened again at once
-RETRY_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -269,74 +268,36 @@ def rc_pipeline(rc: Mapping[str, Any]) -> PipelineKey | None:
     return None if not name else (labels.get("pipelineProject") or "default", name)
 
 
-class WorkerWatch:
-    """Watches pachd's worker RCs in one namespace from a thread of its own, and reports each
-    pipeline whose RC appeared, changed what matters, or went."""
+class WorkerWatch(ListWatch):
+    """Watches pachd's worker RCs in one namespace, and reports each pipeline whose RC
+    appeared, changed what matters, or went."""
 
     def __init__(
         self, core: kubernetes.client.CoreV1Api, namespace: str, changed: Callable[[PipelineKey], None]
     ) -> None:
-        self._core, self.namespace, self._changed = core, namespace, changed
+        super().__init__(
+            core, "list_namespaced_replication_controller", namespace, WORKER_SELECTOR, f"workers-{namespace}"
+        )
+        self._changed = changed
         self._seen: dict[str, tuple[PipelineKey, tuple[Any, ...]]] = {}  # RC name -> pipeline, fingerprint
         self._listed = False  # the first listing only learns what exists: nothing changed yet
-        self._stop = threading.Event()
-        self._watch: kubernetes.watch.Watch | None = None
-        self._thread = threading.Thread(target=self._run, name=f"workers-{namespace}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()  # type: ignore[no-untyped-call]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version = self._relist()
-                while not self._stop.is_set():
-                    version = self._follow(version)
-            except Exception as err:  # API server away, 410 Gone, ...: list again shortly
-                if not self._stop.is_set():
-                    log.warning(f"Worker watch in {self.namespace} restarts: {err}")
-                self._stop.wait(RETRY_S)
-
-    def _relist(self) -> str:
-        listing = self._core.list_namespaced_replication_controller(
-            self.namespace, label_selector=WORKER_SELECTOR, _request_timeout=30
-        )
-        raw: dict[str, Any] = self._core.api_client.sanitize_for_serialization(listing)
-        current = {rc["metadata"]["name"]: rc for rc in raw.get("items") or []}
+    def listed(self, items: list[dict[str, Any]]) -> None:
+        current = {rc["metadata"]["name"]: rc for rc in items}
         for name in set(self._seen) - set(current):  # went while the watch was down
             self._changed(self._seen.pop(name)[0])
         for name, rc in current.items():
             self._observe(name, rc, first=not self._listed)
         self._listed = True
-        return str(raw["metadata"]["resourceVersion"])
 
-    def _follow(self, version: str) -> str:
-        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-        for event in self._watch.stream(  # type: ignore[no-untyped-call]
-            self._core.list_namespaced_replication_controller,
-            self.namespace,
-            label_selector=WORKER_SELECTOR,
-            resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            _request_timeout=WATCH_TIMEOUT_S + 10,
-        ):
-            if event["type"] == "ERROR":
-                raise RuntimeError(f"watch error: {event['raw_object'].get('message')}")
-            rc = event["raw_object"]
-            name = rc["metadata"]["name"]
-            version = str(rc["metadata"]["resourceVersion"])
-            if event["type"] == "DELETED":
-                gone = self._seen.pop(name, None)
-                if gone is not None:
-                    self._changed(gone[0])
-            else:
-                self._observe(name, rc)
-        return version
+    def event(self, kind: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            gone = self._seen.pop(name, None)
+            if gone is not None:
+                self._changed(gone[0])
+        else:
+            self._observe(name, obj)
 
     def _observe(self, name: str, rc: Mapping[str, Any], first: bool = False) -> None:
         key = rc_pipeline(rc)

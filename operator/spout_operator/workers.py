@@ -2,7 +2,7 @@
 
 pachd says RUNNING while its workers cannot pull their image, crash or cannot be scheduled
 (pachyderm#3059), so `Ready` also needs the pods. One list+watch of pods per namespace in
-SPOUT_OPERATOR_WORKER_NAMESPACES (PodWatch, the pattern of sweep.WorkerWatch) keeps an
+SPOUT_OPERATOR_WORKER_NAMESPACES (PodWatch, a kube.ListWatch like sweep.WorkerWatch) keeps an
 in-memory index of them by pipeline (WorkerPods): a pass reads it, never the API server.
 When a pipeline's health changes in a way that matters (ready count, reason), the resource
 is woken through the same route as a worker RC change.
@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import kubernetes
 
+from spout_operator.kube import ListWatch
 from spout_operator.settings import Settings
-from spout_operator.sweep import RETRY_S, WATCH_TIMEOUT_S, PipelineKey
+from spout_operator.sweep import PipelineKey
 
 # The labels pachd 2.6 puts on every worker pod (the RC's pod template).
 WORKER_POD_SELECTOR = "app=pipeline,suite=pachyderm,component=worker"
@@ -287,9 +288,9 @@ class WorkerPods:
                 self._errors[namespace] = error
 
 
-class PodWatch:
-    """Lists, then watches, pachd's worker pods in one namespace from a thread of its own,
-    and reports each pipeline whose workers' health changed."""
+class PodWatch(ListWatch):
+    """Lists, then watches, pachd's worker pods in one namespace, and reports each pipeline
+    whose workers' health changed."""
 
     def __init__(
         self,
@@ -298,57 +299,22 @@ class PodWatch:
         index: WorkerPods,
         changed: Callable[[PipelineKey], None],
     ) -> None:
-        self._core, self.namespace, self._index, self._changed = core, namespace, index, changed
-        self._stop = threading.Event()
-        self._watch: kubernetes.watch.Watch | None = None
-        self._thread = threading.Thread(target=self._run, name=f"worker-pods-{namespace}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()  # type: ignore[no-untyped-call]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                version = self._relist()
-                while not self._stop.is_set():
-                    version = self._follow(version)
-            except Exception as err:  # API server away, 410 Gone, Forbidden: list again shortly
-                if not self._stop.is_set():
-                    log.warning(f"Worker pod watch in {self.namespace} restarts: {err}")
-                    self._index.failed(self.namespace, _short(err))
-                self._stop.wait(RETRY_S)
-
-    def _relist(self) -> str:
-        listing = self._core.list_namespaced_pod(
-            self.namespace, label_selector=WORKER_POD_SELECTOR, _request_timeout=30
+        super().__init__(
+            core, "list_namespaced_pod", namespace, WORKER_POD_SELECTOR, f"worker-pods-{namespace}"
         )
-        raw: dict[str, Any] = self._core.api_client.sanitize_for_serialization(listing)
-        for key in self._index.replace(self.namespace, raw.get("items") or []):
-            self._changed(key)
-        return str(raw["metadata"]["resourceVersion"])
+        self._index, self._changed = index, changed
 
-    def _follow(self, version: str) -> str:
-        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-        for event in self._watch.stream(  # type: ignore[no-untyped-call]
-            self._core.list_namespaced_pod,
-            self.namespace,
-            label_selector=WORKER_POD_SELECTOR,
-            resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            _request_timeout=WATCH_TIMEOUT_S + 10,
-        ):
-            if event["type"] == "ERROR":
-                raise RuntimeError(f"watch error: {event['raw_object'].get('message')}")
-            pod = event["raw_object"]
-            version = str(pod["metadata"]["resourceVersion"])
-            for key in self._index.update(self.namespace, event["type"], pod):
-                self._changed(key)
-        return version
+    def listed(self, items: list[dict[str, Any]]) -> None:
+        for key in self._index.replace(self.namespace, items):
+            self._changed(key)
+
+    def event(self, kind: str, obj: dict[str, Any]) -> None:
+        for key in self._index.update(self.namespace, kind, obj):
+            self._changed(key)
+
+    def failed(self, err: Exception) -> None:
+        super().failed(err)
+        self._index.failed(self.namespace, _short(err))
 
 
 def _short(err: Exception) -> str:

@@ -114,3 +114,14 @@ def test_a_vigil_lists_a_pachd_for_a_while_after_drift_there_only() -> None:
     vigil.drift_seen("pachd-b", 108.0)
     assert sorted(vigil.due(115.0)) == ["pachd-a", "pachd-b"]
     assert vigil.due(118.5) == []
+
+
+def test_a_relisting_and_a_deletion_report_the_rcs_that_went() -> None:
+    watch = ObservingWatch()
+    watch.listed([rc("default-spout-v1", "spout"), rc("default-proc-v1", "proc")])  # learns only
+    assert watch.changes == []
+    watch.listed([rc("default-spout-v1", "spout")])  # the processor's RC went while the watch was down
+    assert watch.changes == [("default", "proc")]
+    watch.event("DELETED", rc("default-spout-v1", "spout"))
+    watch.event("DELETED", rc("default-spout-v1", "spout"))  # already gone: nothing more
+    assert watch.changes == [("default", "proc"), ("default", "spout")]
