@@ -8,23 +8,19 @@ is a failure, never a skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from devstack import build
 from devstack.stack import Stack, State
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from devstack.testing import IN_CI, kubectl, use_kubeconfig
 
 
 def _stack_unavailable_reason() -> str | None:
@@ -77,28 +73,6 @@ def stack(stack_prerequisites: None) -> Iterator[State]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def use_kubeconfig(path: str) -> Iterator[None]:
-    """Point KUBECONFIG, and the in-process kubernetes client library, at `path`.
-
-    The library reads KUBECONFIG once, when it is imported (here: while tests are
-    collected, long before the stack exists), and kopf's default login goes through it.
-    Without this the in-process operator would use ~/.kube/config, or find nothing.
-    """
-    from kubernetes.config import kube_config
-
-    saved = os.environ.get("KUBECONFIG"), kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-    os.environ["KUBECONFIG"] = kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
-    try:
-        yield
-    finally:
-        env, kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved
-        if env is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = env
-
-
 @pytest.fixture(scope="session")
 def pachd_address(stack: State) -> str:
     return stack.pachds[0].address
@@ -111,20 +85,6 @@ def pachd_client(stack: State) -> Any:
     return python_pachyderm.Client(stack.pachds[0].host, stack.pachds[0].port)
 
 
-def kubectl(stack: State, *args: str, input: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", stack.kubeconfig, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout + result.stderr
-
-
 @pytest.fixture
 def namespace(stack: State) -> Iterator[str]:
     """A fresh Kubernetes namespace for one test, deleted afterwards."""
@@ -132,20 +92,3 @@ def namespace(stack: State) -> Iterator[str]:
     kubectl(stack, "create", "namespace", name)
     yield name
     kubectl(stack, "delete", "namespace", name, "--wait=false", check=False)
-
-
-def eventually(
-    check: Callable[[], Any], timeout_s: float = 60, interval_s: float = 0.3, what: str = ""
-) -> Any:
-    """Poll `check` until it returns a truthy value; fail with the last value or error."""
-    end = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as err:  # the condition may raise until it holds
-            last = err
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}: last saw {last!r}")

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, use_kubeconfig
 from devstack import node as nodes
 from devstack.stack import Stack, State
+from devstack.testing import IN_CI, use_kubeconfig
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import eventually
 from devstack import images
 from devstack import node as nodes
 from devstack.stack import PACHD_PORT, Stack, State
 from devstack.status_readers import HEALTH, argocd_health, kstatus
+from devstack.testing import eventually
 from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
 
 __all__ = ["node_prerequisites", "node_stack"]

@@ -28,9 +28,9 @@ from typing import Any
 import kubernetes
 import pytest
 import python_pachyderm
-from conftest import eventually, kubectl
 from devstack import metrics
 from devstack.stack import Stack, State, free_port
+from devstack.testing import eventually, kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE_ADDRESS = "grpc://127.0.0.1:9"  # nothing answers there

@@ -10,8 +10,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import eventually
 from devstack.stack import State
+from devstack.testing import eventually
 from faults.faultkit import Api, Operator, Pachd, body, crd, figure, ns, operators, prefix, ready
 
 __all__ = ["crd", "ns", "operators", "prefix"]

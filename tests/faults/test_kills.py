@@ -11,8 +11,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import eventually, kubectl
 from devstack.stack import State
+from devstack.testing import eventually, kubectl
 from faults.faultkit import (
     UNREACHABLE,
     Api,

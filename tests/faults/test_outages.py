@@ -12,8 +12,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import eventually
 from devstack.stack import Stack, State, _alive
+from devstack.testing import eventually
 from faults.faultkit import (
     Api,
     Operator,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import python_pachyderm
 from bench.bench import NAMESPACE, Options, run
-from conftest import kubectl
 from devstack.stack import State
+from devstack.testing import kubectl
 
 pytestmark = pytest.mark.integration
 

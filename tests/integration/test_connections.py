@@ -16,21 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import eventually, kubectl
 from devstack.stack import State
+from devstack.testing import eventually, kubectl
 from fake_pachd import FakePachd
-from test_operator import (  # fixtures are registered where they are imported
+from kit import (
     CONNECTION_CHECK_S,
     DRIFT_INTERVAL_S,
     OPERATOR_NAMESPACE,
     apply,
     condition,
     connection,
-    crd,
-    default_connection,
     get,
-    names,
-    operator_env,
     pipelines,
     resource,
     running_operator,
@@ -38,8 +34,6 @@ from test_operator import (  # fixtures are registered where they are imported
     secret,
     wait_condition,
 )
-
-__all__ = ["crd", "default_connection", "names", "operator_env"]
 
 pytestmark = pytest.mark.integration
 

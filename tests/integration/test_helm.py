@@ -15,21 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import kubectl, use_kubeconfig
 from devstack import build
 from devstack.stack import State, service_account_kubeconfig
-from test_operator import (
+from devstack.testing import kubectl, use_kubeconfig
+from kit import (
     SAMPLE,
     connection,
-    crd,
-    default_connection,
-    operator_env,
     pipelines,
     running_operator,
     state_name,
 )
-
-__all__ = ["crd", "default_connection", "operator_env"]
 
 pytestmark = pytest.mark.integration
 

@@ -9,22 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import eventually, kubectl, use_kubeconfig
 from devstack.stack import State, service_account_kubeconfig
-from test_operator import (  # fixtures are registered where they are imported
+from devstack.testing import eventually, kubectl, use_kubeconfig
+from kit import (
     condition,
     connection,
-    crd,
-    default_connection,
-    names,
-    operator_env,
     pipelines,
     resource,
     running_operator,
     wait_condition,
 )
-
-__all__ = ["crd", "default_connection", "names", "operator_env"]
 
 pytestmark = pytest.mark.integration
 

@@ -10,192 +10,30 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import python_pachyderm
 import yaml
-from conftest import eventually, kubectl
-from devstack import metrics
-from devstack.stack import State, free_port
-from python_pachyderm.proto.v2.pps import pps_pb2
+from devstack.stack import State
+from devstack.testing import eventually, kubectl
+from kit import (
+    DRIFT_INTERVAL_S,
+    SAMPLE,
+    apply,
+    condition,
+    connection,
+    get,
+    pipelines,
+    resource,
+    running_operator,
+    scrape,
+    state_name,
+    versions,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
-SAMPLE = ROOT / "crds" / "samples" / "spout.yaml"
-DRIFT_INTERVAL_S = 2
-CONNECTION_CHECK_S = 2
-OPERATOR_NAMESPACE = "spout-operator-system"  # where ClusterPachdConnections keep their Secrets
-TOKEN_LABEL = {"spout-operator.dev/pachd-auth-token": "true"}
-METRICS_PORT = free_port()
-
-
-@pytest.fixture(scope="session")
-def crd(stack: State) -> None:
-    kubectl(stack, "apply", "-k", str(CRDS))
-    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
-        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
-        established = [
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            f"crd/{plural}.spout-operator.dev",
-        ]
-        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
-    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
-
-
-def connection(
-    stack: State,
-    name: str,
-    address: str,
-    namespace: str | None = None,
-    token: str | None = None,
-    **spec: Any,
-) -> dict[str, Any]:
-    """Create (or replace) a connection as an admin would: a PachdConnection in `namespace`,
-    else a ClusterPachdConnection; with `token`, also its labelled Secret (in `namespace`,
-    else in the operator's namespace)."""
-    body: dict[str, Any] = {
-        "apiVersion": "spout-operator.dev/v1alpha1",
-        "kind": "PachdConnection" if namespace else "ClusterPachdConnection",
-        "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
-        "spec": {"address": address, **spec},
-    }
-    if token is not None:
-        secret(stack, namespace or OPERATOR_NAMESPACE, f"{name}-token", {"auth-token": token}, TOKEN_LABEL)
-        body["spec"]["authTokenSecretRef"] = {"name": f"{name}-token"}
-    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
-    return body
-
-
-def secret(
-    stack: State, namespace: str, name: str, data: dict[str, str], labels: dict[str, str] | None = None
-) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
-        "stringData": data,
-    }
-    kubectl(stack, "apply", "-f", "-", input=json.dumps(body))
-
-
-@pytest.fixture(scope="session")
-def default_connection(stack: State, crd: None) -> None:
-    """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
-    stack's pachd, open to every namespace."""
-    connection(stack, "default", stack.pachds[0].address, namespaceSelector={})
-
-
-@pytest.fixture(scope="session")
-def operator_env(stack: State, default_connection: None) -> None:
-    # The operator reads these when it starts (its startup handler), so set them before.
-    # No pachd address or token: SpoutPipelines reach pachd through connections only.
-    os.environ["SPOUT_OPERATOR_NAMESPACE"] = OPERATOR_NAMESPACE
-    os.environ["SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS"] = str(CONNECTION_CHECK_S)
-    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
-    os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
-    os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
-    # No node on this stack: worker pods never exist, so Ready cannot wait for them (the e2e
-    # tier, with a node, judges workers).
-    os.environ["SPOUT_OPERATOR_WORKER_HEALTH"] = "false"
-
-
-@contextlib.contextmanager
-def running_operator(namespace: str) -> Iterator[Any]:
-    import kopf
-    from kopf.testing import KopfRunner
-
-    settings = kopf.OperatorSettings()
-    settings.watching.server_timeout = 10
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "spout_operator.handlers"]
-    with KopfRunner(args, timeout=120, settings=settings) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
-@pytest.fixture
-def operator(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
-    with running_operator(namespace) as runner:
-        yield runner
-
-
-def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, Any]:
-    image = "ghcr.io/spout-operator/spout101:0.1.0"
-    return {
-        "apiVersion": "spout-operator.dev/v1alpha1",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name},
-        "spec": {
-            "spout": {
-                "name": spout,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]},
-            },
-            "processor": {
-                "name": processor,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
-            },
-            **spec,
-        },
-    }
-
-
-@pytest.fixture
-def names(pachd_client: Any) -> Iterator[tuple[str, str]]:
-    """Unique pipeline names for one test; whatever is left in pachd is removed after it.
-
-    Request it before `operator`: fixtures end in reverse order, so the operator has stopped
-    by then (a running one would restore the pipelines at its next sweep, and they would leak).
-    """
-    suffix = uuid.uuid4().hex[:6]
-    spout, processor = f"sp-{suffix}", f"pr-{suffix}"
-    yield spout, processor
-    for name in (processor, spout):
-        with contextlib.suppress(Exception):
-            pachd_client.delete_pipeline(name, force=True)
-
-
-def apply(stack: State, namespace: str, body: dict[str, Any]) -> str:
-    return kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-
-
-def get(stack: State, namespace: str, name: str) -> dict[str, Any]:
-    return dict(json.loads(kubectl(stack, "get", "spoutpipeline", name, "-n", namespace, "-o", "json")))
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
-
-
-def wait_condition(
-    stack: State, namespace: str, name: str, kind: str, status: str, timeout_s: float = 90
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        obj = get(stack, namespace, name)
-        current = condition(obj, kind)
-        return obj if current.get("status") == status else None
-
-    result: dict[str, Any] = eventually(check, timeout_s, what=f"{name} {kind}={status}")
-    return result
-
-
-def pipelines(client: Any, *names: str) -> dict[str, Any]:
-    """name -> PipelineInfo for the named pipelines that exist."""
-    wanted = set(names)
-    return {p.pipeline.name: p for p in client.list_pipeline(details=True) if p.pipeline.name in wanted}
-
-
-def state_name(info: Any) -> str:
-    return str(pps_pb2.PipelineState.Name(info.state)).removeprefix("PIPELINE_")
-
-
-def versions(client: Any, *names: str) -> dict[str, int]:
-    return {name: int(info.version) for name, info in pipelines(client, *names).items()}
 
 
 def test_apply_creates_both_pipelines_and_reports_ready(
@@ -671,11 +509,6 @@ def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
     print(f"image change undone after {time.monotonic() - started:.2f} s")
     obj = wait_condition(stack, namespace, "watched", "Ready", "True")
     assert obj["status"]["driftRepairs"] >= 1
-
-
-def scrape() -> dict[str, float]:
-    """The operator's Prometheus counters, by sample name with labels."""
-    return metrics.scrape(METRICS_PORT)
 
 
 def resource_versions(stack: State, namespace: str, count: int) -> list[str]:

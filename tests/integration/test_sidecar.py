@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import python_pachyderm
-from conftest import eventually, kubectl
 from devstack.sidecar import start_spout_sidecar, stop_spout_sidecar
 from devstack.stack import State
+from devstack.testing import eventually, kubectl
 
 pytestmark = pytest.mark.integration
 

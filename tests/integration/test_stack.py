@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import python_pachyderm
-from conftest import eventually, kubectl
 from devstack import build
 from devstack.stack import State
+from devstack.testing import eventually, kubectl
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 pytestmark = pytest.mark.integration

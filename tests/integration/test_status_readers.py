@@ -18,24 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import eventually, kubectl
 from devstack.stack import State
 from devstack.status_readers import HEALTH, ROOT, argocd_health, kstatus
-from test_operator import (  # fixtures are registered where they are imported
+from devstack.testing import eventually, kubectl
+from kit import (
     apply,
     condition,
     connection,
-    crd,
-    default_connection,
     get,
-    names,
-    operator_env,
     resource,
     running_operator,
     wait_condition,
 )
-
-__all__ = ["crd", "default_connection", "names", "operator_env"]
 
 pytestmark = pytest.mark.integration
 

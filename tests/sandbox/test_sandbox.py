@@ -32,8 +32,8 @@ def alive(pid: int) -> bool:
 
 
 def test_sandbox_runs_and_tears_down(stack_prerequisites: None) -> None:
-    from conftest import IN_CI
     from devstack import node as nodes
+    from devstack.testing import IN_CI
 
     reason = nodes.unavailable_reason()
     if reason is not None:

@@ -1,0 +1,81 @@
+"""The integration tier's fixtures for the operator: CRDs, the default connection, its
+environment, the operator in-process, unique pipeline names. (The stack itself, the test
+namespace and the pachd client are in tests/conftest.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from devstack.stack import State
+from devstack.testing import eventually, kubectl
+from kit import (
+    CONNECTION_CHECK_S,
+    CRDS,
+    DRIFT_INTERVAL_S,
+    METRICS_PORT,
+    OPERATOR_NAMESPACE,
+    connection,
+    running_operator,
+)
+
+
+@pytest.fixture(scope="session")
+def crd(stack: State) -> None:
+    kubectl(stack, "apply", "-k", str(CRDS))
+    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        established = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            f"crd/{plural}.spout-operator.dev",
+        ]
+        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
+
+
+@pytest.fixture(scope="session")
+def default_connection(stack: State, crd: None) -> None:
+    """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
+    stack's pachd, open to every namespace."""
+    connection(stack, "default", stack.pachds[0].address, namespaceSelector={})
+
+
+@pytest.fixture(scope="session")
+def operator_env(stack: State, default_connection: None) -> None:
+    # The operator reads these when it starts (its startup handler), so set them before.
+    # No pachd address or token: SpoutPipelines reach pachd through connections only.
+    os.environ["SPOUT_OPERATOR_NAMESPACE"] = OPERATOR_NAMESPACE
+    os.environ["SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS"] = str(CONNECTION_CHECK_S)
+    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
+    os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
+    os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
+    # No node on this stack: worker pods never exist, so Ready cannot wait for them (the e2e
+    # tier, with a node, judges workers).
+    os.environ["SPOUT_OPERATOR_WORKER_HEALTH"] = "false"
+
+
+@pytest.fixture
+def operator(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
+    with running_operator(namespace) as runner:
+        yield runner
+
+
+@pytest.fixture
+def names(pachd_client: Any) -> Iterator[tuple[str, str]]:
+    """Unique pipeline names for one test; whatever is left in pachd is removed after it.
+
+    Request it before `operator`: fixtures end in reverse order, so the operator has stopped
+    by then (a running one would restore the pipelines at its next sweep, and they would leak).
+    """
+    suffix = uuid.uuid4().hex[:6]
+    spout, processor = f"sp-{suffix}", f"pr-{suffix}"
+    yield spout, processor
+    for name in (processor, spout):
+        with contextlib.suppress(Exception):
+            pachd_client.delete_pipeline(name, force=True)
