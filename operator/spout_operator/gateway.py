@@ -407,7 +407,7 @@ class Gateways:
 # transaction, but creates the new worker RC only after its Secret and Service (1-2 s later,
 # through a throttled Kubernetes client). A pfs SubscribeCommit stream on the spec repo sees
 # the update within tens of milliseconds. It sends nothing for a stop or a deletion (the RC
-# watch sees those at once). The streams run on the event loop (grpc.aio): no thread each.
+# watch and the listings see those). The streams run on the event loop (grpc.aio): no thread each.
 
 SPEC_STREAM_S = 600.0  # a stream is opened again after this, so a silently dead one ends
 SPEC_RETRY_S = (1.0, 30.0)  # back-off between attempts while pachd refuses or is away

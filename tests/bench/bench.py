@@ -714,9 +714,15 @@ def phase_spout_update(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]])
             and state_name(found[s]) == state_name(found[p]) == "RUNNING"
         )
 
+    pachd_done: list[float] = []  # when pachd first showed every pair done (Ready may follow later)
+
     def converged() -> bool:
         found = ctx.pipelines()
-        return all(pair_done(found, s, p) for _, s, p in roles) and ctx.kube.ready(resource_names)
+        if not all(pair_done(found, s, p) for _, s, p in roles):
+            return False
+        if not pachd_done:
+            pachd_done.append(time.monotonic())
+        return ctx.kube.ready(resource_names)
 
     def behind() -> str:
         """What keeps the phase from converging, for the error."""
@@ -749,10 +755,15 @@ def phase_spout_update(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]])
     # Stopping a processor drops its output branch's provenance on the spout; starting it
     # restores it: with it, the spout's next commit reaches the processor again.
     rewired = sum(wired(pachd, s, p) for pachd, s, p in roles)
-    say(f"spout update on {len(bodies)} resources: {seconds:.2f}s, history kept {kept}, rewired {rewired}")
+    pachd_s = pachd_done[0] - start
+    say(
+        f"spout update on {len(bodies)} resources: {seconds:.2f}s (pachd done at {pachd_s:.2f}s),"
+        f" history kept {kept}, rewired {rewired}"
+    )
     return {
         "resources": len(bodies),
         "converge_s": seconds,
+        "pachd_done_s": pachd_s,
         "history_kept": kept,
         "processors_rewired": rewired,
     }
