@@ -36,6 +36,22 @@ from kit import (
 pytestmark = pytest.mark.integration
 
 
+def change_processor_image(client: Any, spout: str, processor: str) -> None:
+    """Update the processor's image behind the operator's back, keeping its owner annotation.
+    (The processor: pachd 2.6.0 refuses any update of a spout that has a downstream pipeline.)"""
+    info = pipelines(client, processor)[processor]
+    changed = python_pachyderm.parse_dict_pipeline_spec(
+        {
+            "pipeline": {"name": processor},
+            "transform": {"image": "busybox:1", "cmd": ["sh"]},
+            "input": {"pfs": {"repo": spout, "glob": "/*"}},
+            "metadata": {"annotations": dict(info.details.metadata.annotations)},
+        }
+    )
+    changed.update = True
+    client.create_pipeline_from_request(changed)
+
+
 def test_apply_creates_both_pipelines_and_reports_ready(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
@@ -118,17 +134,7 @@ def test_drift_is_repaired(
 
     # Image changed with an update -> restored. (The processor: pachd 2.6.0 refuses any update
     # of a spout that has a downstream pipeline, see README "Versions and known limits".)
-    info = pipelines(pachd_client, processor)[processor]
-    changed = python_pachyderm.parse_dict_pipeline_spec(
-        {
-            "pipeline": {"name": processor},
-            "transform": {"image": "busybox:1", "cmd": ["sh"]},
-            "input": {"pfs": {"repo": spout, "glob": "/*"}},
-            "metadata": {"annotations": dict(info.details.metadata.annotations)},
-        }
-    )
-    changed.update = True
-    pachd_client.create_pipeline_from_request(changed)
+    change_processor_image(pachd_client, spout, processor)
     eventually(
         lambda: pipelines(pachd_client, processor)[processor].details.transform.image.startswith("ghcr.io/"),
         30,
@@ -488,18 +494,8 @@ def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
     spout, processor = names
     apply(stack, namespace, resource("watched", spout, processor))
     wait_condition(stack, namespace, "watched", "Ready", "True")
-    info = pipelines(pachd_client, processor)[processor]
-    changed = python_pachyderm.parse_dict_pipeline_spec(
-        {
-            "pipeline": {"name": processor},
-            "transform": {"image": "busybox:1", "cmd": ["sh"]},
-            "input": {"pfs": {"repo": spout, "glob": "/*"}},
-            "metadata": {"annotations": dict(info.details.metadata.annotations)},
-        }
-    )
-    changed.update = True
     started = time.monotonic()
-    pachd_client.create_pipeline_from_request(changed)
+    change_processor_image(pachd_client, spout, processor)
     eventually(
         lambda: pipelines(pachd_client, processor)[processor].details.transform.image.startswith("ghcr.io/"),
         10,
