@@ -53,7 +53,8 @@ deps: venv ## Install system packages the local stack and its node need (etcd, P
 	@command -v kubectl >/dev/null || { echo "error: kubectl not found: install kubectl 1.32 (https://kubernetes.io/docs/tasks/tools/)"; exit 1; }
 
 .PHONY: lint
-lint: venv ## Lint and type-check (ruff, mypy --strict)
+lint: venv ## Lint, type-check and check the package's layers (ruff, mypy --strict, import-linter)
+	PYTHONPATH=operator $(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/spout_operator tests/devstack tests/bench tests/soak tests/faults tests/e2e images/spout101

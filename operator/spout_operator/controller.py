@@ -18,61 +18,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator import connections, metrics
+from spout_operator import metrics, ownership
 from spout_operator import render as rendering
-from spout_operator.connections import ConnectionProblem, Resolver
-from spout_operator.events import REPAIRS, Event, Trigger, for_invalid_spec, for_pass
-from spout_operator.gateway import (
-    Endpoint,
-    Gateway,
-    Gateways,
-    PachdError,
-    PachdRejected,
-    PachdUnavailable,
-    Snapshot,
-)
+from spout_operator.conditions import now
+from spout_operator.connection_model import ConnectionProblem
+from spout_operator.events import Event, for_invalid_spec, for_pass
+from spout_operator.fencing import Fenced
 from spout_operator.kube import Kube
-from spout_operator.observed import ObservedPipeline
+from spout_operator.names import REPAIRS, PipelineKey, Trigger
+from spout_operator.pachd_api import Endpoint, Pachd, PachdError, PachdRejected, Pachds, PachdUnavailable
 from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
-from spout_operator.render import PipelineSpec
+from spout_operator.resolver import Resolver
+from spout_operator.resource import Resource
 from spout_operator.settings import Settings
 from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
 from spout_operator.status import applying, applying_status, deleting_status, status_patch
 from spout_operator.workers import HealthSource, WorkerHealth
-
-
-@dataclass(frozen=True)
-class Resource:
-    """A SpoutPipeline as one pass sees it. A copy: kopf updates the body it hands to
-    handlers while a pass may still run, and one pass must judge by one spec."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
-    deleting: bool = False
-    deleted_at: str = ""  # metadata.deletionTimestamp
-
-    @classmethod
-    def of(cls, body: Mapping[str, Any]) -> Resource:
-        meta = body.get("metadata", {})
-        return cls(
-            namespace=str(meta["namespace"]),
-            name=str(meta["name"]),
-            uid=str(meta.get("uid")),
-            generation=int(meta.get("generation") or 0),
-            spec=copy.deepcopy(dict(body.get("spec") or {})),
-            status=copy.deepcopy(dict(body.get("status") or {})),
-            deleting=bool(meta.get("deletionTimestamp")),
-            deleted_at=str(meta.get("deletionTimestamp") or ""),
-        )
-
-    @property
-    def owner(self) -> str:
-        return rendering.owner_id(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -84,7 +46,7 @@ class PassResult:
     repairs: int = 0  # drift it undid (not a spec change)
 
     @property
-    def heads(self) -> dict[tuple[str, str], str]:
+    def heads(self) -> dict[PipelineKey, str]:
         """The spec commit of each pipeline the pass saw on pachd: where its updates follow."""
         if self.outcome is None:
             return {}
@@ -117,10 +79,6 @@ NAMESPACE_GONE_GRACE_S = 60.0
 GONE_TTL_S = 600.0  # how long a deleted resource's uid is remembered: longer than any pass waits in the pool
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Controller:
     """Shared by every handler and the sweep. One lock per resource: a pass, the status write
     that ends it, and deletion never overlap, and the controller is the only writer of a
@@ -129,7 +87,7 @@ class Controller:
     def __init__(
         self,
         settings: Settings,
-        gateways: Gateways,
+        gateways: Pachds,
         kube: Kube,
         resolver: Resolver | None = None,
         leading: Callable[[], bool] | None = None,
@@ -139,7 +97,7 @@ class Controller:
         self.workers = workers  # the worker pods' index (workers.py); None: pachd's word stands
         self.gateways = gateways
         self.kube = kube
-        # Reaches pachd only through admin-owned connections (connections.py).
+        # Reaches pachd only through admin-owned connections (resolver.py).
         self.resolver = resolver or Resolver(kube.core, kube.custom, settings.operator_namespace)
         self.leading = leading or (lambda: True)  # False: another replica may write; we must not
         self.readiness = metrics.Readiness()
@@ -147,7 +105,6 @@ class Controller:
         self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
         self._gone: dict[str, float] = {}  # uid -> when its deletion finished (monotonic)
         self._locks_lock = threading.Lock()
-        self._tidied = time.monotonic()
 
     def _lock(self, uid: str) -> threading.Lock | None:
         """The resource's lock; None once it was deleted (a pass queued before then does nothing)."""
@@ -162,7 +119,7 @@ class Controller:
         return resource.status if written is None else written.status()
 
     @staticmethod
-    def pipelines_of(resource: Resource) -> set[tuple[str, str]]:
+    def pipelines_of(resource: Resource) -> set[PipelineKey]:
         """(project, name) of the pipelines a resource declares; empty if its spec is invalid."""
         try:
             pair = rendering.render(parse(resource.spec, resource.name), resource.owner)
@@ -171,8 +128,6 @@ class Controller:
         return {(s["pipeline"]["project"]["name"], s["pipeline"]["name"]) for s in pair.in_creation_order()}
 
     def reconcile(self, resource: Resource, trigger: Trigger, listed_since: float = 0.0) -> PassResult | None:
-        if trigger == "drift":
-            self._tidy()
         # Handlers and the drift sweep run concurrently: one pass per resource at a time, so a
         # drift pass that read the old spec can never undo the update handler's new one.
         lock = self._lock(resource.uid)
@@ -194,21 +149,12 @@ class Controller:
             if trigger == "change" and applying(resource.status, resource.generation):
                 # A spec change: until its pass ends, show it under way (Ready=Unknown,
                 # Reconciling) rather than the previous generation's verdict.
-                shown = {**resource.status, **applying_status(resource.generation, resource.status, now())}
+                shown = applying_status(resource.generation, resource.status, now())
                 self._write(resource, shown)
                 resource = dataclasses.replace(resource, status=shown)
             result = self._pass(resource, trigger, listed_since)
             self._write(resource, result.status)
             return result
-
-    def _tidy(self) -> None:
-        """At most once a sweep: close pachd channels no resource asked for in a while."""
-        now = time.monotonic()
-        with self._locks_lock:
-            if now - self._tidied < self.settings.drift_interval_s:
-                return
-            self._tidied = now
-        self.gateways.close_idle(max(self.settings.gateway_idle_s, 3 * self.settings.drift_interval_s))
 
     def _write(self, resource: Resource, status: dict[str, Any]) -> None:
         """Write the whole status (called under the resource's lock), when it changed or the
@@ -249,9 +195,8 @@ class Controller:
                 now(),
                 spec_error=str(err),
                 error_reason=reason,
+                managed=resource.status.get("managed"),
             )
-            if resource.status.get("managed"):  # status is written whole: keep what deletion reads
-                status["managed"] = resource.status["managed"]
             metrics.RECONCILES.labels(trigger, reason).inc()
             self.readiness.record(resource.uid, resource.generation, ready=False)
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
@@ -268,12 +213,8 @@ class Controller:
             now(),
             drift_repairs=repairs,
             workers=self._workers(spec.project, outcome),
+            managed=ownership.managed_after(resource.status, outcome, spec.connection, endpoint.address),
         )
-        if resource.status.get("managed"):  # status is written whole: keep what deletion reads
-            status["managed"] = resource.status["managed"]
-        elif connections.wrote_to_pachd(outcome):
-            # Deletion reads this: a resource that never got this far is deleted without pachd.
-            status["managed"] = connections.managed_entry(spec.connection, endpoint.address)
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
         self.readiness.record(resource.uid, resource.generation, ready=status["summary"] == "Ready")
@@ -282,7 +223,7 @@ class Controller:
         )
 
     def _ensure(
-        self, spec: SpoutPipelineSpec, owner: str, gateway: Gateway, trigger: Trigger, listed_since: float
+        self, spec: SpoutPipelineSpec, owner: str, gateway: Pachd, trigger: Trigger, listed_since: float
     ) -> Outcome:
         pair = rendering.render(spec, owner)
         if trigger == "change":  # one resource's own look at pachd, now
@@ -328,22 +269,21 @@ class Controller:
             if deletion.done:
                 self.forget(resource.uid)
             elif deletion.status is not None:
-                previous = self._previous(resource)
-                self._write(resource, {**previous, **deletion.status})
+                self._write(resource, deletion.status)
         return deletion
 
     def _delete(self, resource: Resource) -> Deletion:
         """Never wedges: a resource that never created anything (status.managed unset:
         invalid, not allowed, never reachable) goes at once, and one whose connection or pachd
         is gone goes within a bounded time when its namespace is being deleted (see
-        connections.finish_without_pachd). Otherwise deletionPolicy: Orphan lets it go."""
+        ownership.finish_without_pachd). Otherwise deletionPolicy: Orphan lets it go."""
         try:
             spec = parse(resource.spec, resource.name)
         except SpecError:
             return Deletion(True, "Spec is invalid, so no pipeline was ever created; nothing to delete")
         if spec.deletion_policy is DeletionPolicy.ORPHAN:
             return Deletion(True, "Deletion policy is Orphan: pipelines stay in pachd")
-        recorded = connections.recorded_connection(resource.status)
+        recorded = ownership.recorded_connection(resource.status)
         ref = recorded or spec.connection  # where the pipelines were created, if anything was
         try:
             gateway = Fenced(
@@ -384,9 +324,7 @@ class Controller:
             deleted = datetime.datetime.fromisoformat(resource.deleted_at.replace("Z", "+00:00"))
             waited_s = (datetime.datetime.now(datetime.UTC) - deleted).total_seconds()
         terminating = self.resolver.namespace_terminating(resource.namespace)
-        return connections.finish_without_pachd(
-            True, permanent, terminating, waited_s, NAMESPACE_GONE_GRACE_S
-        )
+        return ownership.finish_without_pachd(True, permanent, terminating, waited_s, NAMESPACE_GONE_GRACE_S)
 
     @staticmethod
     def _waiting(message: str, resource: Resource) -> Deletion:
@@ -415,45 +353,6 @@ class _Written:
 
     def same(self, status: Mapping[str, Any]) -> bool:
         return self.text == json.dumps(status, sort_keys=True)
-
-
-class Fenced(Gateway):
-    """A gateway whose writes go through only while this replica leads: a pass that began
-    as the leader stops writing to pachd the moment the Lease is lost."""
-
-    def __init__(self, gateway: Gateway, leading: Callable[[], bool]) -> None:
-        # Gateway.__init__ is deliberately not called: this only wraps one.
-        self._gateway, self._leading = gateway, leading
-
-    def _fence(self) -> None:
-        if not self._leading():
-            metrics.WRITES_REFUSED.inc()
-            raise PachdUnavailable("not the leader: this replica no longer holds the Lease")
-
-    def inspect(self, name: str, project: str) -> ObservedPipeline | None:
-        return self._gateway.inspect(name, project)
-
-    def list_pipelines(self) -> list[ObservedPipeline]:
-        return self._gateway.list_pipelines()
-
-    def snapshot(self, not_before: float) -> Snapshot:
-        return self._gateway.snapshot(not_before)
-
-    def create(self, spec: PipelineSpec, update: bool) -> None:
-        self._fence()
-        self._gateway.create(spec, update)
-
-    def start(self, name: str, project: str) -> None:
-        self._fence()
-        self._gateway.start(name, project)
-
-    def stop(self, name: str, project: str) -> None:
-        self._fence()
-        self._gateway.stop(name, project)
-
-    def delete(self, name: str, project: str) -> None:
-        self._fence()
-        self._gateway.delete(name, project)
 
 
 def _foreign_note(removal: Removal) -> str:

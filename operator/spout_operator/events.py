@@ -11,11 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from spout_operator.names import REPAIRS, Trigger
 from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome
-
-Trigger = Literal["change", "poll", "drift", "event"]
-REPAIRS: frozenset[Trigger] = frozenset({"drift", "event"})  # passes not caused by a spec change
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,37 @@
-"""The pachd gateway: the only module that talks to pachd (and imports python_pachyderm).
+"""The pachd gateway: blocking gRPC calls to pachd, and the pool of channels they use.
 
-Calls go through python-pachyderm's generated PPS stubs on a channel of our own so
-every call carries a deadline: one slow pachd must never hold a worker thread for
-long. gRPC errors are translated into the three outcomes the reconciler cares
-about: pachd unreachable (retry later), spec rejected (report, wait for a new
+The only module that imports python_pachyderm (with spec_streams.py, which follows spec
+repos on the event loop through the channel settings defined here). Calls go through the
+generated stubs on a channel of our own so every call carries a deadline: one slow pachd
+must never hold a worker thread for long. gRPC errors become the outcomes the reconciler
+cares about: pachd unreachable (retry later), spec rejected (report, wait for a new
 spec), pipeline missing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import python_pachyderm
 from google.protobuf import json_format
 from google.protobuf.empty_pb2 import Empty
 from python_pachyderm.proto.v2.auth import auth_pb2, auth_pb2_grpc
-from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
+from python_pachyderm.proto.v2.pfs import pfs_pb2
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
 from python_pachyderm.proto.v2.version.versionpb import version_pb2_grpc
 
 from spout_operator import metrics
+from spout_operator.names import PipelineKey, PipelineSpec
 from spout_operator.observed import ObservedPipeline
-from spout_operator.render import PipelineSpec
+from spout_operator.pachd_api import Endpoint, PachdError, PachdRejected, PachdUnavailable, Snapshot
 
-DEFAULT_PORT = 30650
 _STATE_PREFIX = "PIPELINE_"
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
@@ -43,57 +40,20 @@ OWN_WRITE_S = 1.0
 
 log = logging.getLogger(__name__)
 
-PipelineKey = tuple[str, str]  # (project, name)
-Snapshot = dict[PipelineKey, ObservedPipeline]  # (project, name) -> pipeline
 # Told which pipelines a new listing shows changed since the one before, and when it started.
-ListingChanged = Callable[[set[tuple[str, str]], float], None]
+ListingChanged = Callable[[set[PipelineKey], float], None]
 
 
-class PachdError(Exception):
-    """Base of the errors the gateway raises."""
+def credentials(endpoint: Endpoint) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the endpoint (its own CA bundle, else the system's); None: plain."""
+    if not endpoint.secure:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
 
 
-class PachdUnavailable(PachdError):
-    """pachd could not be reached or did not answer in time: worth retrying."""
-
-
-class PachdRejected(PachdError):
-    """pachd refused the request (bad spec, limits, conflicts): retrying will not help."""
-
-    def __init__(self, message: str, not_found: bool = False) -> None:
-        super().__init__(message)
-        self.not_found = not_found
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How to reach one pachd, and the token that may be sent there (and nowhere else).
-
-    A value: gateways are keyed by the whole endpoint, so a token is bound to its address,
-    and a rotated token (or CA bundle) makes a new endpoint, hence a new channel.
-    """
-
-    address: str  # grpc://host:port or grpcs://host:port (a bare host:port means grpc)
-    tls: bool = False
-    auth_token: str | None = field(default=None, repr=False)  # never in logs or reprs
-    ca_bundle: bytes | None = field(default=None, repr=False)  # PEM roots; None: the system's
-
-    @property
-    def target(self) -> str:
-        parts = urlsplit(self.address if "://" in self.address else f"grpc://{self.address}")
-        if parts.scheme not in ("grpc", "grpcs", "http", "https"):
-            raise PachdRejected(f"unsupported pachd address scheme {parts.scheme!r} in {self.address!r}")
-        if not parts.hostname:
-            raise PachdRejected(f"pachd address {self.address!r} has no host")
-        try:
-            port = parts.port
-        except ValueError:  # urlsplit refuses ports outside 0-65535
-            raise PachdRejected(f"pachd address {self.address!r} has an invalid port") from None
-        return f"{parts.hostname}:{port or DEFAULT_PORT}"
-
-    @property
-    def secure(self) -> bool:
-        return self.tls or self.address.startswith(("grpcs://", "https://"))
+def auth_metadata(endpoint: Endpoint) -> list[tuple[str, str]]:
+    """The call metadata carrying the endpoint's token, sent on its own channel only."""
+    return [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
 
 
 def canonical(spec: PipelineSpec) -> PipelineSpec:
@@ -128,7 +88,7 @@ def _fingerprint(pipeline: ObservedPipeline) -> tuple[int, str, bool]:
     return (pipeline.version, pipeline.state, pipeline.stopped)
 
 
-def changed_pipelines(before: Snapshot, after: Snapshot) -> set[tuple[str, str]]:
+def changed_pipelines(before: Snapshot, after: Snapshot) -> set[PipelineKey]:
     """The pipelines two listings disagree on: appeared, gone, updated, stopped or started,
     or moved between pachd's states."""
     return {
@@ -139,7 +99,8 @@ def changed_pipelines(before: Snapshot, after: Snapshot) -> set[tuple[str, str]]
 
 
 class Gateway:
-    """A connection to one pachd. Thread-safe: gRPC channels and stubs are."""
+    """A connection to one pachd (implements pachd_api.Pachd). Thread-safe: gRPC channels
+    and stubs are."""
 
     def __init__(
         self, endpoint: Endpoint, timeout_s: float = 10.0, listing_changed: ListingChanged | None = None
@@ -147,23 +108,21 @@ class Gateway:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._listing_changed = listing_changed
-        target = endpoint.target
-        if endpoint.secure:
-            credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
-            self._channel = grpc.secure_channel(target, credentials)
-        else:
-            self._channel = grpc.insecure_channel(target)
+        target, secure = endpoint.target, credentials(endpoint)
+        self._channel = (
+            grpc.insecure_channel(target) if secure is None else grpc.secure_channel(target, secure)
+        )
         self._pps = pps_pb2_grpc.APIStub(self._channel)
         self._version = version_pb2_grpc.APIStub(self._channel)
         self._auth = auth_pb2_grpc.APIStub(self._channel)
-        self._metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
+        self._metadata = auth_metadata(endpoint)
         self._snapshot: Snapshot | None = None
         self._snapshot_error: PachdError | None = None
         self._snapshot_taken = -math.inf  # when the listing started; never
         self._snapshot_lock = threading.Lock()
         # (project, name) -> when its last write ended (inf: still in flight)
-        self._written_at: dict[tuple[str, str], float] = {}
-        self._last_write: dict[tuple[str, str], float] = {}  # the same, kept OWN_WRITE_S (spec streams)
+        self._written_at: dict[PipelineKey, float] = {}
+        self._last_write: dict[PipelineKey, float] = {}  # the same, kept OWN_WRITE_S (spec streams)
         self._write_lock = threading.Lock()  # held for the length of one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
@@ -236,6 +195,9 @@ class Gateway:
         return str(who.username)
 
     # --- reads ----------------------------------------------------------------------
+
+    def canonical(self, spec: PipelineSpec) -> PipelineSpec:
+        return canonical(spec)
 
     def inspect(self, name: str, project: str) -> ObservedPipeline | None:
         request = pps_pb2.InspectPipelineRequest(pipeline=_pipeline(name, project), details=True)
@@ -331,10 +293,13 @@ class Gateways:
     """One gateway (gRPC channel) per distinct Endpoint, shared by every resource on it.
 
     Keyed by the whole Endpoint, token included: a token is only ever sent on the channel of
-    its own address, and a rotated token gets a channel of its own. A gateway nobody asked for
-    within `idle_s` (or `close_idle`'s) is closed, and one superseded by a new token or CA for
-    the same address as soon as a call on it must have finished (its deadline has passed), so
-    churn over many endpoints does not keep a channel for each one ever seen."""
+    its own address, and a rotated token gets a channel of its own. Each `get` closes what
+    is no longer wanted (one mechanism, no timer): a gateway nobody asked for within
+    `idle_s`, and one superseded by a new token or CA for the same address as soon as a call
+    on it must have finished (its deadline has passed). Every resource asks for its gateway
+    at each sweep and every connection at each check, so `idle_s` is set well above both
+    intervals (Settings.gateway_idle_s), and churn over many endpoints keeps no channel for
+    each one ever seen."""
 
     def __init__(
         self,
@@ -358,32 +323,20 @@ class Gateways:
                 found[0] if found is not None else Gateway(endpoint, self._timeout_s, self._listing_changed)
             )
             self._by_endpoint[endpoint] = (gateway, now)
-            self._evict(now, endpoint, self._idle_s)
+            self._evict(now, endpoint)
             metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
             return gateway
 
-    def _evict(self, now: float, current: Endpoint | None, idle_s: float) -> int:
+    def _evict(self, now: float, current: Endpoint) -> None:
         # A write waits up to one deadline for its slot, then runs for up to one more.
         in_flight_s = 2 * self._timeout_s + 1
-        place = None if current is None else (current.address, current.tls)
-        closed = 0
+        place = (current.address, current.tls)
         for endpoint, (gateway, asked) in list(self._by_endpoint.items()):
             superseded = endpoint != current and (endpoint.address, endpoint.tls) == place
             idle = now - asked
-            if idle > idle_s or (superseded and idle > in_flight_s):
+            if idle > self._idle_s or (superseded and idle > in_flight_s):
                 gateway.close()
                 del self._by_endpoint[endpoint]
-                closed += 1
-        return closed
-
-    def close_idle(self, idle_s: float) -> int:
-        """Close the gateways nobody asked for in `idle_s`; how many were closed. Every
-        resource asks for its gateway at each sweep, so pick `idle_s` well above the sweep
-        interval and the longest pass (a pass in flight keeps what it was given)."""
-        with self._lock:
-            closed = self._evict(self._clock(), None, idle_s)
-            metrics.PACHD_CHANNELS.set(len(self._by_endpoint))
-        return closed
 
     def __len__(self) -> int:
         return len(self._by_endpoint)
@@ -400,155 +353,3 @@ class Gateways:
                 gateway.close()
             self._by_endpoint.clear()
             metrics.PACHD_CHANNELS.set(0)
-
-
-# --- Spec repos: an update seen as it is made ----------------------------------------------
-# pachd writes a pipeline's new spec as a commit to its spec repo in the update's own
-# transaction, but creates the new worker RC only after its Secret and Service (1-2 s later,
-# through a throttled Kubernetes client). A pfs SubscribeCommit stream on the spec repo sees
-# the update within tens of milliseconds. It sends nothing for a stop or a deletion (the RC
-# watch and the listings see those). The streams run on the event loop (grpc.aio): no thread each.
-
-SPEC_STREAM_S = 600.0  # a stream is opened again after this, so a silently dead one ends
-SPEC_RETRY_S = (1.0, 30.0)  # back-off between attempts while pachd refuses or is away
-_KEEPALIVE = [("grpc.keepalive_time_ms", 30_000)]  # pachd 2.6 allows pings every 5 s
-
-# Commit ids of one spec repo's stream, as pachd sends them.
-SpecStream = Callable[["Endpoint", PipelineKey], AsyncIterator[str]]
-
-
-class SpecFollower:
-    """Which commits of a spec repo's stream are news.
-
-    pachd 2.6 opens a stream with every commit the repo ever had (oldest first), then sends
-    each new one. The history ends at the head the operator last listed; what comes after it
-    is a change. Pure: the stream feeds it ids, the pass tells it the head it saw."""
-
-    def __init__(self, head: str) -> None:
-        self.head = head
-        self._caught_up = False
-        self._history: set[str] = set()
-
-    def expect(self, head: str) -> None:
-        """The head a newer pass saw (after a write of its own, or a change it repaired)."""
-        self.head = head
-        if head in self._history:  # the stream has sent it already: all after it is news
-            self._caught_up = True
-
-    def reopened(self) -> None:
-        """A new stream replays the history first."""
-        self._caught_up = False
-
-    def news(self, commit: str) -> bool:
-        if self._caught_up:
-            return commit not in self._history
-        self._history.add(commit)
-        self._caught_up = commit == self.head
-        return False
-
-
-class SpecWatch:
-    """One SubscribeCommit stream per spec repo of the pipelines passes have seen on pachd,
-    on one aio channel per pachd; a commit that is news wakes its resource through `changed`.
-
-    A resource follows the pipelines its last pass saw, on the pachd it saw them on; a stream
-    nobody follows is cancelled. Used from the event loop only."""
-
-    def __init__(
-        self,
-        changed: Callable[[PipelineKey], None],
-        stream: SpecStream | None = None,
-        own: Callable[[Endpoint, PipelineKey], bool] = lambda endpoint, key: False,
-    ) -> None:
-        self._changed = changed
-        self._stream = stream or self._subscribe
-        # The commit of a write of the operator's own (Gateways.wrote) wakes nobody: in a burst
-        # of repairs, each would cost a pass and a listing of a pachd busy with the next write.
-        self._own = own
-        self._wanted: dict[str, tuple[Endpoint, dict[PipelineKey, str]]] = {}  # owner -> where, heads
-        self._followers: dict[tuple[Endpoint, PipelineKey], tuple[SpecFollower, asyncio.Task[None]]] = {}
-        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
-        self._closing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
-
-    def follow(self, owner: str, endpoint: Endpoint | None, heads: Mapping[PipelineKey, str]) -> None:
-        """What `owner`'s last pass saw: the pipelines' spec heads on that pachd (None: none)."""
-        if endpoint is None or not heads:
-            self.forget(owner)
-            return
-        self._wanted[owner] = (endpoint, dict(heads))
-        for key, head in heads.items():
-            found = self._followers.get((endpoint, key))
-            if found is not None:
-                found[0].expect(head)
-                continue
-            follower = SpecFollower(head)
-            task = asyncio.get_running_loop().create_task(self._follow(endpoint, key, follower))
-            self._followers[(endpoint, key)] = (follower, task)
-        self._drop_unwanted()
-
-    def forget(self, owner: str) -> None:
-        if self._wanted.pop(owner, None) is not None:
-            self._drop_unwanted()
-
-    def __len__(self) -> int:
-        return len(self._followers)
-
-    async def close(self) -> None:
-        self._wanted.clear()
-        self._drop_unwanted()
-        for channel in list(self._channels.values()):
-            await channel.close()
-        self._channels.clear()
-
-    def _drop_unwanted(self) -> None:
-        wanted = {(endpoint, key) for endpoint, heads in self._wanted.values() for key in heads}
-        for place in set(self._followers) - wanted:
-            self._followers.pop(place)[1].cancel()
-        unused = set(self._channels) - {endpoint for endpoint, _ in self._followers}
-        for endpoint in unused:  # nothing is in flight on it any more: close it in the background
-            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-
-    async def _follow(self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower) -> None:
-        delay = SPEC_RETRY_S[0]
-        while True:
-            heard = False
-            try:
-                async for commit in self._stream(endpoint, key):
-                    heard = True
-                    if follower.news(commit) and not self._own(endpoint, key):
-                        self._changed(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # pachd away, the repo not there yet, the stream's deadline
-                log.debug(f"Spec stream of {key[0]}/{key[1]} on {endpoint.address} ends: {err}")
-            follower.reopened()
-            # A stream that delivered (its history at least) is opened again at once; one that
-            # did not backs off, so a pachd that is away is not asked once per pipeline each second.
-            delay = SPEC_RETRY_S[0] if heard else min(2 * delay, SPEC_RETRY_S[1])
-            await asyncio.sleep(0 if heard else delay)
-
-    async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
-        channel = self._channels.get(endpoint)
-        if channel is None:
-            if endpoint.secure:
-                credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_bundle)
-                channel = grpc.aio.secure_channel(endpoint.target, credentials, options=_KEEPALIVE)
-            else:
-                channel = grpc.aio.insecure_channel(endpoint.target, options=_KEEPALIVE)
-            self._channels[endpoint] = channel
-        project, name = key
-        # python-pachyderm 7.5 names only "user" repos: the spec repo needs the stub itself.
-        repo = pfs_pb2.Repo(name=name, type="spec", project=pfs_pb2.Project(name=project))
-        request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master")
-        metadata = [("authn-token", endpoint.auth_token)] if endpoint.auth_token else []
-        metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
-        stub = pfs_pb2_grpc.APIStub(channel)
-        call = stub.SubscribeCommit(request, timeout=SPEC_STREAM_S, metadata=metadata)
-        try:
-            async for info in call:
-                yield str(info.commit.id)
-        finally:
-            with contextlib.suppress(Exception):
-                call.cancel()

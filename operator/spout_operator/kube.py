@@ -15,8 +15,8 @@ import kopf
 import kubernetes
 
 from spout_operator import metrics
+from spout_operator.names import GROUP, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
 API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
 WATCH_TIMEOUT_S = 60  # the server ends each watch after this; it is opened again at once
 RETRY_S = 1.0  # after a failed listing or watch, list again this much later

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from spout_operator.names import PipelineSpec
 from spout_operator.observed import ObservedPipeline
-from spout_operator.render import PipelineSpec, owner_of, pipeline_name
+from spout_operator.render import owner_of, pipeline_name
 
 # The top-level pipeline-spec fields the operator renders; everything else that pachd
 # stores (salt, createdAt, outputBranch, reprocessSpec, ...) is pachd's business.

@@ -1,7 +1,7 @@
 """One reconcile pass: desired pair -> observe pachd -> plan -> apply -> outcome.
 
 Level-based and idempotent: run it on create, update, resume and every drift
-check alike. The only I/O is through the gateway; planning and status are pure.
+check alike. The only I/O is through the Pachd protocol (the gateway); planning and status are pure.
 
 Each pipeline's writes stand on their own: pachd refusing one pipeline's change
 never keeps a valid change to the other from being applied, and each pipeline
@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spout_operator.gateway import Gateway, PachdError, PachdUnavailable, canonical
+from spout_operator.names import PipelineSpec
 from spout_operator.observed import ObservedPipeline
+from spout_operator.pachd_api import Pachd, PachdError, PachdUnavailable
 from spout_operator.plan import PipelinePlan, Step, plan_pipeline, with_pachd_defaults
-from spout_operator.render import DesiredPair, PipelineSpec, owner_of, pipeline_name
+from spout_operator.render import DesiredPair, owner_of, pipeline_name
 
 
 class SpoutUpdateBlocked(PachdError):
@@ -77,7 +78,7 @@ def ensure(
     pair: DesiredPair,
     running: bool,
     owner: str,
-    gateway: Gateway,
+    gateway: Pachd,
     snapshot: Mapping[tuple[str, str], ObservedPipeline] | None = None,
 ) -> Outcome:
     """Bring pachd to the desired pair. With a snapshot (drift checks and polls), the first
@@ -90,7 +91,9 @@ def ensure(
     skipped: list[str] = []
     paused: list[str] = []
     try:
-        spout_spec, processor_spec = (canonical(with_pachd_defaults(s)) for s in pair.in_creation_order())
+        spout_spec, processor_spec = (
+            gateway.canonical(with_pachd_defaults(s)) for s in pair.in_creation_order()
+        )
         for spec in (spout_spec, processor_spec):
             name = pipeline_name(spec)
             listed = None if snapshot is None else snapshot.get((project_of(spec), name))
@@ -135,7 +138,7 @@ def ensure(
 
 
 def _readers_in_the_way(
-    gateway: Gateway, spout: PipelineSpec, owner: str
+    gateway: Pachd, spout: PipelineSpec, owner: str
 ) -> tuple[SpoutUpdateBlocked | None, list[ObservedPipeline]]:
     """The running readers of the spout's repo: blocked by any this resource does not own,
     else the ones to pause (ours) for the update."""
@@ -156,7 +159,7 @@ def _readers_in_the_way(
 
 
 def _apply_plan(
-    gateway: Gateway,
+    gateway: Pachd,
     spec: PipelineSpec,
     plan: PipelinePlan,
     applied: list[tuple[str, Step]],
@@ -183,7 +186,7 @@ def unobserved(pair: DesiredPair, error: PachdError) -> Outcome:
     return Outcome(names, (), {}, errors={name: error for name in names})
 
 
-def _apply(gateway: Gateway, spec: PipelineSpec, step: Step) -> None:
+def _apply(gateway: Pachd, spec: PipelineSpec, step: Step) -> None:
     name, project = pipeline_name(spec), project_of(spec)
     if step is Step.CREATE:
         gateway.create(spec, update=False)
@@ -204,7 +207,7 @@ class Removal:
     error: PachdError | None = None
 
 
-def remove(pair: DesiredPair, owner: str, gateway: Gateway) -> Removal:
+def remove(pair: DesiredPair, owner: str, gateway: Pachd) -> Removal:
     """Delete the pipelines this resource owns, processor first (it reads the spout's repo)."""
     foreign: list[str] = []
     remaining: list[str] = []

@@ -8,16 +8,9 @@ to pachd as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from spout_operator.names import MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, PipelineSpec
 from spout_operator.spec import PipelineTemplate, SpoutPipelineSpec
-
-GROUP = "spout-operator.dev"
-OWNER_ANNOTATION = f"{GROUP}/owner"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "spout-operator"
-
-PipelineSpec = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -31,11 +24,6 @@ class DesiredPair:
 
     def in_deletion_order(self) -> tuple[PipelineSpec, PipelineSpec]:
         return (self.processor, self.spout)
-
-
-def owner_id(namespace: str, name: str) -> str:
-    """The mark stored on each pipeline naming the resource that manages it."""
-    return f"{namespace}/{name}"
 
 
 def pipeline_name(spec: PipelineSpec) -> str:

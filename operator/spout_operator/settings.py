@@ -34,7 +34,7 @@ class Settings:
     retry_delay_s: float = 15.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 9090  # Prometheus metrics; 0 turns them off
-    # A pachd channel no resource used for this long is closed (at least 3 sweeps).
+    # A pachd channel no resource used for this long is closed (at least 3 sweeps: see channel_idle_s).
     gateway_idle_s: float = 300.0
     # Two or more replicas: only the holder of this Lease runs (controller-runtime's timings).
     leader_election: bool = False
@@ -48,6 +48,12 @@ class Settings:
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
+
+    @property
+    def channel_idle_s(self) -> float:
+        """How long a pachd channel may go unasked before it is closed: every resource asks
+        for its own at each sweep, so never less than three sweeps."""
+        return max(self.gateway_idle_s, 3 * self.drift_interval_s)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

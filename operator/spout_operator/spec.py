@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from spout_operator.names import CLUSTER_CONNECTION, NAMESPACED_CONNECTION
+
 # Pipeline-spec fields a user may set on either pipeline, passed to pachd as written
 # (camelCase, as in Pachyderm's pipeline JSON).
 COMMON_PIPELINE_FIELDS = ("description", "resourceRequests", "resourceLimits", "podPatch", "metadata")
@@ -19,8 +21,6 @@ PROCESSOR_ONLY_FIELDS = ("parallelismSpec", "autoscaling", "datumTries")
 
 DEFAULT_GLOB = "/*"
 DEFAULT_PROJECT = "default"
-CLUSTER_CONNECTION = "ClusterPachdConnection"
-NAMESPACED_CONNECTION = "PachdConnection"
 DEFAULT_CONNECTION = "default"
 
 E = TypeVar("E", bound="StrEnum")

@@ -23,11 +23,11 @@ list whole: a condition that no longer holds disappears with the next write.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from spout_operator.gateway import PachdUnavailable
+from spout_operator.conditions import Condition, render_conditions
 from spout_operator.observed import ObservedPipeline
+from spout_operator.pachd_api import PachdUnavailable
 from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
 from spout_operator.workers import WorkerHealth
 
@@ -43,14 +43,6 @@ FAILING = {"FAILURE", "CRASHING"}  # pachd gave up, or its workers crash: not pr
 # Refusals that retrying the same spec cannot cure: kstatus reads Stalled=True as Failed.
 STALLED_REASONS = {"InvalidSpec", "PachdRejected", "SpoutUpdateBlocked", "ForeignPipeline"}
 WORKERS_STARTING = "WorkersStarting"  # Ready's reason while worker pods are on their way up
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: bool | None  # None: Unknown
-    reason: str
-    message: str
 
 
 def pipeline_status(
@@ -197,29 +189,6 @@ def _workers_message(name: str, observed: ObservedPipeline, health: WorkerHealth
     )
 
 
-def render_conditions(
-    conditions: list[Condition], previous: list[Mapping[str, Any]] | None, now: str, generation: int
-) -> list[dict[str, Any]]:
-    before = {c.get("type"): c for c in previous or []}
-    rendered = []
-    for condition in conditions:
-        status = {True: "True", False: "False", None: "Unknown"}[condition.status]
-        old = before.get(condition.type, {})
-        rendered.append(
-            {
-                "type": condition.type,
-                "status": status,
-                "reason": condition.reason,
-                "message": condition.message,
-                "lastTransitionTime": old.get("lastTransitionTime", now)
-                if old.get("status") == status and old.get("lastTransitionTime")
-                else now,
-                "observedGeneration": generation,
-            }
-        )
-    return rendered
-
-
 def applying(previous: Mapping[str, Any], generation: int) -> bool:
     """Whether to show a change under way before its pass: the status describes an older
     generation (a spec change), or there is none at all (a CRD without the status default,
@@ -231,7 +200,8 @@ def applying(previous: Mapping[str, Any], generation: int) -> bool:
 
 def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
     """What a change shows while its pass runs: a reader never sees the previous
-    generation's Ready=True for this one (Flux's convention: Ready=Unknown, Reconciling)."""
+    generation's Ready=True for this one (Flux's convention: Ready=Unknown, Reconciling).
+    The rest of the previous status stands."""
     message = f"applying generation {generation} of the spec to pachd"
     conditions = [
         Condition("Ready", None, "Progressing", message),
@@ -239,6 +209,7 @@ def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> d
         Condition("Reconciling", True, "Progressing", message),
     ]
     return {
+        **previous,
         "observedGeneration": generation,
         "summary": "Reconciling",
         "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
@@ -246,12 +217,14 @@ def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> d
 
 
 def deleting_status(message: str, generation: int, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
-    """What deletion shows while it waits for pachd (kstatus reads Terminating anyway)."""
+    """What deletion shows while it waits for pachd (kstatus reads Terminating anyway); the
+    rest of the status (status.managed above all) stands."""
     conditions = [
         Condition("Ready", False, "Deleting", message),
         Condition("Reconciling", True, "Deleting", message),
     ]
     return {
+        **previous,
         "summary": "Deleting",
         "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
     }
@@ -267,14 +240,19 @@ def status_patch(
     drift_repairs: int = 0,
     error_reason: str = "InvalidSpec",
     workers: Mapping[str, WorkerHealth] | None = None,
+    managed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full `.status` to write onto the resource. `workers`: see conditions_for."""
+    """The full `.status` to write onto the resource (it is written whole). `workers`: see
+    conditions_for; `managed`: where its pipelines were created (ownership.managed_after),
+    which deletion reads."""
     conditions = conditions_for(outcome, running, spec_error, error_reason, workers)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
         "driftRepairs": int(previous.get("driftRepairs", 0)) + drift_repairs,
     }
+    if managed:
+        patch["managed"] = dict(managed)
     if outcome is not None:
         owners = {plan.name: plan.foreign_owner for plan in outcome.plans}
         for role, name in zip(("spout", "processor"), outcome.names, strict=True):

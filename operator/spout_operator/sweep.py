@@ -1,13 +1,12 @@
-"""When each resource is compared with pachd: at once when pachd's workers change, and at
-the periodic sweep as the safety net.
+"""When each resource is compared with pachd: at once when its pipelines are seen to change,
+and at the periodic sweep as the safety net.
 
-pachd runs every pipeline as a ReplicationController in its own Kubernetes namespace and
-replaces, scales to zero or deletes it within a second or two of an update, stop or
-deletion. A watch on those RCs therefore tells within about a second which pipeline
-changed; the resource that declares it is woken for a pass of its own. The sweep (all
-resources on one grid, one listing per pachd) still catches what no event shows: a
-pachd outside the cluster, a watch that was down. One task (Sweeper) runs both for every
-resource, from a compact index of them: nothing per resource waits between passes.
+The watches of pachd's worker RCs and pods (watches.py), the spec-repo streams and the
+listings of a pachd under vigil poke the resource that declares a changed pipeline, for a
+pass of its own. The sweep (all resources on one grid, one listing per pachd) still catches
+what no event shows: a pachd outside the cluster, a watch that was down. One task (Sweeper)
+runs both for every resource, from a compact index of them: nothing per resource waits
+between passes.
 """
 
 from __future__ import annotations
@@ -17,22 +16,13 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
-import kubernetes
+from spout_operator.names import PipelineKey, Trigger
+from spout_operator.resource import Resource
 
-from spout_operator.kube import ListWatch
-
-if TYPE_CHECKING:  # controller imports workers, which imports this module
-    from spout_operator.controller import Resource
-    from spout_operator.events import Trigger
-
-PipelineKey = tuple[str, str]  # (project, pipeline name)
 T = TypeVar("T")
-
-# The labels pachd 2.6 puts on every pipeline's worker RC (and its pods and Service).
-WORKER_SELECTOR = "app=pipeline,suite=pachyderm"
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +126,7 @@ async def keep_vigil(vigil: Vigil[T], listing: Callable[[T], Awaitable[object]])
             await asyncio.gather(*(listing(where) for where in due), return_exceptions=True)
 
 
-PassFn = Callable[["Resource", "Trigger", float], Awaitable[object]]  # resource, trigger, listed_since
+PassFn = Callable[[Resource, Trigger, float], Awaitable[object]]  # resource, trigger, listed_since
 
 
 class Sweeper:
@@ -252,59 +242,3 @@ class Sweeper:
         self._passes[uid] = asyncio.get_running_loop().create_task(
             self._passes_of(uid, trigger, listed_since)
         )
-
-
-def rc_fingerprint(rc: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What of an RC says the pipeline changed: its spec commit (an update) and replicas (a
-    stop scales to zero). Status changes (pods coming and going) are not worth a pass."""
-    meta = rc.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    return (annotations.get("specCommit"), (rc.get("spec") or {}).get("replicas"))
-
-
-def rc_pipeline(rc: Mapping[str, Any]) -> PipelineKey | None:
-    labels = (rc.get("metadata") or {}).get("labels") or {}
-    name = labels.get("pipelineName")
-    return None if not name else (labels.get("pipelineProject") or "default", name)
-
-
-class WorkerWatch(ListWatch):
-    """Watches pachd's worker RCs in one namespace, and reports each pipeline whose RC
-    appeared, changed what matters, or went."""
-
-    def __init__(
-        self, core: kubernetes.client.CoreV1Api, namespace: str, changed: Callable[[PipelineKey], None]
-    ) -> None:
-        super().__init__(
-            core, "list_namespaced_replication_controller", namespace, WORKER_SELECTOR, f"workers-{namespace}"
-        )
-        self._changed = changed
-        self._seen: dict[str, tuple[PipelineKey, tuple[Any, ...]]] = {}  # RC name -> pipeline, fingerprint
-        self._listed = False  # the first listing only learns what exists: nothing changed yet
-
-    def listed(self, items: list[dict[str, Any]]) -> None:
-        current = {rc["metadata"]["name"]: rc for rc in items}
-        for name in set(self._seen) - set(current):  # went while the watch was down
-            self._changed(self._seen.pop(name)[0])
-        for name, rc in current.items():
-            self._observe(name, rc, first=not self._listed)
-        self._listed = True
-
-    def event(self, kind: str, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
-        if kind == "DELETED":
-            gone = self._seen.pop(name, None)
-            if gone is not None:
-                self._changed(gone[0])
-        else:
-            self._observe(name, obj)
-
-    def _observe(self, name: str, rc: Mapping[str, Any], first: bool = False) -> None:
-        key = rc_pipeline(rc)
-        if key is None:
-            return
-        fingerprint = rc_fingerprint(rc)
-        before = self._seen.get(name)
-        self._seen[name] = (key, fingerprint)
-        if not first and (before is None or before[1] != fingerprint):
-            self._changed(key)

@@ -1,38 +1,27 @@
-"""The health of each pipeline's workers, read from pachd's worker pods.
+"""The health of each pipeline's workers: verdicts on pachd's worker pods, and their index.
 
 pachd says RUNNING while its workers cannot pull their image, crash or cannot be scheduled
-(pachyderm#3059), so `Ready` also needs the pods. One list+watch of pods per namespace in
-SPOUT_OPERATOR_WORKER_NAMESPACES (PodWatch, a kube.ListWatch like sweep.WorkerWatch) keeps an
-in-memory index of them by pipeline (WorkerPods): a pass reads it, never the API server.
-When a pipeline's health changes in a way that matters (ready count, reason), the resource
-is woken through the same route as a worker RC change.
+(pachyderm#3059), so `Ready` also needs the pods. The pod watches (watches.py) keep an
+in-memory index of them by pipeline (WorkerPods): a pass reads it, never the API server,
+and a change of a pipeline's health that matters (ready count, reason) wakes its resource.
 
 `pod_problem` and `health` are pure: a pod (or a pipeline's pods) in, a verdict out.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import kubernetes
+from spout_operator.names import PipelineKey, worker_pipeline
 
-from spout_operator.kube import ListWatch
-from spout_operator.settings import Settings
-from spout_operator.sweep import PipelineKey
-
-# The labels pachd 2.6 puts on every worker pod (the RC's pod template).
-WORKER_POD_SELECTOR = "app=pipeline,suite=pachyderm,component=worker"
 # The kubelet's waiting reasons on the way up; every other waiting reason is an error
 # (ErrImagePull, ImagePullBackOff, ErrImageNeverPull, CrashLoopBackOff, CreateContainerConfigError, ...).
 STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 LISTED_WAIT_S = 10.0  # how long start-up waits for the first listing of pods
 MESSAGE_MAX = 600  # kubelet's pull errors run to hundreds of characters; status stays readable
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,12 +126,6 @@ def pod_version(pod: Mapping[str, Any]) -> int | None:
     return int(raw) if str(raw).isdigit() else None
 
 
-def pod_pipeline(pod: Mapping[str, Any]) -> PipelineKey | None:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    name = labels.get("pipelineName")
-    return None if not name else (labels.get("pipelineProject") or "default", name)
-
-
 def health(pods: Iterable[Mapping[str, Any]], version: int) -> WorkerHealth:
     """The workers of one pipeline version. Pods being deleted do not count: the RC is
     replacing them (or the pipeline is stopping)."""
@@ -236,7 +219,7 @@ class WorkerPods:
         return (max(versions), *health(pods, max(versions)).fingerprint)
 
     def _put(self, namespace: str, pod: Mapping[str, Any]) -> PipelineKey | None:
-        key = pod_pipeline(pod)
+        key = worker_pipeline(pod)
         if key is not None:
             name = str(pod["metadata"]["name"])
             self._keys[namespace][name] = key
@@ -257,7 +240,7 @@ class WorkerPods:
         nothing (start-up waits for it), unless a pass judged before it (health unknown)."""
         pods = list(pods)
         with self._lock:
-            keys = set(self._keys[namespace].values()) | {k for k in map(pod_pipeline, pods) if k}
+            keys = set(self._keys[namespace].values()) | {k for k in map(worker_pipeline, pods) if k}
             before = {key: self._fingerprint(key) for key in keys}
             for name in list(self._keys[namespace]):
                 self._drop(namespace, name)
@@ -272,7 +255,7 @@ class WorkerPods:
 
     def update(self, namespace: str, kind: str, pod: Mapping[str, Any]) -> set[PipelineKey]:
         """A watch event (ADDED, MODIFIED, DELETED): the pipeline, if its health changed."""
-        key = pod_pipeline(pod)
+        key = worker_pipeline(pod)
         if key is None:
             return set()
         with self._lock:
@@ -286,70 +269,3 @@ class WorkerPods:
         with self._lock:
             if not self._listed[namespace].is_set():
                 self._errors[namespace] = error
-
-
-class PodWatch(ListWatch):
-    """Lists, then watches, pachd's worker pods in one namespace, and reports each pipeline
-    whose workers' health changed."""
-
-    def __init__(
-        self,
-        core: kubernetes.client.CoreV1Api,
-        namespace: str,
-        index: WorkerPods,
-        changed: Callable[[PipelineKey], None],
-    ) -> None:
-        super().__init__(
-            core, "list_namespaced_pod", namespace, WORKER_POD_SELECTOR, f"worker-pods-{namespace}"
-        )
-        self._index, self._changed = index, changed
-
-    def listed(self, items: list[dict[str, Any]]) -> None:
-        for key in self._index.replace(self.namespace, items):
-            self._changed(key)
-
-    def event(self, kind: str, obj: dict[str, Any]) -> None:
-        for key in self._index.update(self.namespace, kind, obj):
-            self._changed(key)
-
-    def failed(self, err: Exception) -> None:
-        super().failed(err)
-        self._index.failed(self.namespace, _short(err))
-
-
-def _short(err: Exception) -> str:
-    if isinstance(err, kubernetes.client.ApiException):
-        return f"({err.status}) {err.reason}"
-    return str(err)[:200]
-
-
-class WorkerHealthWatch:
-    """The index and its watches, as the operator starts and stops them."""
-
-    def __init__(
-        self,
-        core: kubernetes.client.CoreV1Api,
-        namespaces: Iterable[str],
-        changed: Callable[[PipelineKey], None],
-    ) -> None:
-        namespaces = tuple(namespaces)
-        self.pods = WorkerPods(namespaces)
-        self._watches = [PodWatch(core, ns, self.pods, changed) for ns in namespaces]
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, core: kubernetes.client.CoreV1Api, changed: Callable[[PipelineKey], None]
-    ) -> WorkerHealthWatch | None:
-        """None when workers are not judged: no namespace to look in (pachd's word, as
-        before), or SPOUT_OPERATOR_WORKER_HEALTH=false (a stack without nodes: no pod ever runs)."""
-        if not (settings.worker_health and settings.worker_namespaces):
-            return None
-        return cls(core, settings.worker_namespaces, changed)
-
-    def start(self) -> None:
-        for watch in self._watches:
-            watch.start()
-
-    def stop(self) -> None:
-        for watch in self._watches:
-            watch.stop()

@@ -55,6 +55,7 @@ from python_pachyderm.proto.v2.pps import pps_pb2
 from spout101.consumer import EmulatedSource, Target
 from spout101.consumer import run as consumer_run
 from spout_operator import render as rendering
+from spout_operator.names import owner_id
 from spout_operator.spec import parse
 
 from bench import ROOT
@@ -177,7 +178,7 @@ def resource(name: str, spout: str, processor: str, pachd_index: int | None = 0)
 def pipeline_specs(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two pipeline specs the operator would send for `body`, spout first."""
     name = str(body["metadata"]["name"])
-    pair = rendering.render(parse(body["spec"], name), rendering.owner_id(NAMESPACE, name))
+    pair = rendering.render(parse(body["spec"], name), owner_id(NAMESPACE, name))
     return pair.in_creation_order()
 
 

@@ -10,24 +10,23 @@ from typing import Any
 
 import kubernetes
 import pytest
-from spout_operator import connections
 from spout_operator import gateway as gateway_module
-from spout_operator.connections import (
+from spout_operator.connection_checks import check
+from spout_operator.connection_model import (
     TOKEN_LABEL,
     CheckResult,
     ConnectionProblem,
-    Resolver,
+    KeyRef,
     connection_status,
-    finish_without_pachd,
-    managed_entry,
     parse_connection,
-    recorded_connection,
-    wrote_to_pachd,
 )
-from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdRejected, PachdUnavailable
+from spout_operator.gateway import Gateway, Gateways
 from spout_operator.observed import ObservedPipeline
+from spout_operator.ownership import finish_without_pachd, managed_entry, recorded_connection, wrote_to_pachd
+from spout_operator.pachd_api import Endpoint, PachdRejected, PachdUnavailable
 from spout_operator.plan import PipelinePlan, Step
 from spout_operator.reconcile import Outcome
+from spout_operator.resolver import Resolver
 from spout_operator.spec import ConnectionRef
 
 OPERATOR_NS = "spout-operator-system"
@@ -48,7 +47,7 @@ def namespaced(namespace: str = "team-a", **spec: Any) -> dict[str, Any]:
 def test_cluster_connection_reads_secrets_of_the_operator_namespace_only() -> None:
     spec = parse_connection("ClusterPachdConnection", cluster(authTokenSecretRef={"name": "t"}), OPERATOR_NS)
     assert spec.secrets_namespace == OPERATOR_NS
-    assert spec.token == connections.KeyRef("Secret", "t", "auth-token")
+    assert spec.token == KeyRef("Secret", "t", "auth-token")
 
 
 def test_namespaced_connection_reads_its_own_namespace_only() -> None:
@@ -227,7 +226,7 @@ class FakeGateway:
 )
 def test_check(gateway: FakeGateway, ready: bool, reason: str) -> None:
     spec = parse_connection("ClusterPachdConnection", cluster(), OPERATOR_NS)
-    result = connections.check(spec, Endpoint(spec.address, auth_token=TOKEN), gateway)  # type: ignore[arg-type]
+    result = check(spec, Endpoint(spec.address, auth_token=TOKEN), gateway)  # type: ignore[arg-type]
     assert (result.ready, result.reason) == (ready, reason)
     assert TOKEN not in result.message
 

@@ -9,20 +9,22 @@ from typing import Any
 
 import pytest
 import yaml
-from spout_operator.controller import Controller, Resource
-from spout_operator.gateway import Endpoint, Gateway, Gateways, PachdUnavailable
+from spout_operator.controller import Controller
+from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
+from spout_operator.resource import Resource
 from spout_operator.settings import Settings
 from test_reconcile import FakeGateway
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
 
 
-class OneGateway(Gateways):
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(timeout_s=1)
+class OneGateway:
+    """A pool (pachd_api.Pachds) with one pachd for every endpoint."""
+
+    def __init__(self, gateway: Pachd) -> None:
         self.gateway = gateway
 
-    def get(self, endpoint: Endpoint) -> Gateway:
+    def get(self, endpoint: Endpoint) -> Pachd:
         return self.gateway
 
 
@@ -314,21 +316,10 @@ def test_deletion_shows_why_it_waits_in_a_status_it_writes_itself() -> None:
     assert kube.status["spout"]["name"] == "spout"  # the rest of the status stays
 
 
-def test_sweeps_close_channels_no_resource_uses() -> None:
-    closed: list[float] = []
-
-    class Spy(OneGateway):
-        def close_idle(self, idle_s: float) -> int:
-            closed.append(idle_s)
-            return 0
-
-    gateway = FakeGateway()
-    settings = Settings(drift_interval_s=0.1, gateway_idle_s=0.1)
-    ctl = Controller(settings, Spy(gateway), NoKube(), FakeResolver())  # type: ignore[arg-type]
-    ctl._tidied -= 1  # a sweep interval has passed
-    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # nothing to do, still tidies
-    ctl.reconcile(Resource.of(body(generation=2, observed=1)), "drift")  # same sweep: once only
-    assert closed == [pytest.approx(0.3)]  # never below three sweeps
+def test_channels_stay_open_for_at_least_three_sweeps() -> None:
+    """Every resource asks for its channel at each sweep: one it uses is never closed."""
+    assert Settings(drift_interval_s=0.1, gateway_idle_s=0.1).channel_idle_s == pytest.approx(0.3)
+    assert Settings(drift_interval_s=30, gateway_idle_s=300).channel_idle_s == 300
 
 
 # --- a replica that does not lead writes nothing -----------------------------------------

@@ -9,14 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from spout_operator.gateway import (
-    DEFAULT_PORT,
-    Endpoint,
-    PachdError,
-    PachdRejected,
-    PachdUnavailable,
-    _translate,
-)
+from spout_operator.gateway import _translate
+from spout_operator.pachd_api import DEFAULT_PORT, Endpoint, PachdError, PachdRejected, PachdUnavailable
 
 # --- Endpoint -------------------------------------------------------------------------------
 
@@ -184,14 +178,13 @@ def test_idle_gateways_are_closed_and_busy_ones_kept() -> None:
     from spout_operator.gateway import Gateways
 
     now = [0.0]
-    gateways = Gateways(timeout_s=1, clock=lambda: now[0])
+    gateways = Gateways(timeout_s=1, idle_s=100.0, clock=lambda: now[0])
     old = gateways.get(Endpoint("grpc://127.0.0.1:9"))
     now[0] = 50.0
     busy = gateways.get(Endpoint("grpc://127.0.0.1:10"))
     now[0] = 120.0
-    assert gateways.close_idle(100.0) == 1  # unused for 120 s
-    assert len(gateways) == 1
-    assert gateways.get(Endpoint("grpc://127.0.0.1:10")) is busy
+    assert gateways.get(Endpoint("grpc://127.0.0.1:10")) is busy  # asked 70 s ago: kept
+    assert len(gateways) == 1  # and the one unused for 120 s closed on the way
     assert gateways.get(Endpoint("grpc://127.0.0.1:9")) is not old  # a new channel when needed again
     gateways.close()
     assert len(gateways) == 0

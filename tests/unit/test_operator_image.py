@@ -6,6 +6,8 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "images" / "operator" / "Dockerfile"
 
@@ -36,7 +38,14 @@ def test_runs_as_non_root_and_the_entry_point_imports() -> None:
     ops = dict(instructions())
     assert ops["USER"].split(":")[0] not in ("0", "root")
     assert ops["ENTRYPOINT"] == '["python", "-m", "spout_operator"]'
-    assert callable(importlib.import_module("spout_operator.__main__").main)
+
+
+def test_the_entry_point_refuses_a_bad_setting_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "soon")
+    assert importlib.import_module("spout_operator.__main__").main() == 2
+    assert "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS" in capsys.readouterr().err
 
 
 def test_runtime_requirements_are_pinned() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from spout_operator.gateway import canonical
+from spout_operator.names import PipelineSpec
 from spout_operator.observed import ObservedPipeline
 from spout_operator.plan import (
     DEFAULT_DATUM_TRIES,
@@ -19,7 +20,7 @@ from spout_operator.plan import (
     plan_pipeline,
     with_pachd_defaults,
 )
-from spout_operator.render import DesiredPair, PipelineSpec, render
+from spout_operator.render import DesiredPair, render
 from spout_operator.spec import parse
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from spout_operator.gateway import Gateway, PachdError, PachdRejected, PachdUnavailable
+from spout_operator.gateway import canonical
+from spout_operator.names import OWNER_ANNOTATION, PipelineSpec
 from spout_operator.observed import ObservedPipeline
+from spout_operator.pachd_api import PachdError, PachdRejected, PachdUnavailable
 from spout_operator.plan import Step
 from spout_operator.reconcile import SpoutUpdateBlocked, ensure, reads_repo, remove
-from spout_operator.render import OWNER_ANNOTATION, DesiredPair, PipelineSpec, render
+from spout_operator.render import DesiredPair, render
 from spout_operator.spec import parse
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
@@ -28,17 +30,19 @@ class FakePipeline:
     stopped: bool = False
 
 
-class FakeGateway(Gateway):
-    """pachd in memory: stores what it is sent plus the fields pachd adds, records every call,
-    bumps the version on every update (identical or not, like pachd), and refuses to delete a
-    pipeline whose output repo another pipeline still reads."""
+class FakeGateway:
+    """pachd in memory (a pachd_api.Pachd): stores what it is sent plus the fields pachd
+    adds, records every call, bumps the version on every update (identical or not, like
+    pachd), and refuses to delete a pipeline whose output repo another pipeline still reads."""
 
     def __init__(self, failures: dict[tuple[str, str], PachdError] | None = None) -> None:
-        # No channel: Gateway.__init__ is deliberately not called.
         self.pipelines: dict[str, FakePipeline] = {}
         self.log: list[tuple[str, str]] = []
         self.failures: dict[tuple[str, str], PachdError] = dict(failures or {})
         self.ignore_deletes = False
+
+    def canonical(self, spec: PipelineSpec) -> PipelineSpec:
+        return canonical(spec)  # the real conversion: what pachd's own protobuf makes of it
 
     def _record(self, method: str, name: str, project: str = "default") -> None:
         assert project == "default"

@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from spout_operator.render import (
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    OWNER_ANNOTATION,
-    DesiredPair,
-    owner_id,
-    owner_of,
-    pipeline_name,
-    render,
-)
+from spout_operator.names import MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, owner_id
+from spout_operator.render import DesiredPair, owner_of, pipeline_name, render
 from spout_operator.spec import parse
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"

@@ -6,13 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from spout_operator.spec import (
-    ConnectionRef,
-    DeletionPolicy,
-    RunState,
-    SpecError,
-    parse,
-)
+from spout_operator.spec import ConnectionRef, DeletionPolicy, RunState, SpecError, parse
 
 SPOUT_TRANSFORM = {"image": "example/spout:1", "cmd": ["python", "-m", "spout"]}
 PROCESSOR_TRANSFORM = {"image": "example/processor:1", "cmd": ["python", "-m", "processor"]}

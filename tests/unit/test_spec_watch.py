@@ -6,7 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable, PipelineKey, SpecFollower, SpecWatch
+from spout_operator.gateway import Gateway
+from spout_operator.names import PipelineKey
+from spout_operator.pachd_api import Endpoint, PachdUnavailable
+from spout_operator.spec_streams import SpecFollower, SpecWatch
 
 KEY: PipelineKey = ("default", "proc")
 OTHER: PipelineKey = ("default", "spout")

@@ -8,19 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spout_operator.gateway import PachdError, PachdRejected, PachdUnavailable
+from spout_operator.conditions import Condition, render_conditions
 from spout_operator.observed import ObservedPipeline
+from spout_operator.pachd_api import PachdError, PachdRejected, PachdUnavailable
 from spout_operator.plan import PipelinePlan, Step
 from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
-from spout_operator.status import (
-    Condition,
-    applying,
-    applying_status,
-    conditions_for,
-    deleting_status,
-    render_conditions,
-    status_patch,
-)
+from spout_operator.status import applying, applying_status, conditions_for, deleting_status, status_patch
 from spout_operator.workers import WorkerHealth, health
 
 EARLIER = "2024-05-01T10:00:00Z"

@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
-from spout_operator.gateway import Endpoint, Gateway, PachdUnavailable, changed_pipelines
-from spout_operator.handlers import until_next_sweep
+from spout_operator.gateway import Gateway, changed_pipelines
 from spout_operator.observed import ObservedPipeline
+from spout_operator.pachd_api import Endpoint, PachdUnavailable
+from spout_operator.sweep import until_next_sweep
 
 
 @pytest.mark.parametrize("interval", [10.0, 3.0, 0.5])
@@ -36,6 +37,9 @@ class CountingGateway(Gateway):
         return self.listing
 
 
+WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
+
+
 def test_snapshot_is_one_listing_per_sweep() -> None:
     gateway = CountingGateway([])
     try:
@@ -58,7 +62,7 @@ def test_a_late_pass_of_one_sweep_never_serves_the_next() -> None:
     try:
         first_sweep = time.monotonic()
         gateway.snapshot(not_before=first_sweep)
-        time.sleep(0.02)
+        time.sleep(0.02)  # a pass that runs later in the same sweep: the clock must move on
         gateway.snapshot(not_before=first_sweep)  # a late pass of the same sweep
         assert gateway.calls == 1
         next_sweep = time.monotonic()
@@ -97,7 +101,7 @@ def test_a_write_hides_only_that_pipeline_until_the_next_listing() -> None:
             gateway.start("a", "default")  # a write attempt all the same
         assert set(gateway.snapshot(not_before=sweep)) == {("default", "b")}
         assert gateway.calls == 1
-        time.sleep(0.01)
+        time.sleep(0.01)  # the next sweep starts strictly after the write: the clock must move on
         assert set(gateway.snapshot(not_before=time.monotonic())) == {("default", "a"), ("default", "b")}
         assert gateway.calls == 2
     finally:
@@ -142,20 +146,26 @@ def _observed(name: str) -> ObservedPipeline:
 
 
 class SlowWritesGateway(Gateway):
-    """Writes that take `write_s` and record how many ran at once."""
+    """The real gateway's write queue over a fake wire: each write takes `write_s`, or until
+    `release` is set when `held`, and records how many ran at once."""
 
-    def __init__(self, write_s: float, timeout_s: float) -> None:
+    def __init__(self, write_s: float, timeout_s: float, held: bool = False) -> None:
         super().__init__(Endpoint("127.0.0.1:9"), timeout_s=timeout_s)
         self.write_s = write_s
         self.running = 0
         self.most_at_once = 0
+        self.entered, self.release, self._held = threading.Event(), threading.Event(), held
         self._count_lock = threading.Lock()
 
     def _send(self, method: str, request: object) -> None:
         with self._count_lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
-        time.sleep(self.write_s)
+        self.entered.set()
+        if self._held:
+            self.release.wait(WAIT_S)
+        else:
+            time.sleep(self.write_s)  # the write's own duration: the queue is what is under test
         with self._count_lock:
             self.running -= 1
 
@@ -171,15 +181,17 @@ def test_writes_to_one_pachd_go_one_at_a_time() -> None:
 
 
 def test_a_write_queued_behind_a_stuck_one_fails_as_unreachable() -> None:
-    gateway = SlowWritesGateway(write_s=0.5, timeout_s=0.1)
+    gateway = SlowWritesGateway(write_s=0.0, timeout_s=0.1, held=True)
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             stuck = pool.submit(gateway.stop, "a", "default")
-            time.sleep(0.05)
+            assert gateway.entered.wait(WAIT_S)  # a's write holds the slot now
             with pytest.raises(PachdUnavailable, match="busy"):
                 gateway.stop("b", "default")
+            gateway.release.set()
             stuck.result()
     finally:
+        gateway.release.set()
         gateway.close()
 
 

@@ -10,14 +10,18 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import kopf
 import pytest
 from spout_operator import handlers
-from spout_operator.controller import Resource
-from spout_operator.events import Trigger
-from spout_operator.gateway import SpecWatch
-from spout_operator.sweep import SWEEP_WAKE_SLACK_S, PipelineKey, Sweeper
+from spout_operator.names import PipelineKey, Trigger
+from spout_operator.resource import Resource
+from spout_operator.runtime import Operator
+from spout_operator.settings import Settings
+from spout_operator.sweep import SWEEP_WAKE_SLACK_S, Sweeper
 
 WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
+# An operator whose API session is never called: no watch namespaces, nothing started.
+NO_API = SimpleNamespace(core=None, custom=None)
 
 
 def resource(name: str) -> Resource:
@@ -219,17 +223,10 @@ def test_shutdown_waits_for_no_pass() -> None:
         await asyncio.to_thread(entered.wait, WAIT_S)
         assert sweeper._task is not None
         tasks = [sweeper._task, *sweeper._passes.values()]
-        await handlers.close(  # type: ignore[call-arg, misc]
-            memo=SimpleNamespace(
-                sweeper=sweeper,
-                spec_watch=SpecWatch(lambda key: None),
-                worker_watches=[],
-                vigil_task=asyncio.ensure_future(asyncio.sleep(60)),
-                poll_executor=pool,
-                executor=pool,
-                controller=SimpleNamespace(gateways=SimpleNamespace(close=lambda: None)),
-            )
-        )
+        operator = Operator(Settings(), pool, kube=NO_API)  # type: ignore[arg-type]
+        operator.sweeper = sweeper  # the one whose passes are queued above
+        close: Any = handlers.close  # kopf types the decorated handler by its own signature
+        await close(memo=kopf.Memo(operator=operator))
         async with asyncio.timeout(WAIT_S):  # a's pass still blocks for 30 s
             await asyncio.gather(*tasks, return_exceptions=True)
         assert all(task.cancelled() for task in tasks)
@@ -255,12 +252,14 @@ def test_passes_run_in_the_context_of_the_handler_that_started_the_sweep() -> No
 
     async def scenario() -> None:
         sweeper = Sweeper(pass_, pipelines_of, interval_s=0.02, settle_s=0.0)
+        operator = Operator(Settings(), concurrent.futures.ThreadPoolExecutor(1), kube=NO_API)  # type: ignore[arg-type]
+        operator.sweeper = sweeper  # the one whose passes record their context
         body = {"metadata": {"namespace": "ns", "name": "a", "uid": "uid-a"}, "spec": {}}
 
         async def as_kopf_would() -> None:
             queue.set("kopf's event queue")
             index: Any = handlers.index  # kopf types the decorated handler by its own signature
-            await index(event={"type": None}, body=body, memo=SimpleNamespace(sweeper=sweeper))
+            await index(event={"type": None}, body=body, memo=kopf.Memo(operator=operator))
 
         await asyncio.create_task(as_kopf_would())
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from spout_operator.sweep import Vigil, Wakeups, WorkerWatch, rc_fingerprint, rc_pipeline
+from spout_operator.names import worker_pipeline
+from spout_operator.sweep import Vigil, Wakeups
+from spout_operator.watches import WorkerWatch, rc_fingerprint
 
 
 def rc(name: str, pipeline: str, spec_commit: str = "c1", replicas: int = 1) -> dict[str, Any]:
@@ -77,13 +79,13 @@ def test_re_registering_replaces_the_keys_and_unregister_forgets_all() -> None:
 
 def test_fingerprint_moves_on_update_and_stop_not_on_status() -> None:
     base = rc("default-spout-v1", "spout")
-    assert rc_pipeline(base) == ("default", "spout")
+    assert worker_pipeline(base) == ("default", "spout")
     assert rc_fingerprint(rc("x", "spout", spec_commit="c2")) != rc_fingerprint(base)
     assert rc_fingerprint(rc("x", "spout", replicas=0)) != rc_fingerprint(base)
     ready = rc("x", "spout")
     ready["status"] = {"readyReplicas": 1}
     assert rc_fingerprint(ready) == rc_fingerprint(base)
-    assert rc_pipeline({"metadata": {"labels": {}}}) is None
+    assert worker_pipeline({"metadata": {"labels": {}}}) is None
 
 
 class ObservingWatch(WorkerWatch):

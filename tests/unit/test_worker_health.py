@@ -17,16 +17,8 @@ from typing import Any
 import kubernetes
 import pytest
 from spout_operator.settings import Settings
-from spout_operator.workers import (
-    MESSAGE_MAX,
-    PodWatch,
-    WorkerHealth,
-    WorkerHealthWatch,
-    WorkerPods,
-    health,
-    pod_problem,
-    slim,
-)
+from spout_operator.watches import PodWatch, WorkerHealthWatch
+from spout_operator.workers import MESSAGE_MAX, WorkerHealth, WorkerPods, health, pod_problem, slim
 
 PODS = Path(__file__).parent / "testdata" / "worker_pods"
 
@@ -289,6 +281,6 @@ def test_health_watch_is_off_without_namespaces_or_when_disabled() -> None:
 
 
 def test_api_errors_are_short() -> None:
-    from spout_operator.workers import _short
+    from spout_operator.watches import _short
 
     assert _short(kubernetes.client.ApiException(status=403, reason="Forbidden")) == "(403) Forbidden"

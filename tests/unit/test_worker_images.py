@@ -75,9 +75,14 @@ def test_every_module_the_dockerfile_names_is_an_entry_module() -> None:
 
 
 @pytest.mark.parametrize("module_name", ENTRY_MODULES)
-def test_entry_modules_import_and_expose_main(module_name: str) -> None:
+def test_entry_modules_refuse_a_bad_setting_with_exit_code_2(
+    module_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`python -m` runs `main`: with a knob it cannot use, it says so and exits 2 at once."""
     module = importlib.import_module(module_name)
-    assert callable(module.main)
+    monkeypatch.setenv("SPOUT101_LOG_LEVEL", "LOUDEST")
+    assert module.main() == 2
+    assert "SPOUT101_LOG_LEVEL" in caplog.text
     # The copied package is what the image imports: the module must live inside it.
     assert Path(module.__file__ or "").resolve().is_relative_to(CONTEXT / "spout101")
 

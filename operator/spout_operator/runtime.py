@@ -1,0 +1,243 @@
+"""The running operator: its services built once at start-up, and what each kopf handler
+asks of them. handlers.py holds only the decorators; each calls one method here.
+
+Every blocking call (gRPC to pachd, the Kubernetes client) runs in a thread pool, never
+on kopf's event loop, and every pachd call carries a deadline (see gateway.py). The
+async methods await those passes, so waiting (for pachd to start pipelines, for the next
+sweep or worker event) holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from spout_operator import metrics
+from spout_operator.conditions import now
+from spout_operator.connection_checks import ConnectionChecks
+from spout_operator.controller import Controller, PassResult
+from spout_operator.events import Event
+from spout_operator.gateway import Gateways
+from spout_operator.kube import Kube
+from spout_operator.names import GROUP, VERSION, PipelineKey, Trigger
+from spout_operator.pachd_api import Endpoint, PachdError
+from spout_operator.resolver import Resolver
+from spout_operator.resource import Resource
+from spout_operator.settings import Settings, SettingsError
+from spout_operator.spec_streams import SpecWatch
+from spout_operator.sweep import Sweeper, Vigil, keep_vigil
+from spout_operator.threads import in_pool
+from spout_operator.watches import WorkerHealthWatch, WorkerWatch
+from spout_operator.workers import LISTED_WAIT_S
+
+WORKERS = 32  # threads for blocking pachd and API calls
+STARTING_WAIT_S = 60.0
+STARTING_POLL_S = 0.5
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings) -> Settings:
+    """Read our settings, pin kopf's bookkeeping to our own prefix, size its thread pool."""
+    try:
+        # Read when the operator starts, not when a module is imported: whatever set the
+        # environment before `kopf run` (or a test, before its operator) is what counts.
+        settings = Settings.from_env()
+    except SettingsError as err:
+        raise kopf.PermanentError(str(err)) from None
+    kopf_settings.persistence.finalizer = f"{GROUP}/finalizer"
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    kopf_settings.execution.max_workers = WORKERS
+    # Events are ours (pipeline created, drift repaired, warnings), not a copy of kopf's INFO
+    # log ("Handler 'apply' succeeded"): that doubled the API writes of every change.
+    kopf_settings.posting.level = logging.WARNING
+    return settings
+
+
+class Operator:
+    """Every service of one running operator, wired in the constructor (nothing injected
+    later), started by `start` and stopped by `stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executor: concurrent.futures.Executor,
+        leading: Callable[[], bool] | None = None,
+        kube: Kube | None = None,
+    ) -> None:
+        """Made on the event loop (kopf's startup handler): watch threads wake passes there.
+        `kube`: the API session (made here unless given); nothing is called before `start`."""
+        self.settings = settings
+        self.executor = executor  # kopf's own pool: the passes' blocking work
+        # Polls for pipelines that are starting get a few threads of their own: while pachd is
+        # slow to list, they wait there and never hold up the passes that create pipelines.
+        self.poll_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="starting-poll")
+        self.kube = kube or Kube(pool_size=WORKERS)
+        self._loop = asyncio.get_running_loop()
+        self.gateways = Gateways(
+            settings.pachd_timeout_s, settings.channel_idle_s, listing_changed=self._listed
+        )
+        # Worker pods: Ready needs them up (None: not judged, pachd's word stands).
+        self.worker_health = WorkerHealthWatch.from_settings(settings, self.kube.core, self._changed)
+        self.controller = Controller(
+            settings,
+            self.gateways,
+            self.kube,
+            Resolver(self.kube.core, self.kube.custom, settings.operator_namespace),
+            leading,
+            None if self.worker_health is None else self.worker_health.pods,
+        )
+        # Every resource's drift passes, from one task; `index` starts and feeds it.
+        self.sweeper = Sweeper(
+            functools.partial(self._pass, self.executor), Controller.pipelines_of, settings.drift_interval_s
+        )
+        self.worker_watches = [
+            WorkerWatch(self.kube.core, namespace, self._changed) for namespace in settings.worker_namespaces
+        ]
+        self.vigil = Vigil[Endpoint]()
+        # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
+        self.spec_watch = SpecWatch(self._poke_now, own=self.gateways.wrote)
+        self.connection_checks = ConnectionChecks(
+            self.controller.resolver,
+            self.gateways,
+            self.kube,
+            executor,
+            settings.connection_check_interval_s,
+            now,
+        )
+        self._vigil_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        metrics.serve(self.settings.metrics_port)
+        for watch in self.worker_watches:
+            watch.start()
+        self._vigil_task = self._loop.create_task(
+            keep_vigil(self.vigil, functools.partial(in_pool, self.executor, self._list_pachd))
+        )
+        self.connection_checks.start()
+        if self.worker_health is not None:
+            # No pass runs before start-up ends: the first ones judge by a listed index (or,
+            # after LISTED_WAIT_S, say why it could not be listed).
+            self.worker_health.start()
+            await asyncio.to_thread(self.worker_health.pods.wait_listed, LISTED_WAIT_S)
+
+    async def stop(self) -> None:
+        """Stop what start started. Nothing here blocks (no thread needed)."""
+        self.sweeper.stop()
+        self.connection_checks.stop()
+        if self._vigil_task is not None:
+            self._vigil_task.cancel()
+        for watch in self.worker_watches:
+            watch.stop()
+        if self.worker_health is not None:
+            self.worker_health.stop()
+        await self.spec_watch.close()
+        self.poll_executor.shutdown(wait=False, cancel_futures=True)
+        # Passes still queued (their tasks cancelled) would each run before the process exits.
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.gateways.close()
+
+    # --- SpoutPipelines -----------------------------------------------------------------
+
+    async def apply(self, body: Mapping[str, Any]) -> None:
+        """Make pachd hold both pipelines as the resource declares them. Each pass writes the
+        status itself, under the resource's lock (kopf's handler patch carries none of it)."""
+        resource = Resource.of(body)
+        # The pass first shows a spec change under way (Ready=Unknown, Reconciling), then its result.
+        result = await self._pass(self.executor, resource, "change")
+        # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
+        # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
+        # a poll instead of at the next drift check. The waits hold no thread: many resources
+        # starting at once never starve the pool that creates the next ones.
+        deadline = time.monotonic() + STARTING_WAIT_S
+        while result is not None and result.starting and time.monotonic() < deadline:
+            await asyncio.sleep(STARTING_POLL_S)
+            listed_since = time.monotonic() - STARTING_POLL_S
+            result = await self._pass(self.poll_executor, resource, "poll", listed_since)
+        # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
+        # retries it (one listing per pachd per sweep, however many resources wait on it), so
+        # this ends here: no per-resource retry loop, no Event at every attempt.
+
+    def index(self, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        """Feed the sweep's index a compact copy of each live resource. No daemon or timer:
+        kopf would keep every resource's whole body (and a task) for it."""
+        if not self.sweeper.started:
+            # kopf.event posts only from an object's handling context (its event queue is in
+            # there, not in the startup handler's): the sweep's passes run in a copy of this one.
+            self.sweeper.start(contextvars.copy_context())
+        meta = body.get("metadata", {})
+        if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+            self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
+            self.spec_watch.forget(str(meta.get("uid")))
+        else:
+            self.sweeper.track(Resource.of(body))
+
+    async def delete(
+        self, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        """Delete both pipelines (processor first) unless the policy orphans them."""
+        deletion = await in_pool(self.executor, self.controller.delete, Resource.of(body))
+        if not deletion.done:  # its status, saying why, is written already
+            raise kopf.TemporaryError(deletion.message, delay=self.settings.retry_delay_s)
+        logger.info(deletion.message)
+
+    @property
+    def api_watches(self) -> int:
+        """The watch streams kopf holds open: SpoutPipelines (per namespace), CRDs, namespaces."""
+        return max(1, len(self.settings.namespaces)) + 2
+
+    def channels(self) -> int:
+        """Liveness: the operator's own health only, never pachd's."""
+        return len(self.gateways)
+
+    # --- what every pass shares -----------------------------------------------------------
+
+    async def _pass(
+        self,
+        executor: concurrent.futures.Executor,
+        resource: Resource,
+        trigger: Trigger,
+        listed_since: float = 0.0,
+    ) -> PassResult | None:
+        result = await in_pool(executor, self.controller.reconcile, resource, trigger, listed_since)
+        if result is not None:
+            _post(resource, result.events)
+            self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
+            if result.repairs and result.endpoint is not None:
+                self.vigil.drift_seen(result.endpoint, time.monotonic())
+        return result
+
+    def _poke_now(self, key: PipelineKey) -> None:  # on the event loop
+        self.sweeper.wakeups.poke(key, time.monotonic())
+
+    def _changed(self, key: PipelineKey) -> None:  # from a watch thread: wake its resources in the loop
+        self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, time.monotonic())
+
+    def _listed(self, keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
+        for key in keys:
+            self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, started)
+
+    def _list_pachd(self, endpoint: Endpoint) -> None:
+        """One listing of a pachd under vigil; what it shows changed wakes its resources."""
+        with contextlib.suppress(PachdError):  # the passes report pachd's errors
+            self.gateways.get(endpoint).snapshot(not_before=time.monotonic())
+
+
+def _post(resource: Resource, events: list[Event]) -> None:
+    obj: kopf.RawBody = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SpoutPipeline",
+        "metadata": {"name": resource.name, "namespace": resource.namespace, "uid": resource.uid},
+    }
+    for event in events:
+        kopf.event(kopf.Body(obj), type=event.type, reason=event.reason, message=event.message)

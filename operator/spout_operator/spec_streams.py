@@ -1,0 +1,171 @@
+"""Spec repos: a pipeline's update seen as it is made.
+
+pachd writes a pipeline's new spec as a commit to its spec repo in the update's own
+transaction, but creates the new worker RC only after its Secret and Service (1-2 s later,
+through a throttled Kubernetes client). A pfs SubscribeCommit stream on the spec repo sees
+the update within tens of milliseconds. It sends nothing for a stop or a deletion (the RC
+watch and the listings see those). The streams run on the event loop (grpc.aio): no thread
+each, one channel per pachd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import grpc
+from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
+
+from spout_operator import metrics
+from spout_operator.gateway import auth_metadata, credentials
+from spout_operator.names import PipelineKey
+from spout_operator.pachd_api import Endpoint
+
+log = logging.getLogger(__name__)
+
+SPEC_STREAM_S = 600.0  # a stream is opened again after this, so a silently dead one ends
+SPEC_RETRY_S = (1.0, 30.0)  # back-off between attempts while pachd refuses or is away
+_KEEPALIVE = [("grpc.keepalive_time_ms", 30_000)]  # pachd 2.6 allows pings every 5 s
+
+# Commit ids of one spec repo's stream, as pachd sends them.
+SpecStream = Callable[[Endpoint, PipelineKey], AsyncIterator[str]]
+
+
+class SpecFollower:
+    """Which commits of a spec repo's stream are news.
+
+    pachd 2.6 opens a stream with every commit the repo ever had (oldest first), then sends
+    each new one. The history ends at the head the operator last listed; what comes after it
+    is a change. Pure: the stream feeds it ids, the pass tells it the head it saw."""
+
+    def __init__(self, head: str) -> None:
+        self.head = head
+        self._caught_up = False
+        self._history: set[str] = set()
+
+    def expect(self, head: str) -> None:
+        """The head a newer pass saw (after a write of its own, or a change it repaired)."""
+        self.head = head
+        if head in self._history:  # the stream has sent it already: all after it is news
+            self._caught_up = True
+
+    def reopened(self) -> None:
+        """A new stream replays the history first."""
+        self._caught_up = False
+
+    def news(self, commit: str) -> bool:
+        if self._caught_up:
+            return commit not in self._history
+        self._history.add(commit)
+        self._caught_up = commit == self.head
+        return False
+
+
+class SpecWatch:
+    """One SubscribeCommit stream per spec repo of the pipelines passes have seen on pachd,
+    on one aio channel per pachd; a commit that is news wakes its resource through `changed`.
+
+    A resource follows the pipelines its last pass saw, on the pachd it saw them on; a stream
+    nobody follows is cancelled. Used from the event loop only."""
+
+    def __init__(
+        self,
+        changed: Callable[[PipelineKey], None],
+        stream: SpecStream | None = None,
+        own: Callable[[Endpoint, PipelineKey], bool] = lambda endpoint, key: False,
+    ) -> None:
+        self._changed = changed
+        self._stream = stream or self._subscribe
+        # The commit of a write of the operator's own (Gateways.wrote) wakes nobody: in a burst
+        # of repairs, each would cost a pass and a listing of a pachd busy with the next write.
+        self._own = own
+        self._wanted: dict[str, tuple[Endpoint, dict[PipelineKey, str]]] = {}  # owner -> where, heads
+        self._followers: dict[tuple[Endpoint, PipelineKey], tuple[SpecFollower, asyncio.Task[None]]] = {}
+        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+
+    def follow(self, owner: str, endpoint: Endpoint | None, heads: Mapping[PipelineKey, str]) -> None:
+        """What `owner`'s last pass saw: the pipelines' spec heads on that pachd (None: none)."""
+        if endpoint is None or not heads:
+            self.forget(owner)
+            return
+        self._wanted[owner] = (endpoint, dict(heads))
+        for key, head in heads.items():
+            found = self._followers.get((endpoint, key))
+            if found is not None:
+                found[0].expect(head)
+                continue
+            follower = SpecFollower(head)
+            task = asyncio.get_running_loop().create_task(self._follow(endpoint, key, follower))
+            self._followers[(endpoint, key)] = (follower, task)
+        self._drop_unwanted()
+
+    def forget(self, owner: str) -> None:
+        if self._wanted.pop(owner, None) is not None:
+            self._drop_unwanted()
+
+    def __len__(self) -> int:
+        return len(self._followers)
+
+    async def close(self) -> None:
+        self._wanted.clear()
+        self._drop_unwanted()
+        for channel in list(self._channels.values()):
+            await channel.close()
+        self._channels.clear()
+
+    def _drop_unwanted(self) -> None:
+        wanted = {(endpoint, key) for endpoint, heads in self._wanted.values() for key in heads}
+        for place in set(self._followers) - wanted:
+            self._followers.pop(place)[1].cancel()
+        unused = set(self._channels) - {endpoint for endpoint, _ in self._followers}
+        for endpoint in unused:  # nothing is in flight on it any more: close it in the background
+            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _follow(self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower) -> None:
+        delay = SPEC_RETRY_S[0]
+        while True:
+            heard = False
+            try:
+                async for commit in self._stream(endpoint, key):
+                    heard = True
+                    if follower.news(commit) and not self._own(endpoint, key):
+                        self._changed(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # pachd away, the repo not there yet, the stream's deadline
+                log.debug(f"Spec stream of {key[0]}/{key[1]} on {endpoint.address} ends: {err}")
+            follower.reopened()
+            # A stream that delivered (its history at least) is opened again at once; one that
+            # did not backs off, so a pachd that is away is not asked once per pipeline each second.
+            delay = SPEC_RETRY_S[0] if heard else min(2 * delay, SPEC_RETRY_S[1])
+            await asyncio.sleep(0 if heard else delay)
+
+    async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            secure = credentials(endpoint)
+            channel = (
+                grpc.aio.insecure_channel(endpoint.target, options=_KEEPALIVE)
+                if secure is None
+                else grpc.aio.secure_channel(endpoint.target, secure, options=_KEEPALIVE)
+            )
+            self._channels[endpoint] = channel
+        project, name = key
+        # python-pachyderm 7.5 names only "user" repos: the spec repo needs the stub itself.
+        repo = pfs_pb2.Repo(name=name, type="spec", project=pfs_pb2.Project(name=project))
+        request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master")
+        metadata = auth_metadata(endpoint)
+        metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
+        stub = pfs_pb2_grpc.APIStub(channel)
+        call = stub.SubscribeCommit(request, timeout=SPEC_STREAM_S, metadata=metadata)
+        try:
+            async for info in call:
+                yield str(info.commit.id)
+        finally:
+            with contextlib.suppress(Exception):
+                call.cancel()
