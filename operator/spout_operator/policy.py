@@ -386,7 +386,7 @@ def violations(policy: Policy, spec: SpoutPipelineSpec, namespace: str) -> list[
             Violation(
                 "policy.projects",
                 "project",
-                f"{spec.project!r} is not a project namespace {namespace} may use (allowed: {allowed})",
+                f"{_q(spec.project)} is not a project namespace {namespace} may use (allowed: {allowed})",
             )
         )
     for role, template in (("spout", spec.spout), ("processor", spec.processor)):
@@ -453,6 +453,8 @@ def normalize_image(reference: str) -> str | None:
     host, path = match["host"], match["path"]
     if host is not None and not ("." in host or ":" in host or host == "localhost"):
         host, path = None, f"{host}/{path}"  # "team/app": the first component is a path
+        if not re.fullmatch(_COMPONENT, path.partition("/")[0]):
+            return None  # e.g. "UPPER/app": no registry, and not a valid path either
     if host is None or host.lower() == "index.docker.io":
         host = "docker.io"
     host = host.lower()
@@ -480,7 +482,7 @@ def _image_violations(rule: ImageRule, image: Any, where: str) -> Iterator[Viola
         return
     if not rule.matches(normalized):
         allowed = ", ".join(rule.allowed or ())
-        shown = repr(image) if normalized == image else f"{_q(image)} ({normalized})"
+        shown = _q(image) if normalized == image else f"{_q(image)} ({normalized})"
         yield Violation("policy.images", where, f"{shown} does not match any allowed pattern ({allowed})")
     if rule.require_digest and "@" not in normalized:
         yield Violation(
@@ -741,7 +743,6 @@ def _capabilities(node: _Node) -> set[PodCapability]:
         return {node.replaces}
     keys, value = node.keys, node.value
     last = keys[-1] if keys else ""
-    parent = keys[-2] if len(keys) > 1 else ""
     found: set[PodCapability] = set()
     simple = {
         "hostnetwork": PodCapability.HOST_NETWORK,
@@ -761,7 +762,9 @@ def _capabilities(node: _Node) -> set[PodCapability]:
     # Unset, allowPrivilegeEscalation is true: removing pachd's false grants it too.
     if last == "allowprivilegeescalation" and value is not False:
         found.add(PodCapability.ALLOW_PRIVILEGE_ESCALATION)
-    if last == "add" and parent == "capabilities" and value not in (None, [], _REMOVED):
+    # capabilities.add itself, an item of it ("add/-"), or a securityContext holding one
+    added = any(k == "capabilities" and keys[j + 1 : j + 2] == ("add",) for j, k in enumerate(keys))
+    if added and value not in (None, [], _REMOVED):
         found.add(PodCapability.CAPABILITIES)
     if (
         last in ("serviceaccountname", "serviceaccount", "automountserviceaccounttoken")
