@@ -275,7 +275,23 @@ def _patterns(raw: Any, where: str) -> tuple[str, ...] | None:
     patterns = _names(raw, where)
     if not patterns:
         raise PolicyError(f"{where} is empty: list at least one pattern, or omit it to allow any image")
+    # Patterns match fully qualified references; "busybox:*" or "team/*" would never match
+    # (docker.io/library/busybox:1), so the admin is told rather than left wondering.
+    for pattern in patterns:
+        if not _names_registry(pattern):
+            raise PolicyError(
+                f"{where}: {pattern!r} names no registry; patterns match the fully qualified reference "
+                "(e.g. docker.io/library/busybox:*, registry.example.com/team/*)"
+            )
     return patterns
+
+
+def _names_registry(pattern: str) -> bool:
+    """Whether an image pattern starts with a registry host (or a wildcard standing for one)."""
+    if pattern == "*":
+        return True
+    host, slash, _ = pattern.partition("/")
+    return bool(slash) and (host == "localhost" or any(c in host for c in ".:*"))
 
 
 def _pointer_patterns(raw: Any, where: str) -> tuple[str, ...] | None:

@@ -805,9 +805,11 @@ def test_the_project_denial_lists_what_the_namespace_may_use() -> None:
     ("raw", "message"),
     [
         ("open", "policy must be an object"),
-        ({"image": {"allowed": ["x/*"]}}, "unknown field(s) image"),
+        ({"image": {"allowed": ["reg.io/*"]}}, "unknown field(s) image"),
         ({"images": {"allowed": []}}, "policy.images.allowed is empty"),
         ({"images": {"allowed": "x/*"}}, "policy.images.allowed must be a list"),
+        ({"images": {"allowed": ["busybox:*"]}}, "'busybox:*' names no registry"),
+        ({"images": {"allowed": ["team/*"]}}, "'team/*' names no registry"),
         ({"images": {"requireDigest": "yes"}}, "policy.images.requireDigest must be true or false"),
         ({"secrets": [""]}, "policy.secrets must be a list of non-empty strings"),
         ({"podPatch": {"allowed": 1}}, "policy.podPatch.allowed must be true or false"),
