@@ -17,7 +17,7 @@ Pure: resolver.py does the Kubernetes reads, connection_checks.py asks pachd.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from spout_operator.conditions import Condition, render_conditions
@@ -28,6 +28,7 @@ from spout_operator.names import (
     NAMESPACED_CONNECTION,
     NAMESPACED_PLURAL,
 )
+from spout_operator.policy import Policy, PolicyError, parse_policy
 
 PLURALS = {NAMESPACED_CONNECTION: NAMESPACED_PLURAL, CLUSTER_CONNECTION: CLUSTER_PLURAL}
 TOKEN_LABEL = f"{GROUP}/pachd-auth-token"  # value "true": this Secret may be sent to its pachd
@@ -91,6 +92,7 @@ class ConnectionSpec:
     # ClusterPachdConnection only: who may use it (PachdConnection: its own namespace).
     namespaces: tuple[str, ...] = ()
     namespace_selector: LabelSelector | None = None
+    policy: Policy = field(default_factory=Policy)  # what SpoutPipelines using it may declare
 
     @property
     def needs_namespace_labels(self) -> bool:
@@ -141,6 +143,10 @@ def parse_connection(kind: str, body: Mapping[str, Any], operator_namespace: str
         namespaces = tuple(str(n) for n in spec.get("namespaces") or ())
         if spec.get("namespaceSelector") is not None:
             selector = parse_selector(spec["namespaceSelector"], where)
+    try:
+        policy = parse_policy(spec.get("policy"), where)
+    except PolicyError as err:
+        raise ConnectionProblem("ConnectionInvalid", str(err)) from None
     return ConnectionSpec(
         kind=kind,
         name=name,
@@ -151,6 +157,7 @@ def parse_connection(kind: str, body: Mapping[str, Any], operator_namespace: str
         token=token,
         namespaces=namespaces,
         namespace_selector=selector,
+        policy=policy,
     )
 
 

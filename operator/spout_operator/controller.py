@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator import metrics, ownership
+from spout_operator import metrics, ownership, policy
 from spout_operator import render as rendering
 from spout_operator.conditions import now
 from spout_operator.connection_model import ConnectionProblem
@@ -176,7 +176,15 @@ class Controller:
         try:
             spec = parse(resource.spec, resource.name)
             # A change reads the connection and its Secret afresh; a sweep's passes share reads.
-            endpoint = self.endpoint(spec.connection, resource.namespace, listed_since or time.monotonic())
+            not_before = listed_since or time.monotonic()
+            connection = self.resolver.allowed_connection(spec.connection, resource.namespace, not_before)
+            # What the connection's admin allows its tenants, checked before anything reaches pachd.
+            denied = policy.violations(connection.policy, spec, resource.namespace)
+            if denied:
+                raise ConnectionProblem(
+                    "PolicyDenied", f"{spec.connection} refuses: {policy.summary(denied)}"
+                )
+            endpoint = self.resolver.connection_endpoint(connection, not_before)
             gateway = Fenced(self.gateways.get(endpoint), self.leading)
         except (SpecError, PachdError, ConnectionProblem) as err:
             # Nothing was sent to pachd. (A PachdError here: the address cannot be dialled.)
@@ -200,7 +208,8 @@ class Controller:
             metrics.RECONCILES.labels(trigger, reason).inc()
             self.readiness.record(resource.uid, resource.generation, ready=False)
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
-        outcome = self._ensure(spec, resource.owner, gateway, trigger, listed_since)
+        own_project = policy.own_project(connection.policy, resource.namespace, spec.project)
+        outcome = self._ensure(spec, resource.owner, gateway, trigger, listed_since, own_project)
         repairs = 0
         if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
             paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
@@ -223,18 +232,24 @@ class Controller:
         )
 
     def _ensure(
-        self, spec: SpoutPipelineSpec, owner: str, gateway: Pachd, trigger: Trigger, listed_since: float
+        self,
+        spec: SpoutPipelineSpec,
+        owner: str,
+        gateway: Pachd,
+        trigger: Trigger,
+        listed_since: float,
+        own_project: bool,
     ) -> Outcome:
         pair = rendering.render(spec, owner)
         if trigger == "change":  # one resource's own look at pachd, now
-            return ensure(pair, spec.running, owner, gateway)
+            return ensure(pair, spec.running, owner, gateway, create_project=own_project)
         # Polls, sweeps and events share one listing per pachd (per poll, sweep or batch of
         # events), and a listing that shows other pipelines changed wakes their resources too.
         try:
             snapshot = gateway.snapshot(not_before=listed_since)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             return unobserved(pair, err)
-        return ensure(pair, spec.running, owner, gateway, snapshot)
+        return ensure(pair, spec.running, owner, gateway, snapshot, create_project=own_project)
 
     def _workers(self, project: str, outcome: Outcome) -> dict[str, WorkerHealth] | None:
         """Each observed pipeline's workers, of the version pachd runs (from memory: no call)."""

@@ -41,6 +41,10 @@ class Fenced:
         self._fence()
         self._pachd.create(spec, update)
 
+    def ensure_project(self, project: str) -> None:
+        self._fence()
+        self._pachd.ensure_project(project)
+
     def start(self, name: str, project: str) -> None:
         self._fence()
         self._pachd.start(name, project)

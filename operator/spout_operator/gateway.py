@@ -23,7 +23,7 @@ import python_pachyderm
 from google.protobuf import json_format
 from google.protobuf.empty_pb2 import Empty
 from python_pachyderm.proto.v2.auth import auth_pb2, auth_pb2_grpc
-from python_pachyderm.proto.v2.pfs import pfs_pb2
+from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
 from python_pachyderm.proto.v2.version.versionpb import version_pb2_grpc
 
@@ -115,6 +115,7 @@ class Gateway:
         self._pps = pps_pb2_grpc.APIStub(self._channel)
         self._version = version_pb2_grpc.APIStub(self._channel)
         self._auth = auth_pb2_grpc.APIStub(self._channel)
+        self._pfs = pfs_pb2_grpc.APIStub(self._channel)
         self._metadata = auth_metadata(endpoint)
         self._snapshot: Snapshot | None = None
         self._snapshot_error: PachdError | None = None
@@ -264,6 +265,22 @@ class Gateway:
         request = python_pachyderm.parse_dict_pipeline_spec(spec)
         request.update = update
         self._call("CreatePipeline", request)
+
+    def ensure_project(self, project: str) -> None:
+        """CreateProject, where pachd does not have it yet (ALREADY_EXISTS is success)."""
+        metrics.PACHD_CALLS.labels("CreateProject").inc()
+        metrics.PACHD_WRITES.inc()
+        request = pfs_pb2.CreateProjectRequest(
+            project=pfs_pb2.Project(name=project), description="made by spout-operator for its namespace"
+        )
+        try:
+            self._pfs.CreateProject(request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return
+            translated = _translate(err)
+            if "already exists" not in str(translated):
+                raise translated from None
 
     def start(self, name: str, project: str) -> None:
         self._call("StartPipeline", pps_pb2.StartPipelineRequest(pipeline=_pipeline(name, project)))

@@ -389,6 +389,13 @@ def project_allowed(policy: Policy, namespace: str, project: str) -> bool:
     return project in allowed_projects(policy, namespace)
 
 
+def own_project(policy: Policy, namespace: str, project: str) -> bool:
+    """Whether `project` is the namespace's own (named after it, and not one the policy
+    shares): the operator creates it in pachd, since no admin was asked to."""
+    shared = policy.projects.names if policy.projects.mode is ProjectMode.SHARED else ()
+    return project == namespace and project not in shared and project != DEFAULT_PROJECT
+
+
 # --- The check ----------------------------------------------------------------------------------
 
 

@@ -80,9 +80,12 @@ def ensure(
     owner: str,
     gateway: Pachd,
     snapshot: Mapping[tuple[str, str], ObservedPipeline] | None = None,
+    create_project: bool = False,
 ) -> Outcome:
     """Bring pachd to the desired pair. With a snapshot (drift checks and polls), the first
-    look at pachd comes from that shared listing; otherwise each pipeline is inspected."""
+    look at pachd comes from that shared listing; otherwise each pipeline is inspected.
+    `create_project`: the project is the resource's namespace's own: create it with the
+    first pipeline created there (pachd refuses pipelines in a project it does not have)."""
     names = (pipeline_name(pair.spout), pipeline_name(pair.processor))
     observed: dict[str, ObservedPipeline | None] = {}
     plans: list[PipelinePlan] = []
@@ -117,7 +120,7 @@ def ensure(
                 paused.append(reader.name)
                 if reader.name == processor and processor_seen is not None:
                     processor_seen = dataclasses.replace(processor_seen, stopped=True)
-        _apply_plan(gateway, spout_spec, spout_plan, applied, errors)
+        _apply_plan(gateway, spout_spec, spout_plan, applied, errors, create_project)
         # Planned against what pachd holds now: a processor paused for the spout's update is
         # started again here, whatever became of the update (never left stopped).
         processor_plan = plan_pipeline(processor_spec, processor_seen, running, owner)
@@ -125,7 +128,7 @@ def ensure(
         if spout_plan.foreign:
             skipped.append(processor)  # never wire our processor to someone else's spout
         else:
-            _apply_plan(gateway, processor_spec, processor_plan, applied, errors)
+            _apply_plan(gateway, processor_spec, processor_plan, applied, errors, create_project)
         for spec in (spout_spec, processor_spec):  # only what changed: at a sweep, calls count
             name = pipeline_name(spec)
             if any(written == name for written, _ in applied):
@@ -164,11 +167,14 @@ def _apply_plan(
     plan: PipelinePlan,
     applied: list[tuple[str, Step]],
     errors: dict[str, PachdError],
+    create_project: bool = False,
 ) -> None:
     """Apply one pipeline's steps. A refused create ends them; a refused update still lets
     start/stop follow, so a declared state holds while the new spec waits for a fix."""
     for step in plan.steps:
         try:
+            if step is Step.CREATE and create_project:
+                gateway.ensure_project(project_of(spec))
             _apply(gateway, spec, step)
         except PachdUnavailable:
             raise

@@ -50,6 +50,13 @@ class Resolver:
     def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
         """The endpoint SpoutPipelines of `namespace` reach through `ref`. Raises
         ConnectionProblem, before anything is sent anywhere, when they may not use it."""
+        return self.connection_endpoint(self.allowed_connection(ref, namespace, not_before), not_before)
+
+    def allowed_connection(
+        self, ref: ConnectionRef, namespace: str, not_before: float = math.inf
+    ) -> ConnectionSpec:
+        """The connection `ref` names, if SpoutPipelines of `namespace` may use it at all
+        (its policy then says what they may declare); else ConnectionProblem."""
         spec = self.connection(ref, namespace, not_before)
         labels = self._namespace_labels(namespace, not_before) if spec.needs_namespace_labels else {}
         if not spec.allows(namespace, labels):
@@ -57,7 +64,7 @@ class Resolver:
                 "ConnectionNotAllowed",
                 f"{ref} does not allow namespace {namespace} (see its spec.namespaces and namespaceSelector)",
             )
-        return self.connection_endpoint(spec, not_before)
+        return spec
 
     def connection(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> ConnectionSpec:
         where = f"{ref.kind} {ref.name}" + (

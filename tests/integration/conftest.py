@@ -42,8 +42,10 @@ def crd(stack: State) -> None:
 @pytest.fixture(scope="session")
 def default_connection(stack: State, crd: None) -> None:
     """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
-    stack's pachd, open to every namespace."""
-    connection(stack, "default", stack.pachds[0].address, namespaceSelector={})
+    stack's pachd, open to every namespace; its policy grants pachd's default project, and a
+    shared project pachd does not have (so that pachd's own refusal can be reported)."""
+    policy = {"projects": {"mode": "Shared", "names": ["no-such-project"], "allowDefault": True}}
+    connection(stack, "default", stack.pachds[0].address, namespaceSelector={}, policy=policy)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,9 @@ def connection(
     """Create (or replace) a connection as an admin would: a PachdConnection in `namespace`,
     else a ClusterPachdConnection; with `token`, also its labelled Secret (in `namespace`,
     else in the operator's namespace)."""
+    # The tests' pipelines live in pachd's default project: a policy must grant it (the safe
+    # default is a project per namespace).
+    spec.setdefault("policy", {"projects": {"allowDefault": True}})
     body: dict[str, Any] = {
         "apiVersion": "spout-operator.dev/v1alpha1",
         "kind": "PachdConnection" if namespace else "ClusterPachdConnection",

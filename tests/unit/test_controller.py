@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from spout_operator.connection_model import ConnectionSpec, parse_connection
 from spout_operator.controller import Controller
 from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
 from spout_operator.resource import Resource
@@ -36,10 +37,28 @@ class NoKube:
 
 
 class FakeResolver:
-    """Every namespace may use the default connection, an address the fake gateway answers for."""
+    """Every namespace may use the default connection, an address the fake gateway answers
+    for; its policy is `policy` (by default: pachd's default project, nothing else)."""
+
+    def __init__(self, policy: dict[str, Any] | None = None) -> None:
+        raw = {
+            "address": "pachd:30650",
+            "policy": {"projects": {"allowDefault": True}} if policy is None else policy,
+        }
+        self.connection = parse_connection(
+            "ClusterPachdConnection", {"metadata": {"name": "default"}, "spec": raw}, "ops"
+        )
+        self.endpoints = 0  # how often a token was read
+
+    def allowed_connection(self, ref: Any, namespace: str, not_before: float = 0.0) -> ConnectionSpec:
+        return self.connection
+
+    def connection_endpoint(self, spec: ConnectionSpec, not_before: float = 0.0) -> Endpoint:
+        self.endpoints += 1
+        return Endpoint(spec.address)
 
     def endpoint(self, ref: Any, namespace: str, not_before: float = 0.0) -> Endpoint:
-        return Endpoint("pachd:30650")
+        return self.connection_endpoint(self.allowed_connection(ref, namespace, not_before), not_before)
 
     def namespace_terminating(self, namespace: str) -> bool:
         return False
@@ -351,3 +370,79 @@ def test_a_pass_stops_writing_the_moment_the_lease_is_lost() -> None:
     ctl.reconcile(Resource.of(body()), "change")
     assert gateway.writes() == [("create", "spout")]
     assert [w["summary"] for w in kube.writes] == ["Reconciling"]  # written while it still led
+
+
+# --- the connection's policy ------------------------------------------------------------------
+
+
+def test_a_policy_refusal_sends_nothing_and_stalls_once() -> None:
+    """Refused before pachd is asked: Stalled names the rule and the field, one Warning Event
+    when it starts, and a sweep after it neither writes nor posts again (no retry loop)."""
+    gateway, kube = FakeGateway(), RecordingKube()
+    resolver = FakeResolver(
+        {"images": {"allowed": ["registry.example.com/*"]}, "projects": {"allowDefault": True}}
+    )
+    ctl = Controller(Settings(), OneGateway(gateway), kube, resolver)  # type: ignore[arg-type]
+    first = ctl.reconcile(Resource.of(body()), "change")
+    assert first is not None
+    stalled = {c["type"]: c for c in first.status["conditions"]}["Stalled"]
+    assert stalled["reason"] == "PolicyDenied"
+    assert "policy.images" in stalled["message"] and "spout.transform.image" in stalled["message"]
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "PolicyDenied")]
+    assert gateway.log == [] and resolver.endpoints == 0  # not even the token was read
+    writes = len(kube.writes)
+    again = ctl.reconcile(Resource.of(body(observed=1)), "drift")
+    assert again is not None and again.events == [] and len(kube.writes) == writes
+
+
+def test_loosening_the_policy_lets_the_refused_resource_through_at_the_next_pass() -> None:
+    gateway = FakeGateway()
+    resolver = FakeResolver(
+        {"images": {"allowed": ["registry.example.com/*"]}, "projects": {"allowDefault": True}}
+    )
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body()), "change")
+    resolver.connection = FakeResolver().connection  # the admin widened it
+    result = ctl.reconcile(Resource.of(body(observed=1)), "drift")
+    assert result is not None and result.status["summary"] == "Ready"
+    assert gateway.writes() == [("create", "spout"), ("create", "processor")]
+
+
+def test_tightening_the_policy_leaves_running_pipelines_alone_and_still_deletes() -> None:
+    """Running pipelines are not stopped by a stricter policy: they are reported as refused,
+    no further change (nor repair) reaches pachd, and deletion still removes them."""
+    gateway, resolver = FakeGateway(), FakeResolver()
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body()), "change")
+    resolver.connection = FakeResolver({"user": {"allowRoot": False}}).connection  # default project gone
+    del gateway.pipelines["processor"]  # drift: not repaired while refused
+    result = ctl.reconcile(Resource.of(body(observed=1)), "drift")
+    assert result is not None and result.status["summary"] == "PolicyDenied"
+    assert "processor" not in gateway.pipelines and "spout" in gateway.pipelines
+    assert ctl.delete(Resource.of(body(observed=1))).done
+    assert gateway.pipelines == {}
+
+
+def test_a_namespace_gets_its_own_project_made_with_its_first_pipeline() -> None:
+    gateway = FakeGateway()
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), FakeResolver({}))  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(body(project="team-a")), "change")
+    assert result is not None and result.status["summary"] == "Ready", result.status
+    assert gateway.writes() == [
+        ("ensure_project", "team-a"),
+        ("create", "spout"),
+        ("ensure_project", "team-a"),
+        ("create", "processor"),
+    ]
+    again = ctl.reconcile(Resource.of(body(observed=1, project="team-a")), "change")
+    assert again is not None and gateway.writes()[4:] == []  # a re-apply writes nothing
+
+
+def test_a_shared_project_is_never_created_by_the_operator() -> None:
+    gateway = FakeGateway()
+    resolver = FakeResolver({"projects": {"mode": "Shared", "names": ["analytics"]}})
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(body(project="analytics")), "change")
+    assert result is not None
+    assert ("ensure_project", "analytics") not in gateway.log
+    assert "not found" in {c["type"]: c for c in result.status["conditions"]}["Synced"]["message"]

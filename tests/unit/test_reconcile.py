@@ -20,7 +20,7 @@ from spout_operator.spec import parse
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
 OWNER = "team-a/spout101"
-WRITES = {"create", "update", "start", "stop", "delete"}
+WRITES = {"create", "update", "start", "stop", "delete", "ensure_project"}
 
 
 @dataclass
@@ -40,12 +40,14 @@ class FakeGateway:
         self.log: list[tuple[str, str]] = []
         self.failures: dict[tuple[str, str], PachdError] = dict(failures or {})
         self.ignore_deletes = False
+        self.projects = {"default"}  # pachd's own; others are made by CreateProject
 
     def canonical(self, spec: PipelineSpec) -> PipelineSpec:
         return canonical(spec)  # the real conversion: what pachd's own protobuf makes of it
 
     def _record(self, method: str, name: str, project: str = "default") -> None:
-        assert project == "default"
+        if project not in self.projects:  # pachd's word for it
+            raise PachdRejected(f'project "{project}" not found')
         self.log.append((method, name))
         failure = self.failures.get((method, name))
         if failure is not None:
@@ -67,6 +69,9 @@ class FakeGateway:
         self.pipelines[spec["pipeline"]["name"]] = FakePipeline(stored, version, stopped)
 
     def inspect(self, name: str, project: str) -> ObservedPipeline | None:
+        if project not in self.projects:  # the gateway reads pachd's NotFound as "missing"
+            self.log.append(("inspect", name))
+            return None
         self._record("inspect", name, project)
         found = self.pipelines.get(name)
         if found is None:
@@ -105,6 +110,10 @@ class FakeGateway:
             self.put(spec)
         else:
             self.put(spec, stopped=existing.stopped, version=existing.version + 1)
+
+    def ensure_project(self, project: str) -> None:
+        self.log.append(("ensure_project", project))
+        self.projects.add(project)
 
     def start(self, name: str, project: str) -> None:
         self._record("start", name, project)
