@@ -19,7 +19,7 @@ from kit import (
     DRIFT_INTERVAL_S,
     METRICS_PORT,
     OPERATOR_NAMESPACE,
-    connection,
+    install_default_connection,
     running_operator,
 )
 
@@ -44,8 +44,7 @@ def default_connection(stack: State, crd: None) -> None:
     """The ClusterPachdConnection `default` (what manifests/connection.yaml installs), on the
     stack's pachd, open to every namespace; its policy grants pachd's default project, and a
     shared project pachd does not have (so that pachd's own refusal can be reported)."""
-    policy = {"projects": {"mode": "Shared", "names": ["no-such-project"], "allowDefault": True}}
-    connection(stack, "default", stack.pachds[0].address, namespaceSelector={}, policy=policy)
+    install_default_connection(stack, stack.pachds[0].address)
 
 
 @pytest.fixture(scope="session")

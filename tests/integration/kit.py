@@ -51,6 +51,16 @@ def connection(
     return body
 
 
+# The session's ClusterPachdConnection `default` grants pachd's default project, and a shared
+# project pachd does not have (so that pachd's own refusal can be reported).
+DEFAULT_POLICY = {"projects": {"mode": "Shared", "names": ["no-such-project"], "allowDefault": True}}
+
+
+def install_default_connection(stack: State, address: str) -> None:
+    """The ClusterPachdConnection `default` as the session has it, open to every namespace."""
+    connection(stack, "default", address, namespaceSelector={}, policy=DEFAULT_POLICY)
+
+
 def secret(
     stack: State, namespace: str, name: str, data: dict[str, str], labels: dict[str, str] | None = None
 ) -> None:

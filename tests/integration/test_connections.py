@@ -268,7 +268,11 @@ def test_tenant_cannot_get_a_secret_value_out(
             "apiVersion": "spout-operator.dev/v1alpha1",
             "kind": "PachdConnection",
             "metadata": {"name": "mine", "namespace": namespace},
-            "spec": {"address": fake.address, "authTokenSecretRef": {"name": "db-password"}},
+            "spec": {
+                "address": fake.address,
+                "authTokenSecretRef": {"name": "db-password"},
+                "policy": {"projects": {"allowDefault": True}},
+            },
         }
         assert "Forbidden" in as_tenant("apply", "-f", "-", input=json.dumps(leaky))
         # No address or Secret on a SpoutPipeline: refused, and pruned if forced through.

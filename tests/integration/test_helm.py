@@ -20,7 +20,7 @@ from devstack.stack import State, service_account_kubeconfig
 from devstack.testing import kubectl, use_kubeconfig
 from kit import (
     SAMPLE,
-    connection,
+    install_default_connection,
     pipelines,
     running_operator,
     state_name,
@@ -200,6 +200,7 @@ def test_chart_values(helm: list[str]) -> None:
     assert objects[("ClusterPachdConnection", "", "default")]["spec"] == {
         "address": "grpcs://pachd.pach.svc:30650",
         "namespaces": ["team-a"],
+        "policy": {},
         "authTokenSecretRef": {"name": "pachd-token"},
         "tls": {"caConfigMapRef": {"name": "ca"}},
     }
@@ -275,11 +276,17 @@ def test_helm_install_runs_the_sample(
                 "pachd.workerHealth=false",
                 "--set",
                 "driftIntervalSeconds=2,connectionCheckSeconds=2",
+                "--set",  # the chart's connection admits no namespace and no shared project by itself
+                f"defaultConnection.namespaces={{{namespace}}},defaultConnection.policy.projects.allowDefault=true",
             ]
         )
         assert "STATUS: deployed" in run([*helm, "status", release, "-n", namespace])
         default = json.loads(kubectl(stack, "get", "clusterpachdconnection", "default", "-o", "json"))
-        assert default["spec"] == {"address": pachd.address, "namespaceSelector": {}}
+        assert default["spec"] == {
+            "address": pachd.address,
+            "namespaces": [namespace],
+            "policy": {"projects": {"allowDefault": True}},
+        }
         manifest = documents(run([*helm, "get", "manifest", release, "-n", namespace]))
         assert ("ClusterPachdConnection", "", "default") in by_key(manifest)
         deployment = json.loads(
@@ -327,6 +334,6 @@ def test_helm_install_runs_the_sample(
         )
         # The session's default connection again, as the fixture made it (uninstall deleted it).
         kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
-        connection(stack, "default", pachd.address, namespaceSelector={})
+        install_default_connection(stack, pachd.address)
     assert uninstalled.returncode == 0, uninstalled.stdout + uninstalled.stderr
     assert "NotFound" in kubectl(stack, "get", "clusterrole", f"{release}-spout-operator", check=False)
