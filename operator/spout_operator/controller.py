@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator import metrics, ownership, policy
+from spout_operator import metrics, operating, ownership, policy, restarts
 from spout_operator import render as rendering
 from spout_operator.conditions import now
 from spout_operator.connection_model import ConnectionProblem
-from spout_operator.events import Event, for_invalid_spec, for_pass
+from spout_operator.events import Event, for_invalid_spec, for_pass, for_pause
 from spout_operator.fencing import Fenced
 from spout_operator.kube import Kube
 from spout_operator.names import REPAIRS, PipelineKey, Trigger
@@ -204,12 +204,18 @@ class Controller:
                 spec_error=str(err),
                 error_reason=reason,
                 managed=resource.status.get("managed"),
+                handled=operating.carried(resource.status),
             )
             metrics.RECONCILES.labels(trigger, reason).inc()
             self.readiness.record(resource.uid, resource.generation, ready=False)
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
+        handles = operating.read(resource.handles)
         own_project = policy.own_project(connection.policy, resource.namespace, spec.project)
-        outcome = self._ensure(spec, resource.owner, gateway, trigger, listed_since, own_project)
+        outcome = self._ensure(
+            spec, resource.owner, gateway, trigger, listed_since, own_project, handles.paused
+        )
+        workers = self._workers(spec.project, outcome)
+        done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway)
         repairs = 0
         if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
             paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
@@ -221,15 +227,21 @@ class Controller:
             resource.status,
             now(),
             drift_repairs=repairs,
-            workers=self._workers(spec.project, outcome),
+            workers=workers,
             managed=ownership.managed_after(resource.status, outcome, spec.connection, endpoint.address),
+            paused=handles.paused,
+            exhausted=done.exhausted,
+            handled=done.handled,
         )
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
-        self.readiness.record(resource.uid, resource.generation, ready=status["summary"] == "Ready")
-        return PassResult(
-            status, for_pass(trigger, outcome, resource.status, status), outcome, endpoint, repairs
-        )
+        ready = status["summary"] == "Ready"
+        self.readiness.record(resource.uid, resource.generation, ready=ready, paused=handles.paused)
+        events = [
+            *for_pause(resource.status, handles.paused),
+            *for_pass(trigger, outcome, resource.status, status),
+        ]
+        return PassResult(status, [*events, *done.events], outcome, endpoint, repairs)
 
     def _ensure(
         self,
@@ -239,17 +251,18 @@ class Controller:
         trigger: Trigger,
         listed_since: float,
         own_project: bool,
+        hold: bool,
     ) -> Outcome:
         pair = rendering.render(spec, owner)
         if trigger == "change":  # one resource's own look at pachd, now
-            return ensure(pair, spec.running, owner, gateway, create_project=own_project)
+            return ensure(pair, spec.running, owner, gateway, create_project=own_project, hold=hold)
         # Polls, sweeps and events share one listing per pachd (per poll, sweep or batch of
         # events), and a listing that shows other pipelines changed wakes their resources too.
         try:
             snapshot = gateway.snapshot(not_before=listed_since)
         except PachdError as err:  # the sweep's one failed listing answers for every resource
             return unobserved(pair, err)
-        return ensure(pair, spec.running, owner, gateway, snapshot, create_project=own_project)
+        return ensure(pair, spec.running, owner, gateway, snapshot, create_project=own_project, hold=hold)
 
     def _workers(self, project: str, outcome: Outcome) -> dict[str, WorkerHealth] | None:
         """Each observed pipeline's workers, of the version pachd runs (from memory: no call)."""

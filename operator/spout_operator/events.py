@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from spout_operator.names import REPAIRS, Trigger
+from spout_operator.names import PAUSED_ANNOTATION, REPAIRS, Trigger
 from spout_operator.plan import Step
 from spout_operator.reconcile import Outcome
 
@@ -77,3 +77,20 @@ def for_pass(
             seen.add(str(error))
             events.append(Event("Warning", type(error).__name__, f"pipeline {name}: {error}"))
     return events
+
+
+def for_pause(previous: Mapping[str, Any], paused: bool) -> list[Event]:
+    """One Event when a pause starts, one when it ends (status.paused says which it was)."""
+    if paused and not previous.get("paused"):
+        return [
+            Event(
+                "Normal",
+                "ReconcilePaused",
+                f"reconciliation paused ({PAUSED_ANNOTATION}): pachd is left as it is",
+            )
+        ]
+    if not paused and previous.get("paused"):
+        return [
+            Event("Normal", "ReconcileResumed", "reconciliation resumed: pachd is brought to the spec again")
+        ]
+    return []

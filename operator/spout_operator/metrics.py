@@ -33,6 +33,10 @@ WRITES_REFUSED = Counter(
 STATUS_WRITES = Counter("spout_operator_status_writes_total", "Status writes to the API server")
 PACHD_CHANNELS = Gauge("spout_operator_pachd_channels", "Open gRPC channels to pachd (one per endpoint)")
 READY = Gauge("spout_operator_resources", "Managed resources by Ready state", ["ready"])
+PAUSED = Gauge("spout_operator_resources_paused", "Resources whose reconciliation is paused (annotation)")
+RESTARTS = Counter(
+    "spout_operator_pipeline_restarts_total", "Pipelines restarted, on request or automatically", ["kind"]
+)
 
 
 _serving: set[int] = set()
@@ -53,6 +57,7 @@ class Readiness:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ready: dict[str, bool] = {}  # uid -> Ready
+        self._paused: set[str] = set()
         self._changed_at: dict[str, tuple[int, float]] = {}  # uid -> (generation, first handled)
 
     def changed(self, uid: str, generation: int) -> None:
@@ -61,9 +66,13 @@ class Readiness:
             if self._changed_at.get(uid, (None, 0.0))[0] != generation:
                 self._changed_at[uid] = (generation, time.monotonic())
 
-    def record(self, uid: str, generation: int, ready: bool) -> None:
+    def record(self, uid: str, generation: int, ready: bool, paused: bool = False) -> None:
         with self._lock:
             self._ready[uid] = ready
+            if paused:
+                self._paused.add(uid)
+            else:
+                self._paused.discard(uid)
             started = self._changed_at.get(uid)
             if ready and started is not None and started[0] == generation:
                 CONVERGENCE.observe(time.monotonic() - started[1])
@@ -73,6 +82,7 @@ class Readiness:
     def forget(self, uid: str) -> None:
         with self._lock:
             self._ready.pop(uid, None)
+            self._paused.discard(uid)
             self._changed_at.pop(uid, None)
             self._publish()
 
@@ -80,3 +90,4 @@ class Readiness:
         ready_count = sum(self._ready.values())
         READY.labels("True").set(ready_count)
         READY.labels("False").set(len(self._ready) - ready_count)
+        PAUSED.set(len(self._paused))

@@ -18,6 +18,11 @@ NAMESPACED_CONNECTION = "PachdConnection"
 CONNECTION_KINDS = {NAMESPACED_PLURAL: NAMESPACED_CONNECTION, CLUSTER_PLURAL: CLUSTER_CONNECTION}
 
 OWNER_ANNOTATION = f"{GROUP}/owner"
+# A SpoutPipeline's operating handles (operating.py): pause, reconcile now, restart now.
+PAUSED_ANNOTATION = f"{GROUP}/paused"
+RECONCILE_ANNOTATION = f"{GROUP}/reconcile-requested-at"
+RESTART_ANNOTATIONS = {"spout": f"{GROUP}/restart-spout", "processor": f"{GROUP}/restart-processor"}
+HANDLE_ANNOTATIONS = (PAUSED_ANNOTATION, RECONCILE_ANNOTATION, *RESTART_ANNOTATIONS.values())
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "spout-operator"
 

@@ -81,11 +81,13 @@ def ensure(
     gateway: Pachd,
     snapshot: Mapping[tuple[str, str], ObservedPipeline] | None = None,
     create_project: bool = False,
+    hold: bool = False,
 ) -> Outcome:
     """Bring pachd to the desired pair. With a snapshot (drift checks and polls), the first
     look at pachd comes from that shared listing; otherwise each pipeline is inspected.
     `create_project`: the project is the resource's namespace's own: create it with the
-    first pipeline created there (pachd refuses pipelines in a project it does not have)."""
+    first pipeline created there (pachd refuses pipelines in a project it does not have).
+    `hold`: reconciliation is paused: plan, but write nothing (the plans say what is held)."""
     names = (pipeline_name(pair.spout), pipeline_name(pair.processor))
     observed: dict[str, ObservedPipeline | None] = {}
     plans: list[PipelinePlan] = []
@@ -107,6 +109,9 @@ def ensure(
         spout_plan = plan_pipeline(spout_spec, observed[spout], running, owner)
         plans.append(spout_plan)
         processor_seen = observed[processor]
+        if hold:
+            plans.append(plan_pipeline(processor_spec, processor_seen, running, owner))
+            return Outcome(names, tuple(plans), observed)
         if Step.UPDATE in spout_plan.steps:
             blocked, pausable = _readers_in_the_way(gateway, spout_spec, owner)
             if blocked:

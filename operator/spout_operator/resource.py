@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from spout_operator.names import owner_id
+from spout_operator.names import HANDLE_ANNOTATIONS, owner_id
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Resource:
     status: Mapping[str, Any]
     deleting: bool = False
     deleted_at: str = ""  # metadata.deletionTimestamp
+    handles: Mapping[str, str] = field(default_factory=dict)  # the operating annotations only
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> Resource:
@@ -36,6 +37,9 @@ class Resource:
             status=copy.deepcopy(dict(body.get("status") or {})),
             deleting=bool(meta.get("deletionTimestamp")),
             deleted_at=str(meta.get("deletionTimestamp") or ""),
+            handles={
+                k: str(v) for k, v in (meta.get("annotations") or {}).items() if k in HANDLE_ANNOTATIONS
+            },
         )
 
     @property

@@ -63,6 +63,22 @@ class PipelineTemplate:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+MAX_BACKOFF_S = 3600.0
+
+
+@dataclass(frozen=True)
+class AutoRestart:
+    """spec.autoRestart, with its defaults (autorestart.py decides when)."""
+
+    after_s: float = 120.0  # failing this long before the first restart
+    max_restarts: int = 5
+    backoff_s: float = 60.0  # before the second restart; doubled for each one after
+
+    def wait_after(self, restarts: int) -> float:
+        """How long after restart number `restarts` (1-based) the next one may come."""
+        return min(self.backoff_s * 2.0 ** max(0, restarts - 1), MAX_BACKOFF_S)
+
+
 @dataclass(frozen=True)
 class SpoutPipelineSpec:
     connection: ConnectionRef
@@ -72,6 +88,7 @@ class SpoutPipelineSpec:
     spout: PipelineTemplate
     processor: PipelineTemplate
     glob: str
+    auto_restart: AutoRestart | None = None  # None: never restarted automatically
 
     @property
     def running(self) -> bool:
@@ -104,7 +121,25 @@ def parse(spec: Mapping[str, Any], resource_name: str) -> SpoutPipelineSpec:
         spout=spout,
         processor=processor,
         glob=glob,
+        auto_restart=_auto_restart(_mapping(spec, "autoRestart")),
     )
+
+
+def _auto_restart(raw: Mapping[str, Any]) -> AutoRestart | None:
+    if not raw.get("enabled"):
+        return None
+    defaults = AutoRestart()
+    try:
+        policy = AutoRestart(
+            after_s=float(raw.get("afterSeconds", defaults.after_s)),
+            max_restarts=int(raw.get("maxRestarts", defaults.max_restarts)),
+            backoff_s=float(raw.get("backoffSeconds", defaults.backoff_s)),
+        )
+    except (TypeError, ValueError):
+        raise SpecError("autoRestart: afterSeconds, maxRestarts and backoffSeconds must be numbers") from None
+    if policy.after_s < 0 or policy.backoff_s < 0 or policy.max_restarts < 1:
+        raise SpecError("autoRestart: seconds must be >= 0 and maxRestarts >= 1")
+    return policy
 
 
 def _mapping(parent: Mapping[str, Any], key: str, required: bool = False) -> Mapping[str, Any]:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spout_operator.conditions import Condition, render_conditions
+from spout_operator.names import PAUSED_ANNOTATION
 from spout_operator.observed import ObservedPipeline
 from spout_operator.pachd_api import PachdUnavailable
 from spout_operator.reconcile import Outcome, SpoutUpdateBlocked
@@ -42,7 +43,8 @@ TRANSIENT = {"STARTING", "RESTARTING"}
 FAILING = {"FAILURE", "CRASHING"}  # pachd gave up, or its workers crash: not progress
 # Refusals that retrying the same spec cannot cure: kstatus reads Stalled=True as Failed.
 STALLED_REASONS = {"InvalidSpec", "PachdRejected", "SpoutUpdateBlocked", "ForeignPipeline"}
-WORKERS_STARTING = "WorkersStarting"  # Ready's reason while worker pods are on their way up
+WORKERS_STARTING = "WorkersStarting"
+PAUSED_REASON = "ReconcilePaused"  # Ready's reason while worker pods are on their way up
 
 
 def pipeline_status(
@@ -77,10 +79,14 @@ def conditions_for(
     spec_error: str = "",
     error_reason: str = "InvalidSpec",
     workers: Mapping[str, WorkerHealth] | None = None,
+    paused: bool = False,
+    exhausted: str = "",
 ) -> list[Condition]:
     """Ready and Synced, then Reconciling or Stalled when (and only when) either holds.
     `workers`: each pipeline's worker health by name; None where workers cannot be seen
-    (pachd's word stands)."""
+    (pachd's word stands). `paused`: nothing was written (operating.py): Synced says so and
+    what is held, Ready still tells what pachd runs, and nothing is in progress. `exhausted`:
+    automatic restarts reached their maximum (autorestart.py), why: Stalled."""
     if spec_error:  # nothing was asked of pachd: the spec, or its connection, is unusable
         reason, message = error_reason, spec_error
         conditions = [Condition("Ready", False, reason, message), Condition("Synced", False, reason, message)]
@@ -90,12 +96,24 @@ def conditions_for(
     assert outcome is not None
     synced = _synced(outcome)
     ready = _ready(outcome, running, synced, workers or {})
+    if paused:
+        if synced.status:
+            synced = Condition("Synced", False, PAUSED_REASON, _paused_message(outcome))
+        return [ready, synced]
     conditions = [ready, synced]
-    if synced.reason in STALLED_REASONS:
+    if exhausted and synced.reason not in STALLED_REASONS:
+        conditions.append(Condition("Stalled", True, "AutoRestartLimit", exhausted))
+    elif synced.reason in STALLED_REASONS:
         conditions.append(Condition("Stalled", True, synced.reason, synced.message))
     elif progress := _in_progress(outcome, running, ready):
         conditions.append(Condition("Reconciling", True, *progress))
     return conditions
+
+
+def _paused_message(outcome: Outcome) -> str:
+    held = [f"{step.value} {plan.name}" for plan in outcome.plans for step in plan.steps]
+    what = f"held: {', '.join(held)}" if held else "pachd holds both pipelines as declared"
+    return f"reconciliation is paused ({PAUSED_ANNOTATION}); nothing is written to pachd; {what}"
 
 
 def _in_progress(outcome: Outcome, running: bool, ready: Condition) -> tuple[str, str] | None:
@@ -241,11 +259,14 @@ def status_patch(
     error_reason: str = "InvalidSpec",
     workers: Mapping[str, WorkerHealth] | None = None,
     managed: Mapping[str, Any] | None = None,
+    paused: bool = False,
+    exhausted: str = "",
+    handled: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The full `.status` to write onto the resource (it is written whole). `workers`: see
     conditions_for; `managed`: where its pipelines were created (ownership.managed_after),
     which deletion reads."""
-    conditions = conditions_for(outcome, running, spec_error, error_reason, workers)
+    conditions = conditions_for(outcome, running, spec_error, error_reason, workers, paused, exhausted)
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
@@ -253,6 +274,10 @@ def status_patch(
     }
     if managed:
         patch["managed"] = dict(managed)
+    if paused:
+        patch["paused"] = True
+    # The operating handles' acknowledgements (lastHandledReconcileAt, restarts, autoRestart)
+    patch.update(handled or {})
     if outcome is not None:
         owners = {plan.name: plan.foreign_owner for plan in outcome.plans}
         for role, name in zip(("spout", "processor"), outcome.names, strict=True):

@@ -76,9 +76,13 @@ class Wakeups:
     def poke(self, key: PipelineKey, seen_at: float) -> None:
         """Wake the resources declaring `key`: a change seen at `seen_at` (time.monotonic())."""
         for uid in self._by_key.get(key, ()):
-            self._since[uid] = max(seen_at, self._since.get(uid, seen_at))
-            self._poked.add(uid)
-            self._any.set()
+            self.poke_resource(uid, seen_at)
+
+    def poke_resource(self, uid: str, seen_at: float) -> None:
+        """Wake one resource: its pass judges by a listing started after `seen_at`."""
+        self._since[uid] = max(seen_at, self._since.get(uid, seen_at))
+        self._poked.add(uid)
+        self._any.set()
 
     async def poked(self, timeout_s: float) -> set[str]:
         """The resources poked since the last call, waiting up to `timeout_s` for one."""
@@ -161,6 +165,9 @@ class Sweeper:
         self._resources[resource.uid] = resource
         if before is None or (before.name, before.spec) != (resource.name, resource.spec):
             self.wakeups.register(resource.uid, self._pipelines_of(resource))
+        if before is not None and before.handles != resource.handles:
+            # Paused, resumed, a reconcile or restart requested: a pass now, with a fresh look.
+            self.wakeups.poke_resource(resource.uid, time.monotonic())
 
     def forget(self, uid: str) -> None:
         """Deleted or being deleted: no more passes (deletion holds its lock meanwhile). A

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -446,3 +447,129 @@ def test_a_shared_project_is_never_created_by_the_operator() -> None:
     assert result is not None
     assert ("ensure_project", "analytics") not in gateway.log
     assert "not found" in {c["type"]: c for c in result.status["conditions"]}["Synced"]["message"]
+
+
+# --- operating handles: pause, reconcile now, restart now, automatic restarts -----------------
+
+
+def annotated(annotations: dict[str, str], **kwargs: Any) -> Resource:
+    raw = body(**kwargs)
+    raw["metadata"]["annotations"] = annotations
+    return Resource.of(raw)
+
+
+PAUSED = {"spout-operator.dev/paused": "true"}
+
+
+def test_a_paused_resource_writes_nothing_and_says_what_is_held() -> None:
+    gateway, kube = FakeGateway(), RecordingKube()
+    ctl = Controller(Settings(), OneGateway(gateway), kube, FakeResolver())  # type: ignore[arg-type]
+    result = ctl.reconcile(annotated(PAUSED), "change")
+    assert result is not None and gateway.writes() == []
+    conditions = {c["type"]: c for c in result.status["conditions"]}
+    assert conditions["Synced"]["reason"] == "ReconcilePaused"
+    assert "held: create spout, create processor" in conditions["Synced"]["message"]
+    assert "Reconciling" not in conditions and "Stalled" not in conditions  # kstatus: Current
+    assert result.status["paused"] is True
+    assert [e.reason for e in result.events] == ["ReconcilePaused"]
+    again = ctl.reconcile(annotated(PAUSED, observed=1), "drift")
+    assert again is not None and again.events == [] and gateway.writes() == []
+
+
+def test_drift_while_paused_is_reported_not_repaired_and_unpausing_repairs_it() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    del gateway.pipelines["processor"]
+    paused = ctl.reconcile(annotated(PAUSED, observed=1), "event")
+    assert paused is not None and "processor" not in gateway.pipelines
+    assert paused.status["processor"]["state"] == "Missing"
+    resumed = ctl.reconcile(annotated({}, observed=1), "event")
+    assert resumed is not None and "processor" in gateway.pipelines
+    assert resumed.status["summary"] == "Ready" and "paused" not in resumed.status
+    assert [e.reason for e in resumed.events] == ["ReconcileResumed", "DriftRepaired"]
+
+
+def test_a_paused_resource_still_deletes() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    ctl.reconcile(annotated(PAUSED, observed=1), "drift")
+    assert ctl.delete(annotated(PAUSED, observed=1)).done
+    assert gateway.pipelines == {}
+
+
+def test_a_reconcile_token_is_acknowledged_and_kept() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    token = {"spout-operator.dev/reconcile-requested-at": "2026-12-07T12:00:00Z"}
+    result = ctl.reconcile(annotated(token, observed=1), "event")
+    assert result is not None and result.status["lastHandledReconcileAt"] == "2026-12-07T12:00:00Z"
+    later = ctl.reconcile(annotated({}, observed=1), "drift")
+    assert later is not None and later.status["lastHandledReconcileAt"] == "2026-12-07T12:00:00Z"
+
+
+def test_a_restart_token_restarts_once_without_a_new_version_or_a_repair() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    versions = {name: p.version for name, p in gateway.pipelines.items()}
+    token = {"spout-operator.dev/restart-spout": "1"}
+    result = ctl.reconcile(annotated(token, observed=1), "event")
+    assert result is not None
+    assert gateway.writes() == [
+        ("create", "spout"),
+        ("create", "processor"),
+        ("stop", "spout"),
+        ("start", "spout"),
+    ]
+    assert {name: p.version for name, p in gateway.pipelines.items()} == versions
+    assert result.status["driftRepairs"] == 0 and result.repairs == 0
+    assert result.status["restarts"]["spout"]["outcome"] == "Restarted"
+    assert [e.reason for e in result.events] == ["Restarted"]
+    again = ctl.reconcile(annotated(token, observed=1), "drift")
+    assert again is not None and len(gateway.writes()) == 4  # once per token
+
+
+def test_a_restart_is_refused_on_a_paused_or_stopped_resource() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    request = {"spout-operator.dev/restart-processor": "a", **PAUSED}
+    result = ctl.reconcile(annotated(request, observed=1), "event")
+    assert result is not None and gateway.writes() == [("create", "spout"), ("create", "processor")]
+    ack = result.status["restarts"]["processor"]
+    assert ack["outcome"] == "Refused" and "paused" in ack["message"]
+    assert "RestartRefused" in [e.reason for e in result.events]
+    stopped = ctl.reconcile(
+        annotated({"spout-operator.dev/restart-processor": "b"}, observed=1, state="Stopped"), "change"
+    )
+    assert stopped is not None and "Stopped" in stopped.status["restarts"]["processor"]["message"]
+
+
+def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
+    ctl.reconcile(Resource.of(body(autoRestart=policy)), "change")
+    original = gateway.inspect
+
+    def failing(name: str, project: str) -> Any:
+        found = original(name, project)
+        return None if found is None else dataclasses.replace(found, state="CRASHING")
+
+    gateway.inspect = failing  # type: ignore[method-assign]
+    gateway.list_pipelines = lambda: [p for p in map(lambda n: failing(n, "default"), gateway.pipelines) if p]  # type: ignore[method-assign]
+    first = ctl.reconcile(Resource.of(body(observed=1, autoRestart=policy)), "drift")
+    assert (
+        first is not None and ("stop", "spout") in gateway.writes() and ("start", "spout") in gateway.writes()
+    )
+    assert first.status["autoRestart"]["restarts"] == 1
+    assert "AutoRestarted" in [e.reason for e in first.events]
+    writes = len(gateway.writes())
+    second = ctl.reconcile(Resource.of(body(observed=1, autoRestart=policy)), "drift")
+    assert second is not None and len(gateway.writes()) == writes  # the limit: no more restarts
+    stalled = {c["type"]: c for c in second.status["conditions"]}["Stalled"]
+    assert stalled["reason"] == "AutoRestartLimit"
+    assert [e.reason for e in second.events].count("AutoRestartLimit") == 1

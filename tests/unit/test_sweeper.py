@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -96,6 +98,31 @@ def test_a_poke_runs_only_that_resource_after_the_change_was_seen() -> None:
             await passes.until(lambda: len(passes.ran) == 1)
             await settled(sweeper)
             assert passes.ran == [("b", "event", 17.0)]
+        finally:
+            sweeper.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_operating_handle_runs_a_pass_at_once_and_other_events_do_not() -> None:
+    """Pause, resume, reconcile-now and restart tokens change no generation: the index sees
+    them, and wakes that resource alone, judged by a listing taken after it was seen."""
+
+    async def scenario() -> None:
+        passes = Passes()
+        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
+        sweeper.track(resource("a"))
+        sweeper.track(resource("b"))
+        sweeper.start()
+        try:
+            sweeper.track(resource("b"))  # an event with nothing new (kopf's own annotations)
+            requested = dataclasses.replace(resource("a"), handles={"spout-operator.dev/paused": "true"})
+            seen_before = time.monotonic()
+            sweeper.track(requested)
+            await passes.until(lambda: len(passes.ran) == 1)
+            await settled(sweeper)
+            assert [(name, trigger) for name, trigger, _ in passes.ran] == [("a", "event")]
+            assert passes.ran[0][2] >= seen_before
         finally:
             sweeper.stop()
 

@@ -2,6 +2,7 @@
 -- operator writes (the same ones kstatus, Flux and `kubectl wait` read):
 --   Stalled=True                    -> Degraded (only a change of the spec can help)
 --   Reconciling=True                -> Progressing (a change is applied, pipelines start)
+--   status.paused (annotation)      -> Suspended (nothing is written to pachd meanwhile)
 --   Ready=True                      -> Healthy, or Suspended when declared Stopped
 --   Ready=False, nothing under way  -> Degraded (pachd unreachable, a pipeline failing)
 -- A status or condition written for an older generation says nothing about this one:
@@ -45,6 +46,17 @@ end
 if stale(obj.status.observedGeneration) then
   hs.status = "Progressing"
   hs.message = "Waiting for the spout operator to apply generation " .. tostring(generation)
+  return hs
+end
+
+if obj.status.paused == true then
+  hs.status = "Suspended"
+  local synced = condition("Synced")
+  if synced ~= nil then
+    hs.message = reason_message(synced)
+  else
+    hs.message = "Reconciliation paused"
+  end
   return hs
 end
 
