@@ -1088,7 +1088,7 @@ def _namespace_and_crd(state: State) -> Iterator[None]:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "PachdConnection",
             "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"address": address},
+            "spec": {"address": address, "policy": {"projects": {"allowDefault": True}}},
         }
         kubectl(state, "apply", "-f", "-", input=json.dumps(body))
     try:

@@ -69,7 +69,11 @@ def crd(stack: State) -> None:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ClusterPachdConnection",
             "metadata": {"name": name},
-            "spec": {"address": address, "namespaceSelector": {}},
+            "spec": {
+                "address": address,
+                "policy": {"projects": {"allowDefault": True}},
+                "namespaceSelector": {},
+            },
         }
         kubectl(stack, "apply", "-f", "-", input=json.dumps(connection))
 

@@ -65,7 +65,7 @@ def connection(name: str, address: str) -> dict[str, Any]:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PachdConnection",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"address": address},
+        "spec": {"address": address, "policy": {"projects": {"allowDefault": True}}},
     }
 
 
