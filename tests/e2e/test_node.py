@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_NAMESPACE = "spout-operator-system"
 SAMPLE_NAMESPACE = "e2e-spout101"
+WORKERS_NAMESPACE = "e2e-workers"
 PACHD_NAMESPACE = "pachyderm"
 # Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
 LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{64}\.txt)\n")
@@ -146,6 +147,13 @@ def point_operator_at_pachd(state: State) -> None:
     address = pachd_address_for_pods(state)
     connection = shipped.replace("grpc://pachd.default.svc.cluster.local:30650", address)
     assert address in connection
+    # It admits no namespace and grants no pachd project until told: exactly what the tier
+    # needs (the sample's namespaces, pachd's default project, a pod patch that replaces the
+    # worker's command, for the crash-loop test).
+    assert "  namespaces: []\n" in connection and "  policy: {}\n" in connection
+    connection = connection.replace(
+        "  namespaces: []\n", f"  namespaces: [{SAMPLE_NAMESPACE}, {WORKERS_NAMESPACE}]\n"
+    ).replace("  policy: {}\n", "  policy: {projects: {allowDefault: true}, podPatch: {allowed: true}}\n")
     for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
         kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
     kubectl(state, "apply", "-f", "-", input=connection)
@@ -506,7 +514,6 @@ def test_a_spout_image_change_keeps_messages_flowing(
 
 # --- workers that do not come up, although pachd says RUNNING -------------------------
 
-WORKERS_NAMESPACE = "e2e-workers"
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull")
 MISSING_IMAGE = "ghcr.io/spout-operator/no-such-image:0.1.0"  # no registry answers here
 
