@@ -83,3 +83,23 @@ def protobuf_duration(seconds: Decimal) -> str:
     reads back as."""
     text = format(seconds.quantize(Decimal("1e-9")), "f").rstrip("0").rstrip(".")
     return f"{text}s"
+
+
+def worker_rc_name(project: str, pipeline: str, version: int) -> str:
+    """The name pachd 2.6 gives a pipeline version's ReplicationController (ppsutil.PipelineRcName):
+    `<project>-<pipeline>-v<version>`, lowercased, `_` turned into `-`."""
+    return f"{project.replace('_', '-').lower()}-{pipeline.replace('_', '-').lower()}-v{version}"
+
+
+def push_address(spec: SpoutPipelineSpec, pachd_namespace: str, spout_version: int | None) -> str | None:
+    """Where producers push into a spout with `spout.service`: `<service>.<namespace>.svc:<port>`,
+    or None without a service (or before pachd has a version of the spout).
+
+    pachd 2.6 (createWorkerSvcAndRc) makes the Service `<rc name>-user` in its namespace, port
+    externalPort -> targetPort internalPort (also the nodePort for NodePort). The name carries
+    the spout's version, so the address changes with every update of the spout."""
+    service = spec.spout.options.get("service")
+    if not service or spout_version is None:
+        return None
+    name = worker_rc_name(spec.project, spec.spout.name, spout_version) + "-user"
+    return f"{name}.{pachd_namespace}.svc:{int(service['externalPort'])}"
