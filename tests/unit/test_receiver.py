@@ -57,14 +57,18 @@ class FakeClient:
         self._open -= 1
         self.calls.append(("drop", commit_id))
 
-    def inspect_commit(self, commit: Any) -> Iterator[Any]:
+    def inspect_commit(self, commit: Any, *state: Any) -> Iterator[Any]:
         return iter([])
+
+
+def recorded_wait(client: Any, target: Target, commit_id: str) -> None:
+    client.calls.append(("wait finished", commit_id))
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[FakeClient, Committer, int]]:
     client = FakeClient()
-    committer = Committer(client, TARGET)
+    committer = Committer(client, TARGET, wait=recorded_wait)
     server = make_server(committer, 0, max_bytes=4096, host="127.0.0.1")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -100,6 +104,7 @@ def test_a_message_is_one_finished_commit_answered_after_it(
         ("start", "push", "master", "team-a"),
         ("put", "c1", "/" + name, message),
         ("finish", "c1"),
+        ("wait finished", "c1"),  # answered only once pachd has finished the commit
     ]
     assert committer.commits == 1
 
@@ -183,3 +188,21 @@ def test_settings_default_to_the_pipeline_s_own_repo() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         ReceiverSettings.from_env(env)
+
+
+def test_waiting_for_finished_asks_pachd_for_that_commit_in_state_finished() -> None:
+    from python_pachyderm.proto.v2.pfs import pfs_pb2
+    from spout101.receiver import wait_finished
+
+    asked: list[tuple[Any, Any]] = []
+
+    class Client:
+        def inspect_commit(self, commit: Any, state: Any) -> Iterator[Any]:
+            asked.append((commit.to_pb(), state))
+            return iter([object()])
+
+    wait_finished(Client(), TARGET, "abc")
+    ((commit, state),) = asked
+    repo = commit.branch.repo
+    assert (repo.name, repo.project.name, commit.id) == ("push", "team-a", "abc")
+    assert state == pfs_pb2.CommitState.FINISHED

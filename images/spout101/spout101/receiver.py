@@ -2,9 +2,9 @@
 
 Each ``POST`` (any path but ``/healthz``) is one message: its body is committed, alone, to the
 spout's output repo as ``<sha256>.txt`` (the consumer's naming, so the spout101 processor reads
-it), and only then answered ``201`` with the commit id. A producer that got ``201`` knows its
-message is in pachd; any other answer (or none) means it is not, and it sends again: the name
-is the content's hash, so a retry writes the same file. ``GET /healthz`` answers 200.
+it), and only once pachd reports that commit FINISHED is it answered ``201`` with the commit
+id. A producer that got ``201`` knows its message is in pachd; any other answer (or none) means
+it is not, and it sends again: the name is the content's hash, so a retry writes the same file. ``GET /healthz`` answers 200.
 
 Commits are made one at a time (pachd refuses a commit on a branch while another is open), so
 concurrent producers wait their turn; a failed commit is dropped, never left half-written.
@@ -22,11 +22,12 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
+from typing import Any
 
 from spout101.common import LOG_FORMAT, SettingsError, configure_logging, env_int
 from spout101.consumer import (
@@ -66,19 +67,39 @@ class ReceiverSettings:
         return cls(port, max_bytes, consumer.target, consumer.pachd_address)
 
 
+def wait_finished(client: Any, target: Target, commit_id: str) -> None:
+    """Block until pachd reports the commit FINISHED. FinishCommit returns once the commit is
+    closed ("finishing"); pachd's compaction then finishes it. Acknowledging only after that
+    means a producer's 201 names a commit every reader already sees whole."""
+    from python_pachyderm.pfs import Commit  # Imported here, like the client itself.
+    from python_pachyderm.proto.v2.pfs import pfs_pb2
+
+    where = Commit(repo=target.repo, id=commit_id, project=target.project or "default")
+    for _ in client.inspect_commit(where, pfs_pb2.CommitState.FINISHED):
+        pass
+
+
 class Committer:
     """Commits one message per commit, one commit at a time."""
 
-    def __init__(self, client: PfsClient, target: Target) -> None:
+    def __init__(
+        self,
+        client: PfsClient,
+        target: Target,
+        wait: Callable[[Any, Target, str], None] = wait_finished,
+    ) -> None:
         self.client = client
         self.target = target
+        self._wait = wait
         self._lock = threading.Lock()
         self.commits = 0
 
     def commit(self, message: bytes) -> tuple[str, str]:
-        """Write `message` into a new finished commit; return (commit id, file name)."""
+        """Write `message` into a new commit and wait until pachd has finished it; return
+        (commit id, file name)."""
         with self._lock:
             commit_id, names = commit_messages(self.client, self.target, [message])
+            self._wait(self.client, self.target, commit_id)
             self.commits += 1
         return commit_id, names[0]
 
