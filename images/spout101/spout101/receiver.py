@@ -4,7 +4,8 @@ Each ``POST`` (any path but ``/healthz``) is one message: its body is committed,
 spout's output repo as ``<sha256>.txt`` (the consumer's naming, so the spout101 processor reads
 it), and only once pachd reports that commit FINISHED is it answered ``201`` with the commit
 id. A producer that got ``201`` knows its message is in pachd; any other answer (or none) means
-it is not, and it sends again: the name is the content's hash, so a retry writes the same file. ``GET /healthz`` answers 200.
+it is not, and it sends again: the name is the content's hash, so a retry writes the same file.
+``GET /healthz`` answers 200.
 
 Commits are made one at a time (pachd refuses a commit on a branch while another is open), so
 concurrent producers wait their turn; a failed commit is dropped, never left half-written.
