@@ -232,6 +232,7 @@ class Controller:
             paused=handles.paused,
             exhausted=done.exhausted,
             handled=done.handled,
+            push_address=self._push_address(spec, outcome),
         )
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
@@ -274,6 +275,15 @@ class Controller:
             for name, observed in outcome.observed.items()
             if observed is not None
         }
+
+    def _push_address(self, spec: SpoutPipelineSpec, outcome: Outcome) -> str | None:
+        """Where producers push into a spout with a service: its Service in pachd's namespace
+        (known when the operator watches exactly one), of the version pachd runs."""
+        namespaces = self.settings.worker_namespaces
+        spout = outcome.observed.get(spec.spout.name)
+        if len(namespaces) != 1 or spout is None:
+            return None
+        return rendering.push_address(spec, namespaces[0], spout.version)
 
     def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
         """Where the resource's pipelines live, through its admin-owned connection only."""

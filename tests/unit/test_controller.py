@@ -573,3 +573,17 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
     stalled = {c["type"]: c for c in second.status["conditions"]}["Stalled"]
     assert stalled["reason"] == "AutoRestartLimit"
     assert [e.reason for e in second.events].count("AutoRestartLimit") == 1
+
+
+def test_a_spout_with_a_service_says_where_to_push() -> None:
+    raw = yaml.safe_load((SAMPLE.parent / "push.yaml").read_text())
+    raw["metadata"].update(namespace="team-a", uid="u-push", generation=1)
+    raw["status"] = {}
+    gateway = FakeGateway()
+    settings = Settings(worker_namespaces=("pachyderm",))
+    ctl = Controller(settings, OneGateway(gateway), RecordingKube(), FakeResolver())  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(raw), "change")
+    assert result is not None
+    assert result.status["pushAddress"] == "default-push-v1-user.pachyderm.svc:8080"
+    plain = ctl.reconcile(Resource.of(body()), "change")  # no service: no address
+    assert plain is not None and "pushAddress" not in plain.status
