@@ -324,9 +324,7 @@ class Controller:
         recorded = ownership.recorded_connection(resource.status)
         ref = recorded or spec.connection  # where the pipelines were created, if anything was
         try:
-            gateway = Fenced(
-                self.gateways.get(self.endpoint(ref, resource.namespace, time.monotonic())), self.leading
-            )
+            gateway = Fenced(self.gateways.get(self._deletion_endpoint(ref, resource)), self.leading)
         except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
             permanent = not isinstance(err, ConnectionProblem) or err.permanent
             if self._may_finish(resource, recorded is not None, permanent):
@@ -353,6 +351,21 @@ class Controller:
         if recorded is not None:
             message += " (or set spec.deletionPolicy: Orphan to leave them)"
         return self._waiting(message, resource)
+
+    def _deletion_endpoint(self, ref: ConnectionRef, resource: Resource) -> Endpoint:
+        """The connection's endpoint now; or, when its namespace is being deleted and took the
+        connection or its Secret with it (they carry no finalizer, so they may go first), the
+        endpoint this process last resolved through it: the pipelines it created are deleted
+        as deletionPolicy says instead of being left running in pachd."""
+        try:
+            return self.endpoint(ref, resource.namespace, time.monotonic())
+        except ConnectionProblem as err:
+            if not err.permanent or not self.resolver.namespace_terminating(resource.namespace):
+                raise
+            remembered = self.resolver.remembered(ref, resource.namespace)
+            if remembered is None:
+                raise
+            return remembered
 
     def _may_finish(self, resource: Resource, managed: bool, permanent: bool) -> bool:
         if not managed:
