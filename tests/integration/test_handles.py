@@ -22,7 +22,9 @@ def annotate(stack: State, namespace: str, name: str, *pairs: str) -> None:
 
 def drift_passes() -> float:
     return sum(
-        v for k, v in scrape().items() if k.startswith('spout_operator_reconciles_total{trigger="drift"')
+        v
+        for k, v in scrape().items()
+        if k.startswith("spout_operator_reconciles_total{") and 'trigger="drift"' in k
     )
 
 
