@@ -149,11 +149,14 @@ def point_operator_at_pachd(state: State) -> None:
     assert address in connection
     # It admits no namespace and grants no pachd project until told: exactly what the tier
     # needs (the sample's namespaces, pachd's default project, a pod patch that replaces the
-    # worker's command, for the crash-loop test).
+    # worker's command, for the crash-loop test, and one Secret of pachd's namespace).
     assert "  namespaces: []\n" in connection and "  policy: {}\n" in connection
     connection = connection.replace(
         "  namespaces: []\n", f"  namespaces: [{SAMPLE_NAMESPACE}, {WORKERS_NAMESPACE}]\n"
-    ).replace("  policy: {}\n", "  policy: {projects: {allowDefault: true}, podPatch: {allowed: true}}\n")
+    ).replace(
+        "  policy: {}\n",
+        "  policy: {projects: {allowDefault: true}, podPatch: {allowed: true}, secrets: [source-creds]}\n",
+    )
     for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
         kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
     kubectl(state, "apply", "-f", "-", input=connection)
@@ -783,3 +786,67 @@ def test_sample_delete_removes_pipelines_and_pods(node_stack: State, applied_sam
         return not pods and not ({"spout", "processor"} & names)
 
     wait_for(state, "the pipelines and their pods to be gone", gone, 180, (PACHD_NAMESPACE,))
+
+
+def test_an_allowed_secret_is_mounted_in_the_worker_and_a_refused_one_never_reaches_pachd(
+    node_stack: State, workers_namespace: str
+) -> None:
+    """The connection's policy (issue 25): the Secret it grants is really mounted in the worker
+    pod pachd starts; a Secret it does not grant stops the resource before pachd hears of it."""
+    state = node_stack
+    spaces = (workers_namespace, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    kubectl(
+        state,
+        "create",
+        "secret",
+        "generic",
+        "source-creds",
+        "-n",
+        PACHD_NAMESPACE,
+        "--from-literal=user=reader",
+    )
+    mounting = pair("mounting")
+    mounting["spec"]["processor"]["transform"]["secrets"] = [{"name": "source-creds", "mountPath": "/creds"}]
+    leaking = pair("leaking")
+    leaking["spec"]["processor"]["transform"]["secrets"] = [
+        {"name": "pachyderm-storage-secret", "mountPath": "/s"}
+    ]
+    for body in (mounting, leaking):
+        kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def stalled() -> Any:
+        obj = kubectl_json(state, "get", "spoutpipeline", "leaking", "-n", workers_namespace)
+        return obj if condition(obj, "Stalled").get("reason") == "PolicyDenied" else None
+
+    refused = condition(wait_for(state, "leaking: Stalled, PolicyDenied", stalled, 120, spaces), "Stalled")
+    assert "policy.secrets" in refused["message"] and "pachyderm-storage-secret" in refused["message"]
+
+    def mounted() -> Any:
+        pods = kubectl_json(
+            state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "pipelineName=mounting-processor"
+        )
+        for pod in pods["items"]:
+            secrets = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+            user = next(c for c in pod["spec"]["containers"] if c["name"] == "user")
+            mounts = {m["name"]: m["mountPath"] for m in user.get("volumeMounts", [])}
+            found = [mounts.get(name) for name, secret in secrets.items() if secret == "source-creds"]
+            if "/creds" in found and pod["status"].get("phase") == "Running":
+                return pod
+        return None
+
+    pod = wait_for(state, "the granted Secret mounted in the processor's worker", mounted, 240, spaces)
+    listing = kubectl(
+        state,
+        "exec",
+        "-n",
+        PACHD_NAMESPACE,
+        pod["metadata"]["name"],
+        "-c",
+        "user",
+        "--",
+        "cat",
+        "/creds/user",
+    )
+    assert listing.strip() == "reader"
+    names = {p.pipeline.name for p in pachd_client(state).list_pipeline()}
+    assert "mounting" in names and not {"leaking", "leaking-processor"} & names
