@@ -11,7 +11,7 @@ from typing import Any
 
 from devstack import metrics
 from devstack.stack import State, free_port
-from devstack.testing import eventually, kubectl
+from devstack.testing import PASSES, counted, eventually, kubectl
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +135,10 @@ def versions(client: Any, *names: str) -> dict[str, int]:
 def scrape() -> dict[str, float]:
     """The operator's Prometheus counters, by sample name with labels."""
     return metrics.scrape(METRICS_PORT)
+
+
+def passes(more: int, since: dict[str, float] | None = None, **labels: str) -> dict[str, float]:
+    """Wait until the in-process operator has finished `more` passes with `labels` (e.g.
+    trigger="drift": its sweeps' passes) since the scrape `since` (default: now); return the
+    scrape then. One per resource per sweep: two sweeps over three resources are six."""
+    return counted(scrape, PASSES, more, 30 * DRIFT_INTERVAL_S + more * DRIFT_INTERVAL_S, since, **labels)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import counted, eventually, kubectl
 from fake_pachd import FakePachd
 from kit import (
     CONNECTION_CHECK_S,
@@ -27,6 +27,7 @@ from kit import (
     condition,
     connection,
     get,
+    passes,
     pipelines,
     resource,
     running_operator,
@@ -185,7 +186,7 @@ def test_token_reaches_only_its_connections_address(
                 30,
                 what="pipeline calls at both fakes",
             )
-            time.sleep(2 * DRIFT_INTERVAL_S)  # a few sweeps' worth of calls to look at
+            passes(2 * 4, trigger="drift")  # two sweeps over the four: calls to look at
             assert a.tokens() == {tokens["a"]}
             assert b.tokens() == {tokens["b"]}
             assert c.tokens() <= {tokens["c"]}  # its own connection check, nothing else
@@ -226,7 +227,7 @@ def test_rotated_token_is_used_from_the_next_pass(
                 what="the new token on pipeline calls",
             )
             first_new = next(i for i, c in enumerate(fake.calls) if c.token == new)
-            time.sleep(2 * DRIFT_INTERVAL_S)
+            passes(2, trigger="drift")  # two more sweeps
             # From the pass that read the new Secret on, only the new token is sent.
             assert {c.token for c in fake.calls[first_new:]} == {new}
             obj = wait_connection(stack, name, "True")  # and the check accepts it
@@ -293,7 +294,11 @@ def test_tenant_cannot_get_a_secret_value_out(
         obj = wait_condition(stack, namespace, "via-admin", "Synced", "False")
         assert condition(obj, "Synced")["reason"] == "ConnectionSecretNotLabeled"
         wait_connection(stack, "admin-made", "False", namespace, reason="ConnectionSecretNotLabeled")
-        time.sleep(CONNECTION_CHECK_S + DRIFT_INTERVAL_S)  # checks and sweeps that might dial
+        # Checks and sweeps that might dial: a whole round of connection checks (each round
+        # asks the session's pachd, `default`, its version: two more calls span one) and two
+        # sweeps over the two resources.
+        counted(scrape, "spout_operator_pachd_calls_total", 2, 30 * CONNECTION_CHECK_S, method="GetVersion")
+        passes(2 * 2, trigger="drift")
         visible = as_tenant("get", "spoutpipelines,pachdconnections,events", "-n", namespace, "-o", "json")
         assert "spoutpipeline" in visible.lower()
         kubectl(stack, "delete", "spoutpipelines", "--all", "-n", namespace, "--timeout=60s")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,17 +52,10 @@ def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
     if not binary.exists():
         build.build(["helm"])
     home = tmp_path_factory.mktemp("helm")
-    saved = {k: os.environ.get(k) for k in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")}
-    for key in saved:
-        os.environ[key] = str(home / key.lower())  # nothing of the user's helm setup, nothing left there
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            patch.setenv(key, str(home / key.lower()))  # nothing of the user's helm setup, nothing left there
         yield [str(binary), "--kubeconfig", stack.kubeconfig]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run(args: list[str]) -> str:
@@ -236,22 +228,14 @@ def test_chart_values(helm: list[str]) -> None:
     assert refused.returncode != 0 and "leaderElection.enabled=true" in refused.stderr
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def test_helm_install_runs_the_sample(
-    stack: State, helm: list[str], crd: None, operator_env: None, namespace: str, pachd_client: Any
+    stack: State,
+    helm: list[str],
+    crd: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pachd = stack.pachds[0]
     release = "sot"
@@ -295,11 +279,9 @@ def test_helm_install_runs_the_sample(
         assert settings["SPOUT_OPERATOR_WORKER_HEALTH"] == "false"
         # The pod's own port, not one this machine shares: the session's free one stays.
         assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
-        with (
-            environment(settings),
-            use_kubeconfig(str(account)),
-            running_operator(namespace) as runner,
-        ):
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        with use_kubeconfig(str(account)), running_operator(namespace) as runner:
             kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
             out = kubectl(
                 stack,

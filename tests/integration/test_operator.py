@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import threading
 import time
 import uuid
@@ -16,14 +15,14 @@ import pytest
 import python_pachyderm
 import yaml
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import PACHD_WRITES, PASSES, delta, eventually, kubectl
 from kit import (
-    DRIFT_INTERVAL_S,
     SAMPLE,
     apply,
     condition,
     connection,
     get,
+    passes,
     pipelines,
     resource,
     running_operator,
@@ -91,10 +90,13 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
         assert "unchanged" in apply(stack, namespace, body)
         body["metadata"]["labels"] = {"touched": "yes"}  # a metadata-only change: no spec change
         apply(stack, namespace, body)
+    counters = scrape()  # served since the first operator: one endpoint per process
     with running_operator(namespace) as runner:  # the resume handler reconciles everything again
-        time.sleep(3 * DRIFT_INTERVAL_S)  # resume, and a drift check or two
+        passes(1, counters, trigger="change")  # the resume pass
+        after = passes(2, counters, trigger="drift")  # and a drift check or two
     assert "Handler 'apply' succeeded" in runner.output  # output is readable once it stopped
     assert versions(pachd_client, spout, processor) == before == {spout: 1, processor: 1}
+    assert delta(counters, after, PACHD_WRITES) == 0
 
 
 def test_spec_edit_updates_only_the_changed_pipeline(
@@ -117,8 +119,10 @@ def test_spec_edit_updates_only_the_changed_pipeline(
     # pachd has restarted the processor), then becomes Ready.
     eventually(lambda: get(stack, namespace, "edit")["status"]["observedGeneration"] == 2, 10)
     wait_condition(stack, namespace, "edit", "Ready", "True")
-    time.sleep(2 * DRIFT_INTERVAL_S)
+    counters = scrape()
+    after = passes(2, counters, trigger="drift")  # two sweeps change nothing more
     assert versions(pachd_client, spout, processor) == {spout: 1, processor: 2}
+    assert delta(counters, after, PACHD_WRITES) == 0
 
 
 def test_drift_is_repaired(
@@ -405,38 +409,31 @@ def test_renames_and_moves_are_refused_with_a_way_out(stack: State, namespace: s
 
 
 @contextlib.contextmanager
-def far_sweep_operator(namespace: str, worker_namespace: str | None) -> Iterator[Any]:
+def far_sweep_operator(
+    monkeypatch: pytest.MonkeyPatch, namespace: str, worker_namespace: str | None
+) -> Iterator[Any]:
     """An operator whose sweep is far away: what it repairs now, it learnt otherwise."""
-    saved = {
-        k: os.environ.get(k)
-        for k in ("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "SPOUT_OPERATOR_WORKER_NAMESPACES")
-    }
-    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = "600"
-    os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
+    monkeypatch.setenv("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "600")
+    monkeypatch.delenv("SPOUT_OPERATOR_WORKER_NAMESPACES", raising=False)
     if worker_namespace is not None:
-        os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = worker_namespace
-    try:
-        with running_operator(namespace) as runner:
-            yield runner
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture
-def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
-    """Repairs come from pachd's worker RCs."""
-    with far_sweep_operator(namespace, stack.pachds[0].namespace) as runner:
+        monkeypatch.setenv("SPOUT_OPERATOR_WORKER_NAMESPACES", worker_namespace)
+    with running_operator(namespace) as runner:
         yield runner
 
 
 @pytest.fixture
-def blind(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
+def event_driven(
+    crd: None, operator_env: None, namespace: str, stack: State, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Repairs come from pachd's worker RCs."""
+    with far_sweep_operator(monkeypatch, namespace, stack.pachds[0].namespace) as runner:
+        yield runner
+
+
+@pytest.fixture
+def blind(crd: None, operator_env: None, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """No worker RCs watched and no sweep for 10 minutes: only the operator's own listings."""
-    with far_sweep_operator(namespace, None) as runner:
+    with far_sweep_operator(monkeypatch, namespace, None) as runner:
         yield runner
 
 
@@ -521,27 +518,20 @@ def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
             apply(stack, namespace, resource(f"steady-{i}", spout, processor))
         for i in range(len(pairs)):
             wait_condition(stack, namespace, f"steady-{i}", "Ready", "True")
-        time.sleep(DRIFT_INTERVAL_S)  # let the first drift checks settle
+        passes(len(pairs), trigger="drift")  # let the first drift checks settle
         before = scrape()
-        versions_before = [
-            get(stack, namespace, f"steady-{i}")["metadata"]["resourceVersion"] for i in range(3)
-        ]
-        window_s = 5 * DRIFT_INTERVAL_S
-        time.sleep(window_s)
-        after = scrape()
-        versions_after = [
-            get(stack, namespace, f"steady-{i}")["metadata"]["resourceVersion"] for i in range(3)
-        ]
+        versions_before = resource_versions(stack, namespace, len(pairs))
+        sweeps = 5
+        after = passes(sweeps * len(pairs), before, trigger="drift")
+        versions_after = resource_versions(stack, namespace, len(pairs))
 
-        def delta(key: str) -> float:
-            return after.get(key, 0.0) - before.get(key, 0.0)
-
-        assert delta("spout_operator_pachd_writes_total") == 0
-        assert delta('spout_operator_pachd_calls_total{method="InspectPipeline"}') == 0
-        sweeps = window_s / DRIFT_INTERVAL_S
-        listings = delta('spout_operator_pachd_calls_total{method="ListPipeline"}')
+        assert delta(before, after, PACHD_WRITES) == 0
+        assert delta(before, after, "spout_operator_pachd_calls_total", method="InspectPipeline") == 0
+        # Sweeps seen: the drift passes over the three resources (each sweep passes each once).
+        seen = delta(before, after, PASSES, trigger="drift") / len(pairs)
+        listings = delta(before, after, "spout_operator_pachd_calls_total", method="ListPipeline")
         # Three resources, all checked at each sweep against one listing, not one call each.
-        assert sweeps - 1 <= listings <= sweeps + 1, listings
+        assert seen - 1 <= listings <= seen + 1, (listings, seen)
         # Nothing changed, so no status was written either: the resources are untouched.
         assert versions_after == versions_before
         assert after['spout_operator_resources{ready="True"}'] >= 3
