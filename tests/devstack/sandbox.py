@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from devstack import build, images
+from devstack import build, images, testing
 from devstack.__main__ import DEFAULT_DIR
 from devstack.stack import Stack, StackError, State, _spawn, free_port, service_account_kubeconfig
 
@@ -33,8 +33,7 @@ NAMESPACE = "default"
 PACHD_NAMESPACE = "pachyderm"  # where the stack's pachd makes its workers
 
 
-def say(message: str) -> None:
-    print(f"\033[1m==> {message}\033[0m", flush=True)
+say = testing.say  # the bold `==> message` lines
 
 
 def kubectl(state: State, *args: str) -> str:
@@ -42,17 +41,7 @@ def kubectl(state: State, *args: str) -> str:
 
 
 def kubectl_input(state: State, stdin: str | None, *args: str) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=360,
-    )
-    if result.returncode != 0:
-        raise StackError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout
+    return testing.kubectl(state, *args, input=stdin, timeout=360, error=StackError, stderr=False)
 
 
 def record(state: State, name: str, pid: int) -> None:

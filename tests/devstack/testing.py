@@ -109,6 +109,7 @@ def counted(
     more: float,
     timeout_s: float = 60,
     since: dict[str, float] | None = None,
+    error: type[Exception] = AssertionError,
     **labels: str,
 ) -> dict[str, float]:
     """Wait until the operator's counter `name` (summed over the samples with `labels`) is
@@ -120,7 +121,8 @@ def counted(
         now = read()
         return now if metrics.total(now, name, **labels) - before >= more else None
 
-    found: dict[str, float] = eventually(grown, timeout_s, 0.2, what=f"{more:g} more {name} {labels or ''}")
+    what = f"{more:g} more {name} {labels or ''}"
+    found: dict[str, float] = eventually(grown, timeout_s, 0.2, what, error=error)
     return found
 
 
@@ -274,3 +276,34 @@ def install_crds(stack: State, error: type[Exception] = AssertionError) -> None:
             what=f"CRD {plural} established",
             error=error,
         )
+
+
+IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
+
+
+def spout_pipeline(
+    name: str,
+    spout: str,
+    processor: str,
+    *,
+    namespace: str | None = None,
+    image: str = IMAGE,
+    processor_env: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A SpoutPipeline running spout101's consumer and processor; `spec` adds to its spec
+    (connectionRef, deletionPolicy, state, ...)."""
+    spout_transform = {"image": image, "cmd": ["python", "-m", "spout101.consumer"]}
+    processor_transform: dict[str, Any] = {"image": image, "cmd": ["python", "-m", "spout101.processor"]}
+    if processor_env is not None:
+        processor_transform["env"] = processor_env
+    return {
+        "apiVersion": "spout-operator.dev/v1alpha1",
+        "kind": "SpoutPipeline",
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
+        "spec": {
+            "spout": {"name": spout, "transform": spout_transform},
+            "processor": {"name": processor, "transform": processor_transform},
+            **spec,
+        },
+    }

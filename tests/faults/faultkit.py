@@ -19,12 +19,12 @@ from typing import Any
 import kubernetes
 import python_pachyderm
 from devstack.stack import State
+from devstack.testing import spout_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE_ADDRESS = "grpc://127.0.0.1:9"  # nothing answers there
 UNREACHABLE = "unreachable"  # the ClusterPachdConnection on that address
 GROUP, VERSION, PLURAL = "spout-operator.dev", "v1alpha1", "spoutpipelines"
-IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
 FIGURES_FILE = ROOT / "bench-results" / "faults.json"
 
 
@@ -86,25 +86,13 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 def body(
     name: str, prefix: str, address: str | None = None, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "spout": {
-            "name": f"{prefix}-{name}-s",
-            "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.consumer"]},
-        },
-        "processor": {
-            "name": f"{prefix}-{name}-p",
-            "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"], "env": env or {}},
-        },
-    }
+    spec: dict[str, Any] = {}
     if address is not None:  # through the connection of that name
-        spec["connectionRef"] = {"kind": "ClusterPachdConnection", "name": address}
-        spec["deletionPolicy"] = "Orphan"
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+        spec = {
+            "connectionRef": {"kind": "ClusterPachdConnection", "name": address},
+            "deletionPolicy": "Orphan",
+        }
+    return spout_pipeline(name, f"{prefix}-{name}-s", f"{prefix}-{name}-p", processor_env=env or {}, **spec)
 
 
 class Pachd:

@@ -11,7 +11,7 @@ from typing import Any
 
 from devstack import metrics
 from devstack.stack import State, free_port
-from devstack.testing import PASSES, counted, eventually, kubectl
+from devstack.testing import PASSES, counted, eventually, kubectl, spout_pipeline
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,23 +75,7 @@ def running_operator(namespace: str) -> Iterator[Any]:
 
 
 def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, Any]:
-    image = "ghcr.io/spout-operator/spout101:0.1.0"
-    return {
-        "apiVersion": "spout-operator.dev/v1alpha1",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name},
-        "spec": {
-            "spout": {
-                "name": spout,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]},
-            },
-            "processor": {
-                "name": processor,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
-            },
-            **spec,
-        },
-    }
+    return spout_pipeline(name, spout, processor, **spec)
 
 
 def apply(stack: State, namespace: str, body: dict[str, Any]) -> str:
