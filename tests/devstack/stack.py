@@ -449,6 +449,8 @@ class Stack:
             raise
         return state
 
+    # The parameters of _spawn, on purpose: each is recorded as given, so `restart` can
+    # spawn the component again exactly as `up` did.
     def _spawn_recorded(
         self,
         name: str,

@@ -102,6 +102,25 @@ def wait_condition(
     return result
 
 
+def ready_message(stack: State, namespace: str, name: str, containing: str, what: str) -> str:
+    """Wait until the resource's Ready message says `containing`; return that message."""
+
+    def check() -> str:
+        message = str(condition(get(stack, namespace, name), "Ready").get("message", ""))
+        return message if containing in message else ""
+
+    found: str = eventually(check, 30, what=what)
+    return found
+
+
+def wait_gone(stack: State, namespace: str, name: str, timeout_s: float, what: str) -> None:
+    eventually(
+        lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", name, "-n", namespace, check=False),
+        timeout_s,
+        what=what,
+    )
+
+
 def pipelines(client: Any, *names: str) -> dict[str, Any]:
     """name -> PipelineInfo for the named pipelines that exist."""
     wanted = set(names)

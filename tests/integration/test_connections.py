@@ -26,14 +26,15 @@ from kit import (
     apply,
     condition,
     connection,
-    get,
     passes,
     pipelines,
+    ready_message,
     resource,
     running_operator,
     scrape,
     secret,
     wait_condition,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.integration
@@ -344,13 +345,8 @@ def test_gone_token_secret_reports_and_orphan_lets_go(
         assert wait_condition(stack, namespace, "kept", "Ready", "True")["status"]["managed"]
         kubectl(stack, "delete", "secret", "with-secret-token", "-n", namespace)
         kubectl(stack, "delete", "spoutpipeline", "kept", "-n", namespace, "--wait=false")
-        message = eventually(
-            lambda: (
-                condition(get(stack, namespace, "kept"), "Ready").get("message", "").count("not found")
-                and condition(get(stack, namespace, "kept"), "Ready")["message"]
-            ),
-            30,
-            what="deletion reports the missing Secret",
+        message = ready_message(
+            stack, namespace, "kept", "not found", what="deletion reports the missing Secret"
         )
         assert "Secret with-secret-token" in message and "deletionPolicy: Orphan" in message
         kubectl(
@@ -364,13 +360,7 @@ def test_gone_token_secret_reports_and_orphan_lets_go(
             "-p",
             json.dumps({"spec": {"deletionPolicy": "Orphan"}}),
         )
-        eventually(
-            lambda: (
-                "NotFound" in kubectl(stack, "get", "spoutpipeline", "kept", "-n", namespace, check=False)
-            ),
-            30,
-            what="resource gone with Orphan",
-        )
+        wait_gone(stack, namespace, "kept", 30, what="resource gone with Orphan")
     assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}  # left, as declared
 
 

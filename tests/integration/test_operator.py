@@ -24,12 +24,14 @@ from kit import (
     get,
     passes,
     pipelines,
+    ready_message,
     resource,
     running_operator,
     scrape,
     state_name,
     versions,
     wait_condition,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.integration
@@ -252,22 +254,11 @@ def test_unreachable_pachd_is_reported_and_recovers(
     # Pipelines exist now: deletion waits for pachd, with a clear message and the way out...
     connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
     kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
-    message = eventually(
-        lambda: (
-            condition(get(stack, namespace, "away"), "Ready").get("message", "").count("Orphan")
-            and condition(get(stack, namespace, "away"), "Ready")["message"]
-        ),
-        30,
-        what="deletion waiting message",
-    )
+    message = ready_message(stack, namespace, "away", "Orphan", what="deletion waiting message")
     assert "waiting to delete" in message or "cannot delete" in message
     # ...and finishes once pachd is reachable again.
     connection(stack, "away", stack.pachds[0].address, namespace=namespace)
-    eventually(
-        lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
-        60,
-        what="resource gone once pachd reachable",
-    )
+    wait_gone(stack, namespace, "away", 60, what="resource gone once pachd reachable")
     assert pipelines(pachd_client, spout, processor) == {}
 
 
