@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,11 @@ def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         yield [str(binary), "--kubeconfig", stack.kubeconfig]
 
 
-def run(args: list[str]) -> str:
+def run(args: list[str], stderr: bool = True) -> str:
+    """helm's stdout, and its stderr after it unless `stderr=False` (where stdout is YAML)."""
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
-    return result.stdout + result.stderr
+    return result.stdout + (result.stderr if stderr else "")
 
 
 def documents(text: str) -> list[dict[str, Any]]:
@@ -69,7 +71,8 @@ def documents(text: str) -> list[dict[str, Any]]:
 
 
 def template(helm: list[str], *args: str) -> list[dict[str, Any]]:
-    return documents(run([*helm, "template", "spout-operator", str(CHART), "-n", SYSTEM_NAMESPACE, *args]))
+    args = ("template", "spout-operator", str(CHART), "-n", SYSTEM_NAMESPACE, *args)
+    return documents(run([*helm, *args], stderr=False))
 
 
 def essence(obj: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +108,21 @@ def pod_selectors(objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
 
 def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
+
+
+def test_packaged_chart_holds_the_crds(helm: list[str], tmp_path: Path) -> None:
+    """The chart's crds/ are links to crds/ (one file on disk each): `helm package` must put
+    their content, not links, in the archive a user installs from."""
+    run([*helm, "package", str(CHART), "-d", str(tmp_path)])
+    (archive,) = tmp_path.glob("spout-operator-*.tgz")
+    kustomization = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
+    with tarfile.open(archive) as packed:
+        members = {m.name: m for m in packed.getmembers()}
+        for name in kustomization["resources"]:
+            member = members[f"spout-operator/crds/{name}"]
+            assert member.isfile(), f"{member.name} is packaged as a link"
+            content = packed.extractfile(member)
+            assert content is not None and content.read() == (ROOT / "crds" / name).read_bytes(), name
 
 
 def test_chart_lints(helm: list[str]) -> None:
