@@ -82,6 +82,12 @@ def apply(stack: State, namespace: str, body: dict[str, Any]) -> str:
     return kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
 
 
+def apply_ready(stack: State, namespace: str, body: dict[str, Any], timeout_s: float = 90) -> dict[str, Any]:
+    """Apply the resource and wait until it is Ready; return it then."""
+    apply(stack, namespace, body)
+    return wait_condition(stack, namespace, str(body["metadata"]["name"]), "Ready", "True", timeout_s)
+
+
 def get(stack: State, namespace: str, name: str) -> dict[str, Any]:
     return dict(json.loads(kubectl(stack, "get", "spoutpipeline", name, "-n", namespace, "-o", "json")))
 

@@ -19,6 +19,7 @@ from devstack.testing import PACHD_WRITES, PASSES, delta, eventually, kubectl
 from kit import (
     SAMPLE,
     apply,
+    apply_ready,
     condition,
     connection,
     get,
@@ -57,8 +58,7 @@ def test_apply_creates_both_pipelines_and_reports_ready(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("pair", spout, processor))
-    obj = wait_condition(stack, namespace, "pair", "Ready", "True")
+    obj = apply_ready(stack, namespace, resource("pair", spout, processor))
 
     found = pipelines(pachd_client, spout, processor)
     assert {n: state_name(i) for n, i in found.items()} == {spout: "RUNNING", processor: "RUNNING"}
@@ -86,8 +86,7 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
     spout, processor = names
     body = resource("steady", spout, processor)
     with running_operator(namespace):
-        apply(stack, namespace, body)
-        wait_condition(stack, namespace, "steady", "Ready", "True")
+        apply_ready(stack, namespace, body)
         before = versions(pachd_client, spout, processor)
         assert "unchanged" in apply(stack, namespace, body)
         body["metadata"]["labels"] = {"touched": "yes"}  # a metadata-only change: no spec change
@@ -106,8 +105,7 @@ def test_spec_edit_updates_only_the_changed_pipeline(
 ) -> None:
     spout, processor = names
     body = resource("edit", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "edit", "Ready", "True")
+    apply_ready(stack, namespace, body)
     body["spec"]["processor"]["transform"]["env"] = {"LOG_LEVEL": "debug"}
     apply(stack, namespace, body)
     eventually(
@@ -131,8 +129,7 @@ def test_drift_is_repaired(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("drift", spout, processor))
-    wait_condition(stack, namespace, "drift", "Ready", "True")
+    apply_ready(stack, namespace, resource("drift", spout, processor))
 
     # Deleted behind the operator's back -> recreated.
     pachd_client.delete_pipeline(processor)
@@ -161,8 +158,7 @@ def test_stopped_state_keeps_pipelines_stopped(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("paused", spout, processor, state="Stopped"))
-    obj = wait_condition(stack, namespace, "paused", "Ready", "True")
+    obj = apply_ready(stack, namespace, resource("paused", spout, processor, state="Stopped"))
     assert condition(obj, "Ready")["reason"] == "Stopped"
     assert all(info.stopped for info in pipelines(pachd_client, spout, processor).values())
     pachd_client.start_pipeline(spout)  # drift: someone starts it
@@ -220,14 +216,12 @@ def test_delete_removes_pipelines_and_orphan_keeps_them(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("gone", spout, processor))
-    wait_condition(stack, namespace, "gone", "Ready", "True")
+    apply_ready(stack, namespace, resource("gone", spout, processor))
     kubectl(stack, "delete", "spoutpipeline", "gone", "-n", namespace, "--timeout=60s")
     assert pipelines(pachd_client, spout, processor) == {}
     assert "NotFound" in kubectl(stack, "get", "spoutpipeline", "gone", "-n", namespace, check=False)
 
-    apply(stack, namespace, resource("kept", spout, processor, deletionPolicy="Orphan"))
-    wait_condition(stack, namespace, "kept", "Ready", "True")
+    apply_ready(stack, namespace, resource("kept", spout, processor, deletionPolicy="Orphan"))
     kubectl(stack, "delete", "spoutpipeline", "kept", "-n", namespace, "--timeout=60s")
     assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}
 
@@ -317,8 +311,7 @@ def test_spout_image_change_applies_and_keeps_the_data(
 
     spout, processor = names
     body = resource("spout-edit", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "spout-edit", "Ready", "True")
+    apply_ready(stack, namespace, body)
     sidecar = start_spout_sidecar(stack, stack.pachds[0], spout)
     try:  # messages in the spout's repo, as its consumer commits them
         made = consumer.run(
@@ -359,8 +352,7 @@ def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
 ) -> None:
     spout, processor = names
     body = resource("half", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "half", "Ready", "True")
+    apply_ready(stack, namespace, body)
     body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"  # valid
     body["spec"]["processor"]["podPatch"] = "not json"  # pachd: malformed PodPatch
     apply(stack, namespace, body)
@@ -432,8 +424,7 @@ def test_drift_is_repaired_from_worker_events_within_seconds(
     stack: State, namespace: str, names: tuple[str, str], event_driven: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("quick", spout, processor))
-    wait_condition(stack, namespace, "quick", "Ready", "True")
+    apply_ready(stack, namespace, resource("quick", spout, processor))
 
     started = time.monotonic()
     pachd_client.delete_pipeline(processor)
@@ -457,8 +448,7 @@ def test_a_listing_taken_for_one_resource_repairs_the_drift_it_shows_of_another(
     watch, the sweep 10 minutes away), yet the listing that follows a new resource's start
     shows it, and that repairs it."""
     spout, processor = names
-    apply(stack, namespace, resource("first", spout, processor))
-    wait_condition(stack, namespace, "first", "Ready", "True")
+    apply_ready(stack, namespace, resource("first", spout, processor))
     pachd_client.stop_pipeline(spout)
     suffix = uuid.uuid4().hex[:6]
     other = (f"sp-{suffix}", f"pr-{suffix}")
@@ -480,8 +470,7 @@ def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
     """No RC watch, the sweep 10 minutes away: the update's commit on the processor's spec
     repo is what wakes the resource."""
     spout, processor = names
-    apply(stack, namespace, resource("watched", spout, processor))
-    wait_condition(stack, namespace, "watched", "Ready", "True")
+    apply_ready(stack, namespace, resource("watched", spout, processor))
     started = time.monotonic()
     change_processor_image(pachd_client, spout, processor)
     eventually(
