@@ -141,9 +141,12 @@ def test_apiserver_and_etcd_restarted_under_load(
     worker.start()
 
     def edits_go_through(more: int) -> None:
-        """Until `more` edits more have been accepted: the load is on (again)."""
+        """Until `more` edits more have been accepted and the operator has finished `more`
+        passes for edits since: the load is on (again), and reaches the operator through its
+        watch (reconnected after a restart) before the next component goes down."""
         made = sum(edits.values())
         eventually(lambda: sum(edits.values()) >= made + more, 120, 0.2, what=f"{more} more edits")
+        counted(operator.scrape, PASSES, more, 120, trigger="change")
 
     try:
         edits_go_through(3)
