@@ -58,18 +58,13 @@ def stack(stack_prerequisites: None) -> Iterator[State]:
     root = Path(tempfile.mkdtemp(prefix="devstack-test-"))
     running = Stack(root)
     state = running.up(pachd_count=int(os.environ.get("DEVSTACK_PACHDS", "1")))
-    saved = {key: os.environ.get(key) for key in state.env()}
-    os.environ.update(state.env())
     try:
-        with use_kubeconfig(state.kubeconfig):
+        with pytest.MonkeyPatch.context() as patch, use_kubeconfig(state.kubeconfig):
+            for key, value in state.env().items():
+                patch.setenv(key, value)
             yield state
     finally:
         running.down()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
 
 

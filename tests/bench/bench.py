@@ -35,7 +35,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,8 +48,9 @@ from typing import Any
 
 import kubernetes
 import python_pachyderm
-from devstack import metrics
-from devstack.stack import Stack, State, free_port
+from devstack import metrics, testing
+from devstack.stack import Stack, State
+from devstack.testing import PACHD_WRITES, PASSES, OperatorProcess
 from python_pachyderm.proto.v2.pps import pps_pb2
 from spout101.consumer import EmulatedSource, Target
 from spout101.consumer import run as consumer_run
@@ -92,25 +92,11 @@ class Options:
     timeout_s: float = 180.0
 
 
-def say(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+say = functools.partial(testing.say, who="bench", clock=True)
+kubectl = functools.partial(testing.kubectl, timeout=300, error=BenchError)
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-def kubectl(state: State, *args: str, input: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise BenchError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout + result.stderr
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -120,13 +106,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float, interval_s: float = POLL_S) -> float:
-    """Poll until check() holds; return the monotonic time it first held."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if check():
-            return time.monotonic()
-        time.sleep(interval_s)
-    raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    """Poll until check() holds; return the monotonic time it first held. An error in
+    check() is the bench's own: it stops the run."""
+    testing.eventually(check, timeout_s, interval_s, what, error=BenchError, retry=())
+    return time.monotonic()
 
 
 def machine() -> dict[str, Any]:
@@ -158,21 +141,11 @@ def connection_name(pachd_index: int | None) -> str:
 
 def resource(name: str, spout: str, processor: str, pachd_index: int | None = 0) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "connectionRef": {"kind": "PachdConnection", "name": connection_name(pachd_index)},
-        "spout": {"name": spout, "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.consumer"]}},
-        "processor": {
-            "name": processor,
-            "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"]},
-        },
+        "connectionRef": {"kind": "PachdConnection", "name": connection_name(pachd_index)}
     }
     if pachd_index is None:
         spec["deletionPolicy"] = "Orphan"  # nothing to delete on a pachd nobody can reach
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
+    return testing.spout_pipeline(name, spout, processor, namespace=NAMESPACE, image=IMAGE, **spec)
 
 
 def pipeline_specs(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -221,86 +194,24 @@ class Pachd:
         wait_for(f"pipelines {prefix}* gone", lambda: not self.pipelines(prefix), timeout_s, 0.3)
 
 
-class Operator:
-    """`python -m spout_operator` as a subprocess, watching the bench namespace only."""
-
-    def __init__(
-        self,
-        state: State,
-        options: Options,
-        log: Path,
-        namespace: str = NAMESPACE,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOUT_OPERATOR_")}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT / "operator"),
-                "KUBECONFIG": state.kubeconfig,
-                "SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(options.drift_interval_s),
-                "SPOUT_OPERATOR_METRICS_PORT": str(self.metrics_port),
-                "SPOUT_OPERATOR_LIVENESS": f"http://127.0.0.1:{self.liveness_port}/healthz",
-                "SPOUT_OPERATOR_NAMESPACES": namespace,
-                "SPOUT_OPERATOR_WORKER_NAMESPACES": ",".join(
-                    p.namespace for p in state.pachds[: options.pachds]
-                ),
-                # No node on this stack: worker pods never exist, so Ready cannot wait for them.
-                "SPOUT_OPERATOR_WORKER_HEALTH": "false",
-                **(extra_env or {}),
-            }
-        )
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spout_operator"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def wait_started(self, timeout_s: float) -> None:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise BenchError(f"operator exited ({self.proc.returncode}); see {self.log}")
-            try:
-                self.scrape()
-            except OSError:
-                return False
-            return True
-
-        wait_for("operator metrics endpoint", up, timeout_s, 0.2)
-        time.sleep(1.0)  # the startup handler serves metrics; the watch starts right after
-
-    def scrape(self) -> dict[str, float]:
-        return metrics.scrape(self.metrics_port)
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise BenchError("no VmRSS for the operator")
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """The operator frozen (SIGSTOP): it sees and writes nothing until resumed."""
-        self.proc.send_signal(signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def start_operator(
+    state: State,
+    options: Options,
+    log: Path,
+    namespace: str = NAMESPACE,
+    extra_env: dict[str, str] | None = None,
+) -> OperatorProcess:
+    """`python -m spout_operator` as a subprocess, watching `namespace` only, its sweep every
+    --drift-interval, the worker RCs of the pachds in use watched. Started, not yet serving:
+    wait_healthy() says when it is."""
+    return OperatorProcess(
+        state,
+        namespace,
+        log,
+        SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS=str(options.drift_interval_s),
+        SPOUT_OPERATOR_WORKER_NAMESPACES=",".join(p.namespace for p in state.pachds[: options.pachds]),
+        **(extra_env or {}),
+    ).start()
 
 
 class Kube:
@@ -377,7 +288,7 @@ class Context:
     prefix: str  # every pipeline and repo name of this run starts with it
     pachds: list[Pachd]  # the first is the operator's default pachd
     kube: Kube
-    operator: Operator
+    operator: OperatorProcess
 
     @property
     def pachd(self) -> Pachd:
@@ -566,7 +477,9 @@ def phase_drift_one_at_a_time(ctx: Context, placed: list[tuple[Pachd, dict[str, 
     for n, i in enumerate(order):
         pachd, body = placed[i]
         kind = DRIFT_KINDS[(n // len(ctx.pachds)) % len(DRIFT_KINDS)]
-        time.sleep(max(0.0, start + n * gap_s - time.monotonic()))  # pachd quiet long enough
+        # pachd quiet long enough: longer than the operator's close watch after a repair,
+        # which ends unseen (it exports nothing): the gap is the phase's design.
+        time.sleep(max(0.0, start + n * gap_s - time.monotonic()))
         check = _inject(pachd, kind, body)
         injected = time.monotonic()
         undone = functools.partial(lambda c, p: c(p.pipelines(ctx.prefix)), check, pachd)
@@ -772,7 +685,9 @@ def phase_spout_update(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]])
 
 def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> dict[str, Any]:
     interval = ctx.options.drift_interval_s
-    time.sleep(interval)  # let the drift checks that follow the repairs settle
+    sweep_s = 3 * interval + ctx.options.timeout_s
+    # Let the drift checks that follow the repairs settle: a sweep over every resource.
+    testing.counted(ctx.operator.scrape, PASSES, len(placed), sweep_s, error=BenchError, trigger="drift")
     names = ctx.names([body for _, body in placed])
     versions_before = {n: int(i.version) for n, i in ctx.pipelines().items() if n in names}
     before = ctx.operator.scrape()
@@ -780,6 +695,8 @@ def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> di
     end = time.monotonic() + ctx.options.steady_s
     while time.monotonic() < end:
         rss.append(ctx.operator.rss_mb())
+        # The window is --steady-seconds long, what the figures are per: its length is the
+        # measure (no condition ends it); RSS is sampled every 5 s within it.
         time.sleep(min(5.0, max(0.0, end - time.monotonic())))
     after = ctx.operator.scrape()
     versions_after = {n: int(i.version) for n, i in ctx.pipelines().items() if n in names}
@@ -793,7 +710,7 @@ def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> di
         "seconds": ctx.options.steady_s,
         "sweeps": sweeps,
         "pachds": len(ctx.pachds),
-        "pachd_writes": delta("spout_operator_pachd_writes_total"),
+        "pachd_writes": delta(PACHD_WRITES),
         "list_pipeline_calls": listings,
         "listings_per_sweep_per_pachd": listings / sweeps / len(ctx.pachds),
         "inspect_pipeline_calls": delta('spout_operator_pachd_calls_total{method="InspectPipeline"}'),
@@ -807,7 +724,12 @@ def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> di
 
 def phase_memory(ctx: Context, rss_at_n: float) -> dict[str, Any]:
     ctx.clean()
-    time.sleep(1)
+    wait_for(
+        "the operator to let go of every resource",
+        lambda: metrics.total(ctx.operator.scrape(), "spout_operator_resources") == 0,
+        60,
+        0.2,
+    )
     rss_empty = ctx.operator.rss_mb()
     count = ctx.options.unreachable
     bodies = [ctx.pair(f"u-{i:04d}", None) for i in range(count)]
@@ -817,8 +739,9 @@ def phase_memory(ctx: Context, rss_at_n: float) -> dict[str, Any]:
     wait_for(f"{count} unreachable resources with a status", lambda: ctx.kube.with_status(names), 600, 1.0)
     all_status_s = time.monotonic() - start
     rss = [ctx.operator.rss_mb()]
-    for _ in range(4):  # a couple of drift sweeps over all of them
-        time.sleep(ctx.options.drift_interval_s / 2)
+    sweep_s = 3 * ctx.options.drift_interval_s + ctx.options.timeout_s
+    for _ in range(2):  # a couple of drift sweeps over all of them
+        testing.counted(ctx.operator.scrape, PASSES, count, sweep_s, error=BenchError, trigger="drift")
         rss.append(ctx.operator.rss_mb())
     say(f"{count} unreachable resources: status after {all_status_s:.1f}s, RSS {max(rss):.1f} MB")
     ctx.kube.delete_all(600)
@@ -1065,9 +988,7 @@ def table(results: dict[str, Any]) -> str:
 def _namespace_and_crd(state: State) -> Iterator[None]:
     """The CRD and the bench namespace; removed afterwards if this run created them."""
     had_crd = "NotFound" not in kubectl(state, "get", "crd", CRD_NAME, check=False)
-    kubectl(state, "apply", "-k", str(ROOT / "crds"))
-    for crd in (CRD_NAME, f"pachdconnections.{GROUP}", f"clusterpachdconnections.{GROUP}"):
-        kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    testing.install_crds(state, error=BenchError)
     # A namespace from an earlier run may still be terminating.
     if "Terminating" in kubectl(state, "get", "namespace", NAMESPACE, check=False):
         wait_for(
@@ -1117,11 +1038,11 @@ def run(state: State, options: Options, out: Path | None = None) -> dict[str, An
     results: dict[str, Any] = {"machine": machine(), "parameters": asdict(options)}
     with _namespace_and_crd(state):
         kube = Kube(state)
-        operator = Operator(state, options, log_dir / f"bench-operator-{prefix}.log")
+        operator = start_operator(state, options, log_dir / f"bench-operator-{prefix}.log")
         ctx = Context(state, options, prefix, pachds, kube, operator)
         try:
-            operator.wait_started(60)
-            say(f"operator pid {operator.proc.pid}, metrics on :{operator.metrics_port}, log {operator.log}")
+            operator.wait_healthy(60, error=BenchError)
+            say(f"operator pid {operator.pid}, metrics on :{operator.metrics_port}, log {operator.log}")
             results["one_resource"] = phase_one_resource(ctx)
             results["n_resources"], placed = phase_n_resources(ctx)
             results["drift_one"] = phase_drift_one_at_a_time(ctx, placed)
@@ -1134,7 +1055,7 @@ def run(state: State, options: Options, out: Path | None = None) -> dict[str, An
         finally:
             with contextlib.suppress(Exception):
                 kube.delete_all(120)
-            operator.stop()
+            operator.terminate(20)
             if out is not None:  # the stack's log directory may be removed with the stack
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(operator.log, out.with_name(f"{out.stem}-operator.log"))

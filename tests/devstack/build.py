@@ -11,6 +11,7 @@ the operator writes. A binary already in the cache is reused; nothing is rebuilt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -18,6 +19,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from devstack import testing
 
 KUBERNETES_VERSION = "v1.32.9"
 # pachd 2.7.x is not served by the module proxy this project can reach; 2.6.0
@@ -123,8 +126,7 @@ def program(name: str) -> Program:
     return next(p for p in PROGRAMS if p.name == name)
 
 
-def say(message: str) -> None:
-    print(f"[devstack build] {message}", file=sys.stderr, flush=True)
+say = functools.partial(testing.say, who="devstack build", stderr=True)
 
 
 def _go() -> str:

@@ -16,6 +16,7 @@ changed. `import_all` loads the archives into a node's containerd.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import build
+from devstack import build, testing
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("IMAGE_REGISTRY", "ghcr.io/spout-operator")
@@ -60,8 +61,7 @@ class ImageError(RuntimeError):
     """An image could not be built; the message says which step and shows its output."""
 
 
-def say(message: str) -> None:
-    print(f"[devstack images] {message}", file=sys.stderr, flush=True)
+say = functools.partial(testing.say, who="devstack images", stderr=True)
 
 
 def images_dir() -> Path:

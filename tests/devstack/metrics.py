@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
+
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
@@ -15,3 +18,14 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key] = float(value)
     return samples
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`: total(s, "x", trigger="drift")
+    adds x{trigger="drift",result="Ready"} and x{trigger="drift",result="PachdUnavailable"}."""
+    found = 0.0
+    for key, value in samples.items():
+        sample, _, rest = key.partition("{")
+        if sample == name and labels.items() <= dict(LABEL.findall(rest)).items():
+            found += value
+    return found

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from devstack import build, images
+from devstack import build, images, testing
 from devstack.__main__ import DEFAULT_DIR
 from devstack.stack import Stack, StackError, State, _spawn, free_port, service_account_kubeconfig
 
@@ -33,8 +33,7 @@ NAMESPACE = "default"
 PACHD_NAMESPACE = "pachyderm"  # where the stack's pachd makes its workers
 
 
-def say(message: str) -> None:
-    print(f"\033[1m==> {message}\033[0m", flush=True)
+say = testing.say  # the bold `==> message` lines
 
 
 def kubectl(state: State, *args: str) -> str:
@@ -42,17 +41,7 @@ def kubectl(state: State, *args: str) -> str:
 
 
 def kubectl_input(state: State, stdin: str | None, *args: str) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=360,
-    )
-    if result.returncode != 0:
-        raise StackError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout
+    return testing.kubectl(state, *args, input=stdin, timeout=360, error=StackError, stderr=False)
 
 
 def record(state: State, name: str, pid: int) -> None:
@@ -64,7 +53,14 @@ def record(state: State, name: str, pid: int) -> None:
 def default_connection(state: State) -> str:
     """manifests/connection.yaml, with the local pachd's address for the Helm chart's."""
     shipped = (ROOT / "manifests" / "connection.yaml").read_text()
-    return shipped.replace("grpc://pachd.default.svc.cluster.local:30650", state.pachds[0].address)
+    # It admits no namespace and grants no pachd project until told: the sample's namespace,
+    # and pachd's default project (the sample names none).
+    assert "  namespaces: []\n" in shipped and "  policy: {}\n" in shipped
+    return (
+        shipped.replace("grpc://pachd.default.svc.cluster.local:30650", state.pachds[0].address)
+        .replace("  namespaces: []\n", f"  namespaces: [{NAMESPACE}]\n")
+        .replace("  policy: {}\n", "  policy: {projects: {allowDefault: true}}\n")
+    )
 
 
 def start_operator(state: State) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from devstack import build
-from devstack.stack import Pachd, StackError, State, _run, _stop, free_port, wait_until
+from devstack.stack import Pachd, StackError, State, _stop, free_port, wait_until
+from devstack.testing import kubectl
 
 # Set in a pod by Kubernetes (service links, the service-account token) rather
 # than by the RC, or devstack-specific (ETCD_PREFIX keeps several pachds apart
@@ -135,7 +136,7 @@ def stop_spout_sidecar(state: State, sidecar: Sidecar) -> None:
 
 
 def _kubectl_json(state: State, *args: str) -> Any:
-    out = _run(["kubectl", "--kubeconfig", state.kubeconfig, *args, "-o", "json"])
+    out = kubectl(state, *args, "-o", "json", error=StackError, stderr=False)
     return json.loads(out) if out.strip() else None
 
 

@@ -449,6 +449,8 @@ class Stack:
             raise
         return state
 
+    # The parameters of _spawn, on purpose: each is recorded as given, so `restart` can
+    # spawn the component again exactly as `up` did.
     def _spawn_recorded(
         self,
         name: str,
@@ -752,9 +754,15 @@ class Stack:
                 args = ["runuser", "-u", user, "--", *args]
             if subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
                 raise StackError(f"initdb failed; last lines of {log}:\n{log_tail(log)}")
-        if self.state.links:  # pachds in network namespaces connect from their links
+        if self.state.links:
+            # pachds in network namespaces connect from their links' far ends. A pachd process
+            # on the machine itself given a link's address (a spout's storage sidecar, run
+            # locally with its pachd's environment) connects from the near end, the machine's
+            # own address on the link: as local as 127.0.0.1, trusted alike.
             with (data / "db" / "pg_hba.conf").open("a") as hba:
-                hba.writelines(f"host all all {link.pachd_ip}/32 trust\n" for link in self.state.links)
+                for link in self.state.links:
+                    hba.write(f"host all all {link.pachd_ip}/32 trust\n")
+                    hba.write(f"host all all {link.host_ip}/32 trust\n")
         listen = ",".join(["127.0.0.1", *(link.host_ip for link in self.state.links)])
         pid = self._spawn_recorded(
             "postgres",

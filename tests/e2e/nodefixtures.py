@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from devstack import node as nodes
+from devstack import testing
 from devstack.stack import Stack, State
 from devstack.testing import IN_CI, use_kubeconfig
 
@@ -56,17 +56,8 @@ def node_stack(node_prerequisites: None) -> Iterator[State]:
 def kubectl(
     state: State, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
 ) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout + (result.stderr if not check else "")
+    """stdout (JSON parses), and stderr as well only where a failure is expected (check=False)."""
+    return testing.kubectl(state, *args, input=input, check=check, timeout=timeout, stderr=not check)
 
 
 def kubectl_json(state: State, *args: str) -> Any:

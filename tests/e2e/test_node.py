@@ -54,6 +54,20 @@ def wait_for(
         raise AssertionError(f"{err}\n{diagnostics(state, namespaces)}") from None
 
 
+def processor_job_succeeds(state: State, client: Any, head: str, namespaces: tuple[str, ...]) -> None:
+    """Wait until the processor's job for spout commit `head` has ended; it must have succeeded."""
+    from python_pachyderm.proto.v2.pps import pps_pb2
+
+    ended = (pps_pb2.JOB_FAILURE, pps_pb2.JOB_SUCCESS, pps_pb2.JOB_KILLED, pps_pb2.JOB_UNRUNNABLE)
+
+    def job_done() -> Any:
+        job = next(iter(client.inspect_job(head, "processor")))
+        return job if job.state in ended else None
+
+    job = wait_for(state, f"the processor's job for {head}", job_done, 300, namespaces)
+    assert job.state == pps_pb2.JOB_SUCCESS, f"processor job {head} ended in state {job.state}: {job.reason}"
+
+
 # --- the machine as the stack found it ----------------------------------------------
 
 
@@ -407,14 +421,8 @@ def test_sample_runs_in_pods_and_every_message_is_processed(
 
     from python_pachyderm.proto.v2.pps import pps_pb2
 
+    processor_job_succeeds(state, client, head, spaces)
     ended = (pps_pb2.JOB_FAILURE, pps_pb2.JOB_SUCCESS, pps_pb2.JOB_KILLED, pps_pb2.JOB_UNRUNNABLE)
-
-    def job_done() -> Any:
-        job = next(iter(client.inspect_job(head, "processor")))
-        return job if job.state in ended else None
-
-    job = wait_for(state, f"the processor's job {head}", job_done, 300, spaces)
-    assert job.state == pps_pb2.JOB_SUCCESS, f"processor job {head} ended in state {job.state}: {job.reason}"
     failed = [
         j.job.id for j in client.list_job("processor") if j.state in ended and j.state != pps_pb2.JOB_SUCCESS
     ]
@@ -493,7 +501,6 @@ def test_a_spout_image_change_keeps_messages_flowing(
 def new_pod_messages_processed(state: State, client: Any, old_pod: set[str], spaces: tuple[str, ...]) -> None:
     """A commit the new spout pod made (none of `old_pod`) is processed by the processor,
     every one of its messages once."""
-    from python_pachyderm.proto.v2.pps import pps_pb2
 
     def new_messages() -> Any:
         fresh = [
@@ -504,14 +511,7 @@ def new_pod_messages_processed(state: State, client: Any, old_pod: set[str], spa
         return max(fresh, key=lambda c: (c.started.seconds, c.started.nanos)) if fresh else None
 
     head = wait_for(state, "a commit from the new spout pod", new_messages, 180, spaces).commit.id
-    ended = (pps_pb2.JOB_FAILURE, pps_pb2.JOB_SUCCESS, pps_pb2.JOB_KILLED, pps_pb2.JOB_UNRUNNABLE)
-
-    def job_done() -> Any:
-        job = next(iter(client.inspect_job(head, "processor")))
-        return job if job.state in ended else None
-
-    job = wait_for(state, f"the processor's job for {head}", job_done, 300, spaces)
-    assert job.state == pps_pb2.JOB_SUCCESS, f"processor job {head} ended in state {job.state}: {job.reason}"
+    processor_job_succeeds(state, client, head, spaces)
     messages = {path.lstrip("/") for path in files_at(client, "spout", head)}
     processed = {
         p.rsplit("/", 1)[1]

@@ -3,42 +3,43 @@ writes nothing (it would undo what the new leader applied)."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 import kubernetes
 import pytest
+from devstack import metrics
 from devstack.stack import State
-from devstack.testing import eventually
-from faults.faultkit import Api, Operator, Pachd, body, crd, figure, ns, operators, prefix, ready
-
-__all__ = ["crd", "ns", "operators", "prefix"]
+from devstack.testing import PACHD_WRITES, PASSES, STATUS_WRITES, OperatorProcess, counted, eventually
+from faults.faultkit import Api, Pachd, body, figure, ready
 
 pytestmark = pytest.mark.faults
 
 
-def holder(stack: State, namespace: str) -> str:
+def lease(stack: State, namespace: str) -> tuple[str, str]:
+    """The Lease's holder and its last renewal ("" and "" while there is none)."""
     client = kubernetes.config.new_client_from_config(config_file=stack.kubeconfig)  # type: ignore[no-untyped-call]
     try:
-        lease: Any = kubernetes.client.CoordinationV1Api(client).read_namespaced_lease(
+        found: Any = kubernetes.client.CoordinationV1Api(client).read_namespaced_lease(
             "spout-operator", namespace
         )
     except kubernetes.client.ApiException:
-        return ""
-    return str(lease.spec.holder_identity or "")
+        return "", ""
+    return str(found.spec.holder_identity or ""), str(found.spec.renew_time or "")
 
 
-def writes(operator: Operator) -> float:
-    metrics = operator.scrape()
-    return metrics.get("spout_operator_pachd_writes_total", 0) + metrics.get(
-        "spout_operator_status_writes_total", 0
-    )
+def holder(stack: State, namespace: str) -> str:
+    return lease(stack, namespace)[0]
+
+
+def writes(operator: OperatorProcess) -> float:
+    found = operator.scrape()
+    return metrics.total(found, PACHD_WRITES) + metrics.total(found, STATUS_WRITES)
 
 
 def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
-    stack: State, ns: str, prefix: str, operators: Callable[..., Operator]
+    stack: State, ns: str, prefix: str, operators: Callable[..., OperatorProcess]
 ) -> None:
     api, pachd = Api(stack, ns), Pachd(stack)
     election = {"SPOUT_OPERATOR_LEADER_ELECTION": "true", "SPOUT_OPERATOR_LEASE_NAMESPACE": ns}
@@ -53,14 +54,21 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     eventually(lambda: ready(api.get("one")), 120, what="one Ready")
     spout, processor = f"{prefix}-one-s", f"{prefix}-one-p"
     assert writes(a) > 0
-    time.sleep(4)  # a few of b's campaign rounds: still the standby, it runs no kopf at all
+    # A few of b's campaign rounds (b tries as often as a renews, every 2 s): while a renews
+    # twice, b stays the standby, and it runs no kopf at all.
+    renewals = {lease(stack, ns)[1]}
+
+    def renewed_twice() -> bool:
+        renewals.add(lease(stack, ns)[1])
+        return len(renewals) >= 3
+
+    eventually(renewed_twice, 30, 0.2, what="replica-a renewing its Lease twice")
     assert holder(stack, ns) == "replica-a" and b.health() == {"standby": True}
 
     # The leader freezes (a long GC pause, a stalled node): the standby takes over.
     written_by_a = writes(a)
     frozen_at = time.monotonic()
-    a.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-    try:
+    with a.paused():
         eventually(lambda: holder(stack, ns) == "replica-b", 60, 0.2, what="replica-b leads")
         failover_s = time.monotonic() - frozen_at
         api.patch("one", {"spec": {"processor": {"transform": {"env": {"BY": "b"}}}}})
@@ -71,14 +79,12 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
         )
         eventually(lambda: ready(api.get("one")), 120, what="one Ready under replica-b")
         versions = {n: p.version for n, p in pachd.pipelines(prefix).items()}
-    finally:
-        a.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     thawed_at = time.monotonic()
     # Thawed, a still runs kopf with the old spec in memory; its Lease is 20 s stale. It
     # must write nothing: not revert the processor, not rewrite the status.
     eventually(lambda: a.health() == {"standby": True}, 60, 0.2, what="replica-a back to standby")
     figure("stale_leader_stepped_down_s", round(time.monotonic() - thawed_at, 2))
-    time.sleep(3 * 2)  # three sweeps of b
+    counted(b.scrape, PASSES, 3, 60, trigger="drift")  # three sweeps of b
     assert writes(a) == written_by_a  # not one pachd or status write since it froze
     assert {n: p.version for n, p in pachd.pipelines(prefix).items()} == versions
     assert dict(pachd.pipelines(prefix)[processor].details.transform.env) == {"BY": "b"}

@@ -5,7 +5,6 @@ namespace and the pachd client are in tests/conftest.py.)"""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -48,17 +47,19 @@ def default_connection(stack: State, crd: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator_env(stack: State, default_connection: None) -> None:
+def operator_env(stack: State, default_connection: None) -> Iterator[None]:
     # The operator reads these when it starts (its startup handler), so set them before.
     # No pachd address or token: SpoutPipelines reach pachd through connections only.
-    os.environ["SPOUT_OPERATOR_NAMESPACE"] = OPERATOR_NAMESPACE
-    os.environ["SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS"] = str(CONNECTION_CHECK_S)
-    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = str(DRIFT_INTERVAL_S)
-    os.environ["SPOUT_OPERATOR_RETRY_DELAY_SECONDS"] = "2"
-    os.environ["SPOUT_OPERATOR_METRICS_PORT"] = str(METRICS_PORT)
-    # No node on this stack: worker pods never exist, so Ready cannot wait for them (the e2e
-    # tier, with a node, judges workers).
-    os.environ["SPOUT_OPERATOR_WORKER_HEALTH"] = "false"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPOUT_OPERATOR_NAMESPACE", OPERATOR_NAMESPACE)
+        patch.setenv("SPOUT_OPERATOR_CONNECTION_CHECK_SECONDS", str(CONNECTION_CHECK_S))
+        patch.setenv("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", str(DRIFT_INTERVAL_S))
+        patch.setenv("SPOUT_OPERATOR_RETRY_DELAY_SECONDS", "2")
+        patch.setenv("SPOUT_OPERATOR_METRICS_PORT", str(METRICS_PORT))
+        # No node on this stack: worker pods never exist, so Ready cannot wait for them (the
+        # e2e tier, with a node, judges workers).
+        patch.setenv("SPOUT_OPERATOR_WORKER_HEALTH", "false")
+        yield
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 from devstack import metrics
 from devstack.stack import State, free_port
-from devstack.testing import eventually, kubectl
+from devstack.testing import PASSES, counted, eventually, kubectl, spout_pipeline
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,27 +91,17 @@ def running_operator(namespace: str) -> Iterator[Any]:
 
 
 def resource(name: str, spout: str, processor: str, **spec: Any) -> dict[str, Any]:
-    image = "ghcr.io/spout-operator/spout101:0.1.0"
-    return {
-        "apiVersion": "spout-operator.dev/v1alpha1",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name},
-        "spec": {
-            "spout": {
-                "name": spout,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]},
-            },
-            "processor": {
-                "name": processor,
-                "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
-            },
-            **spec,
-        },
-    }
+    return spout_pipeline(name, spout, processor, **spec)
 
 
 def apply(stack: State, namespace: str, body: dict[str, Any]) -> str:
     return kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+
+def apply_ready(stack: State, namespace: str, body: dict[str, Any], timeout_s: float = 90) -> dict[str, Any]:
+    """Apply the resource and wait until it is Ready; return it then."""
+    apply(stack, namespace, body)
+    return wait_condition(stack, namespace, str(body["metadata"]["name"]), "Ready", "True", timeout_s)
 
 
 def get(stack: State, namespace: str, name: str) -> dict[str, Any]:
@@ -134,6 +124,25 @@ def wait_condition(
     return result
 
 
+def ready_message(stack: State, namespace: str, name: str, containing: str, what: str) -> str:
+    """Wait until the resource's Ready message says `containing`; return that message."""
+
+    def check() -> str:
+        message = str(condition(get(stack, namespace, name), "Ready").get("message", ""))
+        return message if containing in message else ""
+
+    found: str = eventually(check, 30, what=what)
+    return found
+
+
+def wait_gone(stack: State, namespace: str, name: str, timeout_s: float, what: str) -> None:
+    eventually(
+        lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", name, "-n", namespace, check=False),
+        timeout_s,
+        what=what,
+    )
+
+
 def pipelines(client: Any, *names: str) -> dict[str, Any]:
     """name -> PipelineInfo for the named pipelines that exist."""
     wanted = set(names)
@@ -151,3 +160,10 @@ def versions(client: Any, *names: str) -> dict[str, int]:
 def scrape() -> dict[str, float]:
     """The operator's Prometheus counters, by sample name with labels."""
     return metrics.scrape(METRICS_PORT)
+
+
+def passes(more: int, since: dict[str, float] | None = None, **labels: str) -> dict[str, float]:
+    """Wait until the in-process operator has finished `more` passes with `labels` (e.g.
+    trigger="drift": its sweeps' passes) since the scrape `since` (default: now); return the
+    scrape then. One per resource per sweep: two sweeps over three resources are six."""
+    return counted(scrape, PASSES, more, 30 * DRIFT_INTERVAL_S + more * DRIFT_INTERVAL_S, since, **labels)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import counted, eventually, kubectl
 from fake_pachd import FakePachd
 from kit import (
     CONNECTION_CHECK_S,
@@ -26,13 +26,15 @@ from kit import (
     apply,
     condition,
     connection,
-    get,
+    passes,
     pipelines,
+    ready_message,
     resource,
     running_operator,
     scrape,
     secret,
     wait_condition,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.integration
@@ -185,7 +187,7 @@ def test_token_reaches_only_its_connections_address(
                 30,
                 what="pipeline calls at both fakes",
             )
-            time.sleep(2 * DRIFT_INTERVAL_S)  # a few sweeps' worth of calls to look at
+            passes(2 * 4, trigger="drift")  # two sweeps over the four: calls to look at
             assert a.tokens() == {tokens["a"]}
             assert b.tokens() == {tokens["b"]}
             assert c.tokens() <= {tokens["c"]}  # its own connection check, nothing else
@@ -226,7 +228,7 @@ def test_rotated_token_is_used_from_the_next_pass(
                 what="the new token on pipeline calls",
             )
             first_new = next(i for i, c in enumerate(fake.calls) if c.token == new)
-            time.sleep(2 * DRIFT_INTERVAL_S)
+            passes(2, trigger="drift")  # two more sweeps
             # From the pass that read the new Secret on, only the new token is sent.
             assert {c.token for c in fake.calls[first_new:]} == {new}
             obj = wait_connection(stack, name, "True")  # and the check accepts it
@@ -297,7 +299,11 @@ def test_tenant_cannot_get_a_secret_value_out(
         obj = wait_condition(stack, namespace, "via-admin", "Synced", "False")
         assert condition(obj, "Synced")["reason"] == "ConnectionSecretNotLabeled"
         wait_connection(stack, "admin-made", "False", namespace, reason="ConnectionSecretNotLabeled")
-        time.sleep(CONNECTION_CHECK_S + DRIFT_INTERVAL_S)  # checks and sweeps that might dial
+        # Checks and sweeps that might dial: a whole round of connection checks (each round
+        # asks the session's pachd, `default`, its version: two more calls span one) and two
+        # sweeps over the two resources.
+        counted(scrape, "spout_operator_pachd_calls_total", 2, 30 * CONNECTION_CHECK_S, method="GetVersion")
+        passes(2 * 2, trigger="drift")
         visible = as_tenant("get", "spoutpipelines,pachdconnections,events", "-n", namespace, "-o", "json")
         assert "spoutpipeline" in visible.lower()
         kubectl(stack, "delete", "spoutpipelines", "--all", "-n", namespace, "--timeout=60s")
@@ -343,13 +349,8 @@ def test_gone_token_secret_reports_and_orphan_lets_go(
         assert wait_condition(stack, namespace, "kept", "Ready", "True")["status"]["managed"]
         kubectl(stack, "delete", "secret", "with-secret-token", "-n", namespace)
         kubectl(stack, "delete", "spoutpipeline", "kept", "-n", namespace, "--wait=false")
-        message = eventually(
-            lambda: (
-                condition(get(stack, namespace, "kept"), "Ready").get("message", "").count("not found")
-                and condition(get(stack, namespace, "kept"), "Ready")["message"]
-            ),
-            30,
-            what="deletion reports the missing Secret",
+        message = ready_message(
+            stack, namespace, "kept", "not found", what="deletion reports the missing Secret"
         )
         assert "Secret with-secret-token" in message and "deletionPolicy: Orphan" in message
         kubectl(
@@ -363,13 +364,7 @@ def test_gone_token_secret_reports_and_orphan_lets_go(
             "-p",
             json.dumps({"spec": {"deletionPolicy": "Orphan"}}),
         )
-        eventually(
-            lambda: (
-                "NotFound" in kubectl(stack, "get", "spoutpipeline", "kept", "-n", namespace, check=False)
-            ),
-            30,
-            what="resource gone with Orphan",
-        )
+        wait_gone(stack, namespace, "kept", 30, what="resource gone with Orphan")
     assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}  # left, as declared
 
 

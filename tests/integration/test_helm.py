@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,23 +53,17 @@ def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
     if not binary.exists():
         build.build(["helm"])
     home = tmp_path_factory.mktemp("helm")
-    saved = {k: os.environ.get(k) for k in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")}
-    for key in saved:
-        os.environ[key] = str(home / key.lower())  # nothing of the user's helm setup, nothing left there
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            patch.setenv(key, str(home / key.lower()))  # nothing of the user's helm setup, nothing left there
         yield [str(binary), "--kubeconfig", stack.kubeconfig]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
-def run(args: list[str]) -> str:
+def run(args: list[str], stderr: bool = True) -> str:
+    """helm's stdout, and its stderr after it unless `stderr=False` (where stdout is YAML)."""
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
-    return result.stdout + result.stderr
+    return result.stdout + (result.stderr if stderr else "")
 
 
 def documents(text: str) -> list[dict[str, Any]]:
@@ -77,7 +71,8 @@ def documents(text: str) -> list[dict[str, Any]]:
 
 
 def template(helm: list[str], *args: str) -> list[dict[str, Any]]:
-    return documents(run([*helm, "template", "spout-operator", str(CHART), "-n", SYSTEM_NAMESPACE, *args]))
+    args = ("template", "spout-operator", str(CHART), "-n", SYSTEM_NAMESPACE, *args)
+    return documents(run([*helm, *args], stderr=False))
 
 
 def essence(obj: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +108,21 @@ def pod_selectors(objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
 
 def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
+
+
+def test_packaged_chart_holds_the_crds(helm: list[str], tmp_path: Path) -> None:
+    """The chart's crds/ are links to crds/ (one file on disk each): `helm package` must put
+    their content, not links, in the archive a user installs from."""
+    run([*helm, "package", str(CHART), "-d", str(tmp_path)])
+    (archive,) = tmp_path.glob("spout-operator-*.tgz")
+    kustomization = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
+    with tarfile.open(archive) as packed:
+        members = {m.name: m for m in packed.getmembers()}
+        for name in kustomization["resources"]:
+            member = members[f"spout-operator/crds/{name}"]
+            assert member.isfile(), f"{member.name} is packaged as a link"
+            content = packed.extractfile(member)
+            assert content is not None and content.read() == (ROOT / "crds" / name).read_bytes(), name
 
 
 def test_chart_lints(helm: list[str]) -> None:
@@ -237,22 +247,14 @@ def test_chart_values(helm: list[str]) -> None:
     assert refused.returncode != 0 and "leaderElection.enabled=true" in refused.stderr
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def test_helm_install_runs_the_sample(
-    stack: State, helm: list[str], crd: None, operator_env: None, namespace: str, pachd_client: Any
+    stack: State,
+    helm: list[str],
+    crd: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pachd = stack.pachds[0]
     release = "sot"
@@ -302,11 +304,9 @@ def test_helm_install_runs_the_sample(
         assert settings["SPOUT_OPERATOR_WORKER_HEALTH"] == "false"
         # The pod's own port, not one this machine shares: the session's free one stays.
         assert settings.pop("SPOUT_OPERATOR_METRICS_PORT") == "9090"
-        with (
-            environment(settings),
-            use_kubeconfig(str(account)),
-            running_operator(namespace) as runner,
-        ):
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        with use_kubeconfig(str(account)), running_operator(namespace) as runner:
             kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
             out = kubectl(
                 stack,

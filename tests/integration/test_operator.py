@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import threading
 import time
 import uuid
@@ -16,21 +15,24 @@ import pytest
 import python_pachyderm
 import yaml
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import PACHD_WRITES, PASSES, delta, eventually, kubectl
 from kit import (
-    DRIFT_INTERVAL_S,
     SAMPLE,
     apply,
+    apply_ready,
     condition,
     connection,
     get,
+    passes,
     pipelines,
+    ready_message,
     resource,
     running_operator,
     scrape,
     state_name,
     versions,
     wait_condition,
+    wait_gone,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,8 +58,7 @@ def test_apply_creates_both_pipelines_and_reports_ready(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("pair", spout, processor))
-    obj = wait_condition(stack, namespace, "pair", "Ready", "True")
+    obj = apply_ready(stack, namespace, resource("pair", spout, processor))
 
     found = pipelines(pachd_client, spout, processor)
     assert {n: state_name(i) for n, i in found.items()} == {spout: "RUNNING", processor: "RUNNING"}
@@ -85,16 +86,18 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
     spout, processor = names
     body = resource("steady", spout, processor)
     with running_operator(namespace):
-        apply(stack, namespace, body)
-        wait_condition(stack, namespace, "steady", "Ready", "True")
+        apply_ready(stack, namespace, body)
         before = versions(pachd_client, spout, processor)
         assert "unchanged" in apply(stack, namespace, body)
         body["metadata"]["labels"] = {"touched": "yes"}  # a metadata-only change: no spec change
         apply(stack, namespace, body)
+    counters = scrape()  # served since the first operator: one endpoint per process
     with running_operator(namespace) as runner:  # the resume handler reconciles everything again
-        time.sleep(3 * DRIFT_INTERVAL_S)  # resume, and a drift check or two
+        passes(1, counters, trigger="change")  # the resume pass
+        after = passes(2, counters, trigger="drift")  # and a drift check or two
     assert "Handler 'apply' succeeded" in runner.output  # output is readable once it stopped
     assert versions(pachd_client, spout, processor) == before == {spout: 1, processor: 1}
+    assert delta(counters, after, PACHD_WRITES) == 0
 
 
 def test_spec_edit_updates_only_the_changed_pipeline(
@@ -102,8 +105,7 @@ def test_spec_edit_updates_only_the_changed_pipeline(
 ) -> None:
     spout, processor = names
     body = resource("edit", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "edit", "Ready", "True")
+    apply_ready(stack, namespace, body)
     body["spec"]["processor"]["transform"]["env"] = {"LOG_LEVEL": "debug"}
     apply(stack, namespace, body)
     eventually(
@@ -117,16 +119,17 @@ def test_spec_edit_updates_only_the_changed_pipeline(
     # pachd has restarted the processor), then becomes Ready.
     eventually(lambda: get(stack, namespace, "edit")["status"]["observedGeneration"] == 2, 10)
     wait_condition(stack, namespace, "edit", "Ready", "True")
-    time.sleep(2 * DRIFT_INTERVAL_S)
+    counters = scrape()
+    after = passes(2, counters, trigger="drift")  # two sweeps change nothing more
     assert versions(pachd_client, spout, processor) == {spout: 1, processor: 2}
+    assert delta(counters, after, PACHD_WRITES) == 0
 
 
 def test_drift_is_repaired(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("drift", spout, processor))
-    wait_condition(stack, namespace, "drift", "Ready", "True")
+    apply_ready(stack, namespace, resource("drift", spout, processor))
 
     # Deleted behind the operator's back -> recreated.
     pachd_client.delete_pipeline(processor)
@@ -155,8 +158,7 @@ def test_stopped_state_keeps_pipelines_stopped(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("paused", spout, processor, state="Stopped"))
-    obj = wait_condition(stack, namespace, "paused", "Ready", "True")
+    obj = apply_ready(stack, namespace, resource("paused", spout, processor, state="Stopped"))
     assert condition(obj, "Ready")["reason"] == "Stopped"
     assert all(info.stopped for info in pipelines(pachd_client, spout, processor).values())
     pachd_client.start_pipeline(spout)  # drift: someone starts it
@@ -214,14 +216,12 @@ def test_delete_removes_pipelines_and_orphan_keeps_them(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("gone", spout, processor))
-    wait_condition(stack, namespace, "gone", "Ready", "True")
+    apply_ready(stack, namespace, resource("gone", spout, processor))
     kubectl(stack, "delete", "spoutpipeline", "gone", "-n", namespace, "--timeout=60s")
     assert pipelines(pachd_client, spout, processor) == {}
     assert "NotFound" in kubectl(stack, "get", "spoutpipeline", "gone", "-n", namespace, check=False)
 
-    apply(stack, namespace, resource("kept", spout, processor, deletionPolicy="Orphan"))
-    wait_condition(stack, namespace, "kept", "Ready", "True")
+    apply_ready(stack, namespace, resource("kept", spout, processor, deletionPolicy="Orphan"))
     kubectl(stack, "delete", "spoutpipeline", "kept", "-n", namespace, "--timeout=60s")
     assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}
 
@@ -248,22 +248,11 @@ def test_unreachable_pachd_is_reported_and_recovers(
     # Pipelines exist now: deletion waits for pachd, with a clear message and the way out...
     connection(stack, "away", "grpc://127.0.0.1:9", namespace=namespace)
     kubectl(stack, "delete", "spoutpipeline", "away", "-n", namespace, "--wait=false")
-    message = eventually(
-        lambda: (
-            condition(get(stack, namespace, "away"), "Ready").get("message", "").count("Orphan")
-            and condition(get(stack, namespace, "away"), "Ready")["message"]
-        ),
-        30,
-        what="deletion waiting message",
-    )
+    message = ready_message(stack, namespace, "away", "Orphan", what="deletion waiting message")
     assert "waiting to delete" in message or "cannot delete" in message
     # ...and finishes once pachd is reachable again.
     connection(stack, "away", stack.pachds[0].address, namespace=namespace)
-    eventually(
-        lambda: "NotFound" in kubectl(stack, "get", "spoutpipeline", "away", "-n", namespace, check=False),
-        60,
-        what="resource gone once pachd reachable",
-    )
+    wait_gone(stack, namespace, "away", 60, what="resource gone once pachd reachable")
     assert pipelines(pachd_client, spout, processor) == {}
 
 
@@ -322,8 +311,7 @@ def test_spout_image_change_applies_and_keeps_the_data(
 
     spout, processor = names
     body = resource("spout-edit", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "spout-edit", "Ready", "True")
+    apply_ready(stack, namespace, body)
     sidecar = start_spout_sidecar(stack, stack.pachds[0], spout)
     try:  # messages in the spout's repo, as its consumer commits them
         made = consumer.run(
@@ -364,8 +352,7 @@ def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
 ) -> None:
     spout, processor = names
     body = resource("half", spout, processor)
-    apply(stack, namespace, body)
-    wait_condition(stack, namespace, "half", "Ready", "True")
+    apply_ready(stack, namespace, body)
     body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"  # valid
     # pachd refuses a Secret its namespace does not have (the connection's policy grants the name)
     body["spec"]["processor"]["transform"]["secrets"] = [{"name": "no-such-secret", "mountPath": "/s"}]
@@ -406,38 +393,31 @@ def test_renames_and_moves_are_refused_with_a_way_out(stack: State, namespace: s
 
 
 @contextlib.contextmanager
-def far_sweep_operator(namespace: str, worker_namespace: str | None) -> Iterator[Any]:
+def far_sweep_operator(
+    monkeypatch: pytest.MonkeyPatch, namespace: str, worker_namespace: str | None
+) -> Iterator[Any]:
     """An operator whose sweep is far away: what it repairs now, it learnt otherwise."""
-    saved = {
-        k: os.environ.get(k)
-        for k in ("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "SPOUT_OPERATOR_WORKER_NAMESPACES")
-    }
-    os.environ["SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS"] = "600"
-    os.environ.pop("SPOUT_OPERATOR_WORKER_NAMESPACES", None)
+    monkeypatch.setenv("SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS", "600")
+    monkeypatch.delenv("SPOUT_OPERATOR_WORKER_NAMESPACES", raising=False)
     if worker_namespace is not None:
-        os.environ["SPOUT_OPERATOR_WORKER_NAMESPACES"] = worker_namespace
-    try:
-        with running_operator(namespace) as runner:
-            yield runner
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture
-def event_driven(crd: None, operator_env: None, namespace: str, stack: State) -> Iterator[Any]:
-    """Repairs come from pachd's worker RCs."""
-    with far_sweep_operator(namespace, stack.pachds[0].namespace) as runner:
+        monkeypatch.setenv("SPOUT_OPERATOR_WORKER_NAMESPACES", worker_namespace)
+    with running_operator(namespace) as runner:
         yield runner
 
 
 @pytest.fixture
-def blind(crd: None, operator_env: None, namespace: str) -> Iterator[Any]:
+def event_driven(
+    crd: None, operator_env: None, namespace: str, stack: State, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Repairs come from pachd's worker RCs."""
+    with far_sweep_operator(monkeypatch, namespace, stack.pachds[0].namespace) as runner:
+        yield runner
+
+
+@pytest.fixture
+def blind(crd: None, operator_env: None, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """No worker RCs watched and no sweep for 10 minutes: only the operator's own listings."""
-    with far_sweep_operator(namespace, None) as runner:
+    with far_sweep_operator(monkeypatch, namespace, None) as runner:
         yield runner
 
 
@@ -445,8 +425,7 @@ def test_drift_is_repaired_from_worker_events_within_seconds(
     stack: State, namespace: str, names: tuple[str, str], event_driven: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("quick", spout, processor))
-    wait_condition(stack, namespace, "quick", "Ready", "True")
+    apply_ready(stack, namespace, resource("quick", spout, processor))
 
     started = time.monotonic()
     pachd_client.delete_pipeline(processor)
@@ -470,8 +449,7 @@ def test_a_listing_taken_for_one_resource_repairs_the_drift_it_shows_of_another(
     watch, the sweep 10 minutes away), yet the listing that follows a new resource's start
     shows it, and that repairs it."""
     spout, processor = names
-    apply(stack, namespace, resource("first", spout, processor))
-    wait_condition(stack, namespace, "first", "Ready", "True")
+    apply_ready(stack, namespace, resource("first", spout, processor))
     pachd_client.stop_pipeline(spout)
     suffix = uuid.uuid4().hex[:6]
     other = (f"sp-{suffix}", f"pr-{suffix}")
@@ -493,8 +471,7 @@ def test_an_update_behind_the_operators_back_is_seen_on_the_spec_repo(
     """No RC watch, the sweep 10 minutes away: the update's commit on the processor's spec
     repo is what wakes the resource."""
     spout, processor = names
-    apply(stack, namespace, resource("watched", spout, processor))
-    wait_condition(stack, namespace, "watched", "Ready", "True")
+    apply_ready(stack, namespace, resource("watched", spout, processor))
     started = time.monotonic()
     change_processor_image(pachd_client, spout, processor)
     eventually(
@@ -522,27 +499,20 @@ def test_steady_state_costs_one_listing_per_sweep_and_no_writes(
             apply(stack, namespace, resource(f"steady-{i}", spout, processor))
         for i in range(len(pairs)):
             wait_condition(stack, namespace, f"steady-{i}", "Ready", "True")
-        time.sleep(DRIFT_INTERVAL_S)  # let the first drift checks settle
+        passes(len(pairs), trigger="drift")  # let the first drift checks settle
         before = scrape()
-        versions_before = [
-            get(stack, namespace, f"steady-{i}")["metadata"]["resourceVersion"] for i in range(3)
-        ]
-        window_s = 5 * DRIFT_INTERVAL_S
-        time.sleep(window_s)
-        after = scrape()
-        versions_after = [
-            get(stack, namespace, f"steady-{i}")["metadata"]["resourceVersion"] for i in range(3)
-        ]
+        versions_before = resource_versions(stack, namespace, len(pairs))
+        sweeps = 5
+        after = passes(sweeps * len(pairs), before, trigger="drift")
+        versions_after = resource_versions(stack, namespace, len(pairs))
 
-        def delta(key: str) -> float:
-            return after.get(key, 0.0) - before.get(key, 0.0)
-
-        assert delta("spout_operator_pachd_writes_total") == 0
-        assert delta('spout_operator_pachd_calls_total{method="InspectPipeline"}') == 0
-        sweeps = window_s / DRIFT_INTERVAL_S
-        listings = delta('spout_operator_pachd_calls_total{method="ListPipeline"}')
+        assert delta(before, after, PACHD_WRITES) == 0
+        assert delta(before, after, "spout_operator_pachd_calls_total", method="InspectPipeline") == 0
+        # Sweeps seen: the drift passes over the three resources (each sweep passes each once).
+        seen = delta(before, after, PASSES, trigger="drift") / len(pairs)
+        listings = delta(before, after, "spout_operator_pachd_calls_total", method="ListPipeline")
         # Three resources, all checked at each sweep against one listing, not one call each.
-        assert sweeps - 1 <= listings <= sweeps + 1, listings
+        assert seen - 1 <= listings <= seen + 1, (listings, seen)
         # Nothing changed, so no status was written either: the resources are untouched.
         assert versions_after == versions_before
         assert after['spout_operator_resources{ready="True"}'] >= 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from bench.bench import GROUP, IMAGE, PLURAL, VERSION, Operator, Options, kubectl, wait_for
+from bench.bench import GROUP, IMAGE, PLURAL, VERSION, Options, kubectl, start_operator, wait_for
+from devstack import metrics, testing
 from devstack.stack import Stack, State
+from devstack.testing import OperatorProcess, spout_pipeline
 
 from soak import ROOT
 
@@ -53,9 +56,7 @@ class SoakOptions:
     gateway_idle_s: float = 20.0
 
 
-def say(message: str) -> None:
-    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
+say = functools.partial(testing.say, who="soak", clock=True)
 
 REAL = "soak-pachd"  # the soak namespace's PachdConnection to the stack's pachd
 
@@ -70,33 +71,17 @@ def connection(name: str, address: str) -> dict[str, Any]:
 
 
 def body(name: str, address: str | None, image: str = IMAGE) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "spout": {
-            "name": f"{name}-s",
-            "transform": {"image": image, "cmd": ["python", "-m", "spout101.consumer"]},
-        },
-        "processor": {
-            "name": f"{name}-p",
-            "transform": {"image": image, "cmd": ["python", "-m", "spout101.processor"]},
-        },
-    }
     # Through the namespace's PachdConnection for that address (named by its port).
-    spec["connectionRef"] = {
-        "kind": "PachdConnection",
-        "name": REAL if address is None else endpoint(address),
+    spec: dict[str, Any] = {
+        "connectionRef": {"kind": "PachdConnection", "name": REAL if address is None else endpoint(address)}
     }
     if address is not None:
         spec["deletionPolicy"] = "Orphan"  # nothing can exist at an address where nothing listens
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "SpoutPipeline",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": spec,
-    }
+    return spout_pipeline(name, f"{name}-s", f"{name}-p", namespace=NAMESPACE, image=image, **spec)
 
 
-def sample(operator: Operator) -> dict[str, float]:
-    pid = operator.proc.pid
+def sample(operator: OperatorProcess) -> dict[str, float]:
+    pid = operator.pid
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     fields = {line.split(":")[0]: line.split(":")[1].split() for line in status if ":" in line}
     return {
@@ -204,12 +189,10 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
     tag = f"soak{uuid.uuid4().hex[:4]}"
     log = Path(state.root) / "logs" / f"soak-operator-{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    kubectl(state, "apply", "-k", str(ROOT / "crds"))
-    for kind in (PLURAL, "pachdconnections", "clusterpachdconnections"):
-        kubectl(state, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{kind}.{GROUP}")
+    testing.install_crds(state, error=RuntimeError)
     kubectl(state, "create", "namespace", NAMESPACE, check=False)
     kubectl(state, "apply", "-f", "-", input=json.dumps(connection(REAL, state.pachds[0].address)))
-    operator = Operator(
+    operator = start_operator(
         state,
         Options(drift_interval_s=options.drift_interval_s, pachds=1),
         log,
@@ -219,7 +202,7 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
     churn = Churn(state, options, tag)
     samples: list[dict[str, float]] = []
     try:
-        operator.wait_started(60)
+        operator.wait_healthy(60, error=RuntimeError)
         churn.fill()
         wait_for(
             f"{options.resources} resources with a status",
@@ -233,21 +216,29 @@ def run(state: State, options: SoakOptions, out: Path | None = None) -> dict[str
         next_sample = time.monotonic() + options.sample_s
         while time.monotonic() < end:
             churn.round()
-            if operator.proc.poll() is not None:
-                raise RuntimeError(f"operator exited ({operator.proc.returncode}); see {log}")
+            if not operator.alive():
+                raise RuntimeError(f"operator exited; see {log}")
             if time.monotonic() >= next_sample:
                 samples.append(sample(operator))
                 next_sample += options.sample_s
-            time.sleep(options.round_s)
+            time.sleep(options.round_s)  # the churn's pace: a round every --round-s, by design
         samples.append(sample(operator))
         # Churn over: once the idle time has passed, only the endpoints in use keep a channel.
-        time.sleep(options.gateway_idle_s + 3 * options.drift_interval_s)
+        # Waited for up to that long; if it never holds, the figure says so.
+        in_use = churn.endpoints_in_use()
+        with contextlib.suppress(RuntimeError):
+            wait_for(
+                f"at most {in_use} pachd channels",
+                lambda: metrics.total(operator.scrape(), "spout_operator_pachd_channels") <= in_use,
+                options.gateway_idle_s + 3 * options.drift_interval_s,
+                0.5,
+            )
         settled = sample(operator)
-        alive = operator.proc.poll() is None
+        alive = operator.alive()
     finally:
         with contextlib.suppress(Exception):
             kubectl(state, "delete", PLURAL, "--all", "-n", NAMESPACE, "--timeout=180s")
-        operator.stop()
+        operator.terminate(20)
         kubectl(state, "delete", "namespace", NAMESPACE, "--wait=false", check=False)
         with contextlib.suppress(Exception):
             import python_pachyderm
