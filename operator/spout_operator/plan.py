@@ -17,32 +17,23 @@ from typing import Any
 from spout_operator.names import PipelineSpec
 from spout_operator.observed import ObservedPipeline
 from spout_operator.render import owner_of, pipeline_name
+from spout_operator.spec import COMMON_PIPELINE_FIELDS, PROCESSOR_ONLY_FIELDS
 
-# The top-level pipeline-spec fields the operator renders; everything else that pachd
-# stores (salt, createdAt, outputBranch, workerRc, ...) is pachd's business.
-MANAGED_FIELDS = (
-    "pipeline",
-    "description",
-    "transform",
-    "spout",
-    "input",
-    "parallelismSpec",
-    "autoscaling",
-    "resourceRequests",
-    "resourceLimits",
-    "datumTries",
-    "podPatch",
-    "metadata",
-    "sidecarResourceRequests",
-    "sidecarResourceLimits",
-    "schedulingSpec",
-    "tolerations",
-    "datumTimeout",
-    "jobTimeout",
-    "datumSetSpec",
-    "reprocessSpec",
-    "egress",
-    "s3Out",
+# The top-level pipeline-spec fields the operator renders (the ones it writes itself, and every
+# field a user may set); everything else that pachd stores (salt, createdAt, outputBranch,
+# workerRc, ...) is pachd's business.
+MANAGED_FIELDS = tuple(
+    dict.fromkeys(  # in a stable order for messages: the spec's own first
+        (
+            "pipeline",
+            "description",
+            "transform",
+            "spout",
+            "input",
+            *COMMON_PIPELINE_FIELDS,
+            *PROCESSOR_ONLY_FIELDS,
+        )
+    )
 )
 
 # Mirrors setPipelineDefaults / setInputDefaults in pachd's PPS API server.
