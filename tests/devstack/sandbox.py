@@ -132,7 +132,7 @@ def main() -> int:
     # with SIGINT ignored, and Python then leaves it ignored (a CI run hung that way).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack(Path(os.environ.get("DEVSTACK_DIR", str(DEFAULT_DIR))))
-    stack.down()  # whatever an earlier sandbox left behind
+    stack.down()  # whatever an earlier sandbox left behind, its cluster state included
     say(
         "Starting the local stack with a node (etcd, kube-apiserver, controllers, scheduler, "
         "PostgreSQL, pachd, containerd, kubelet; images from `make images`)"
@@ -158,6 +158,15 @@ def main() -> int:
         say("pachctl list pipeline")
         subprocess.run([*pachctl, "list", "pipeline"], env=pach_env, check=False)
         say("kubectl get pods -n pachyderm (pachd's workers, on the node)")
+        # `kubectl wait` fails at once, rather than waits, while no pod matches yet.
+        testing.eventually(
+            lambda: kubectl(
+                state, "get", "pods", "-n", "pachyderm", "-l", "app=pipeline", "-o", "name"
+            ).strip(),
+            300,
+            1.0,
+            what="pachd's worker pods",
+        )
         kubectl(
             state,
             "wait",
@@ -203,14 +212,19 @@ def main() -> int:
             time.sleep(5)
     except KeyboardInterrupt:
         say("Stopping everything the sandbox started")
+        return 0
+    except BrokenPipeError:
+        # Its output went away (`make sandbox | tee log`, and tee was stopped by the same
+        # Ctrl-C): stop as for Ctrl-C, writing nothing more to that pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (StackError, build.BuildError, images.ImageError, subprocess.SubprocessError) as err:
         # SubprocessError: also a kubectl that timed out (TimeoutExpired), which used to skip
         # the teardown and leave the whole stack running, pachd holding port 1658
-        print(f"error: {err}", file=sys.stderr)
-        teardown(stack)
+        say(f"error: {err}", stderr=True, plain=True)
         return 1
-    teardown(stack)
-    return 0
+    finally:
+        teardown(stack)
 
 
 if __name__ == "__main__":

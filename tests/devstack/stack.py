@@ -1030,7 +1030,9 @@ class Stack:
         Path(self.state.pachctl_config).write_text(json.dumps(config, indent=2))
 
     def down(self) -> None:
-        """Stop every process this stack started, newest first, and remove Postgres' data."""
+        """Stop every process this stack started, newest first, and remove what would outlive
+        them and mislead the next `up`: Postgres' data (pachd's) and etcd's (Kubernetes'). A
+        stack kept only one of them showed resources Ready on a pachd that held nothing."""
         state = self.state
         if state is None:
             if not (self.root / "state.json").exists():
@@ -1044,6 +1046,7 @@ class Stack:
             shutil.rmtree(state.postgres_data, ignore_errors=True)
         if state.pachd_home:
             shutil.rmtree(state.pachd_home, ignore_errors=True)
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)
         for link in state.links:
             _delete_link(link)
         state.pids.clear()

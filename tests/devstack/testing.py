@@ -34,14 +34,21 @@ PACHD_WRITES = "spout_operator_pachd_writes_total"
 STATUS_WRITES = "spout_operator_status_writes_total"
 
 
-def say(message: str, who: str | None = None, *, clock: bool = False, stderr: bool = False) -> None:
+def say(
+    message: str, who: str | None = None, *, clock: bool = False, stderr: bool = False, plain: bool = False
+) -> None:
     """One progress line, flushed at once: `[who] message`, `[who HH:MM:SS] message` with
-    `clock`; without `who`, the sandbox's bold `==> message` for a person at a terminal."""
-    if who is None:
+    `clock`; without `who`, the sandbox's bold `==> message` for a person at a terminal
+    (`plain`: the message as it is)."""
+    if plain:
+        line = message
+    elif who is None:
         line = f"\033[1m==> {message}\033[0m"
     else:
         line = f"[{who}{time.strftime(' %H:%M:%S') if clock else ''}] {message}"
-    print(line, file=sys.stderr if stderr else sys.stdout, flush=True)
+    # `make sandbox | tee log`, and tee was stopped: carry on (the teardown above all), unheard
+    with contextlib.suppress(BrokenPipeError):
+        print(line, file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 def kubectl(
