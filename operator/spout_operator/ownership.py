@@ -35,11 +35,13 @@ def managed_entry(ref: ConnectionRef, address: str) -> dict[str, Any]:
 def managed_after(
     previous: Mapping[str, Any], outcome: Outcome, ref: ConnectionRef, address: str
 ) -> Mapping[str, Any] | None:
-    """status.managed after a pass: the entry already recorded stands; a pass that may have
-    created something records one; else None (nothing in pachd is this resource's)."""
-    recorded: Mapping[str, Any] | None = previous.get("managed") or None
-    if recorded is None and wrote_to_pachd(outcome):
+    """status.managed after a pass: where this pass found or made the resource's pipelines
+    (so it follows a connection whose address changed), else the entry already recorded (a
+    pass that could not look at pachd knows nothing new), else None (nothing in pachd is
+    this resource's)."""
+    if wrote_to_pachd(outcome):
         return managed_entry(ref, address)
+    recorded: Mapping[str, Any] | None = previous.get("managed") or None
     return recorded
 
 

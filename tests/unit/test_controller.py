@@ -622,3 +622,19 @@ def test_a_connection_deleted_outside_a_namespace_deletion_still_holds_the_delet
     deletion = ctl.delete(Resource.of(body(observed=1)))
     assert not deletion.done and "Restore it" in deletion.message
     assert set(gateway.pipelines) == {"spout", "processor"}
+
+
+def test_status_managed_follows_the_pipelines_to_a_new_address() -> None:
+    """An admin moved the connection to another pachd: the pipelines are made there, and
+    deletion must look for them there, not at the old address."""
+    gateway, resolver = FakeGateway(), FakeResolver()
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    first = ctl.reconcile(Resource.of(body()), "change")
+    assert first is not None and first.status["managed"]["address"] == "pachd:30650"
+    raw = {"address": "grpc://pachd-b:30650", "policy": {"projects": {"allowDefault": True}}}
+    resolver.connection = parse_connection(
+        "ClusterPachdConnection", {"metadata": {"name": "default"}, "spec": raw}, "ops"
+    )
+    gateway.pipelines.clear()  # the new pachd holds nothing yet
+    moved = ctl.reconcile(Resource.of(body(observed=1)), "drift")
+    assert moved is not None and moved.status["managed"]["address"] == "grpc://pachd-b:30650"
