@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := cd tests && ../$(PY) -m devstack
 IMAGE_REGISTRY ?= ghcr.io/spout-operator
-VERSION ?= 0.1.0
+# One version for the operator, its images, the chart and manifests/ (tests/unit/test_version.py).
+VERSION ?= $(shell cat VERSION)
 OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)/spout-operator:$(VERSION)
 WORKER_IMAGE ?= $(IMAGE_REGISTRY)/spout101:$(VERSION)
 
