@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,11 @@ import yaml
 from devstack.stack import State, service_account_kubeconfig
 from devstack.testing import eventually, kubectl, use_kubeconfig
 from kit import (
+    CRDS,
+    OPERATOR_NAMESPACE,
     condition,
     connection,
+    install_default_connection,
     pipelines,
     resource,
     running_operator,
@@ -458,3 +463,65 @@ def test_namespace_overlay_keeps_rbac_whole(
                 check=False,
             )
         kubectl(stack, "apply", "-k", str(ROOT / "manifests"))
+
+
+def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
+    stack: State,
+    installed: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+) -> None:
+    """`make undeploy` with SpoutPipelines still there and the operator running: each one's
+    pipelines go or stay as its deletionPolicy says, and then the connections, the operator and
+    the CRDs go too, within the target's bound, with no CRD left Terminating. (Last in this
+    module: it removes what `installed` made, and the session's CRDs, then puts those back.)"""
+    suffix = uuid.uuid4().hex[:6]
+    deleted, orphaned = (f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}")
+    bound_s = 90
+    try:
+        with as_service_account(stack), running_operator(namespace):
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(resource("goes", *deleted)))
+            body = resource("stays", *orphaned, deletionPolicy="Orphan")
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            for name in ("goes", "stays"):
+                wait_condition(stack, namespace, name, "Ready", "True")
+            started = time.monotonic()
+            result = subprocess.run(
+                ["make", "--no-print-directory", "undeploy", f"UNDEPLOY_TIMEOUT={bound_s}s"],
+                cwd=ROOT,
+                env={**os.environ, "KUBECONFIG": stack.kubeconfig},
+                capture_output=True,
+                text=True,
+                timeout=3 * bound_s + 60,
+                check=False,
+            )
+            elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stdout + result.stderr
+        # One bound for the SpoutPipelines, one for the rest (the namespace's deletion).
+        assert elapsed < 2 * bound_s, elapsed
+        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            answer = kubectl(stack, "get", "crd", f"{plural}.spout-operator.dev", check=False)
+            assert "NotFound" in answer, answer
+        assert "NotFound" in kubectl(stack, "get", "namespace", SYSTEM_NAMESPACE, check=False)
+        assert pipelines(pachd_client, *deleted) == {}
+        assert set(pipelines(pachd_client, *orphaned)) == set(orphaned)
+    finally:
+        for name in (*deleted[::-1], *orphaned[::-1]):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
+        # The session's CRDs, operator namespace and default connection, as its fixtures made them.
+        kubectl(stack, "apply", "-k", str(CRDS))
+        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            established = [
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                f"crd/{plural}.spout-operator.dev",
+            ]
+            eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+        eventually(
+            lambda: "NotFound" in kubectl(stack, "get", "namespace", OPERATOR_NAMESPACE, check=False), 60
+        )
+        kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
+        install_default_connection(stack, stack.pachds[0].address)
