@@ -172,6 +172,14 @@ undeploy: ## Remove everything `deploy` installed: SpoutPipelines first (bounded
 	fi
 	kubectl delete -k manifests/ --ignore-not-found --timeout=$(UNDEPLOY_TIMEOUT)
 
+##@ Release
+
+DIST ?= dist
+
+.PHONY: release
+release: deps ## Build the release into $(DIST)/: both images as OCI archives, the Helm chart, install.yaml, SHA256SUMS
+	cd tests && ../$(PY) -m devstack.release --dist $(abspath $(DIST))
+
 .PHONY: docker-build
 docker-build: ## Build the operator and spout101 worker images (needs Docker)
 	docker build -f images/operator/Dockerfile -t $(OPERATOR_IMAGE) .
