@@ -78,7 +78,8 @@ def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
 def run(args: list[str]) -> str:
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
-    return result.stdout + result.stderr
+    # stdout only: helm warns on stderr for each link it follows in the chart (files/crds/).
+    return result.stdout
 
 
 def documents(text: str) -> list[dict[str, Any]]:
@@ -156,10 +157,11 @@ def test_a_misspelt_or_wrong_value_fails(stack: State, helm: list[str], value: s
 
 
 def test_crds_come_from_crds_and_are_kept(helm: list[str]) -> None:
-    crds = {
-        d["metadata"]["name"]: d
-        for d in documents("".join(p.read_text() for p in (ROOT / "crds").glob("*.yaml")))
-    }
+    crds = {}
+    for path in (ROOT / "crds").glob("*.yaml"):
+        for doc in documents(path.read_text()):
+            if doc.get("kind") == "CustomResourceDefinition":
+                crds[doc["metadata"]["name"]] = doc
     rendered = [o for o in template(helm) if o["kind"] == "CustomResourceDefinition"]
     assert {o["metadata"]["name"] for o in rendered} == set(crds)
     for obj in rendered:
