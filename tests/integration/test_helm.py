@@ -607,6 +607,20 @@ def test_helm_upgrade_from_the_previous_release(
         session_crds_back(stack)
 
 
+def release_strays(stack: State, namespace: str) -> None:
+    """SpoutPipelines that other tests of the session left in other namespaces: their operator
+    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
+    own operator is running when it is uninstalled): their finalizers are dropped."""
+    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
+    for item in listing["items"]:
+        meta = item["metadata"]
+        if meta["namespace"] != namespace:
+            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
+            kubectl(
+                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
+            )
+
+
 def test_helm_uninstall_with_live_spoutpipelines(
     stack: State, helm: list[str], crd: None, operator_env: None, namespace: str, pachd_client: Any
 ) -> None:
@@ -638,6 +652,7 @@ def test_helm_uninstall_with_live_spoutpipelines(
             kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
             for name in ("goes", "stays"):
                 wait_condition(stack, namespace, name, "Ready", "True")
+            release_strays(stack, namespace)
             started = time.monotonic()
             # The chart's NOTES: every namespace; this session's other namespaces hold none of
             # this release's, so only this test's namespace is asked here.
