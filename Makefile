@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := cd tests && ../$(PY) -m devstack
 IMAGE_REGISTRY ?= ghcr.io/spout-operator
-VERSION ?= 0.1.0
+# One version for the operator, its images, the chart and manifests/ (tests/unit/test_version.py).
+VERSION ?= $(shell cat VERSION)
 OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)/spout-operator:$(VERSION)
 WORKER_IMAGE ?= $(IMAGE_REGISTRY)/spout101:$(VERSION)
 
@@ -147,10 +148,37 @@ deploy: ## Install CRDs, namespace, RBAC, the operator Deployment and the defaul
 	done
 	kubectl apply -f manifests/connection.yaml
 
+# Order matters: SpoutPipelines first, while the operator and their connections still exist, so
+# each one's pipelines are deleted or orphaned as its deletionPolicy says (deleting the CRD or the
+# operator first leaves their finalizers waiting for an operator that is gone, and the CRD stuck
+# Terminating). Bounded: a SpoutPipeline still there after UNDEPLOY_TIMEOUT (pachd unreachable,
+# say) stops the target with what it waits for, the operator still running; nothing is forced.
+UNDEPLOY_TIMEOUT ?= 120s
+
 .PHONY: undeploy
-undeploy: ## Remove everything `deploy` installed
-	kubectl delete -f manifests/connection.yaml --ignore-not-found
-	kubectl delete -k manifests/ --ignore-not-found
+undeploy: ## Remove everything `deploy` installed: SpoutPipelines first (bounded wait), then connections, operator, CRDs
+	@if kubectl get crd spoutpipelines.spout-operator.dev >/dev/null 2>&1; then \
+	  kubectl delete spoutpipelines --all --all-namespaces --wait=false; \
+	  if ! out=$$(kubectl wait --for=delete spoutpipelines --all --all-namespaces --timeout=$(UNDEPLOY_TIMEOUT) 2>&1) \
+	     && ! grep -q "no matching resources" <<<"$$out"; then \
+	    echo "$$out"; \
+	    echo "error: SpoutPipelines still being deleted after $(UNDEPLOY_TIMEOUT) (the operator is left running):"; \
+	    kubectl get spoutpipelines --all-namespaces \
+	      -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,POLICY:.spec.deletionPolicy,REASON:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Ready")].message'; \
+	    echo "Bring their pachd back, or keep their pipelines (kubectl patch spoutpipeline NAME -n NAMESPACE --type=merge -p '{\"spec\":{\"deletionPolicy\":\"Orphan\"}}'), then run make undeploy again."; \
+	    exit 1; \
+	  fi; \
+	  kubectl delete clusterpachdconnections,pachdconnections --all --all-namespaces --ignore-not-found; \
+	fi
+	kubectl delete -k manifests/ --ignore-not-found --timeout=$(UNDEPLOY_TIMEOUT)
+
+##@ Release
+
+DIST ?= dist
+
+.PHONY: release
+release: deps ## Build the release into $(DIST)/: both images as OCI archives, the Helm chart, install.yaml, SHA256SUMS
+	cd tests && ../$(PY) -m devstack.release --dist $(abspath $(DIST))
 
 .PHONY: docker-build
 docker-build: ## Build the operator and spout101 worker images (needs Docker)

@@ -34,7 +34,8 @@ from devstack import build, testing
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("IMAGE_REGISTRY", "ghcr.io/spout-operator")
-VERSION = os.environ.get("VERSION", "0.1.0")
+# The release's version (the VERSION file, which the chart and manifests/ share); $VERSION overrides.
+VERSION = os.environ.get("VERSION") or (ROOT / "VERSION").read_text().strip()
 SPOUT101_IMAGE = f"{REGISTRY}/spout101:{VERSION}"
 OPERATOR_IMAGE = f"{REGISTRY}/spout-operator:{VERSION}"
 PACHD_TAG = build.PACHYDERM_VERSION.lstrip("v")

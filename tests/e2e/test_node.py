@@ -178,19 +178,10 @@ def point_operator_at_pachd(state: State) -> None:
 
 def operator_overlay(state: State, workdir: Path) -> Path:
     """manifests/ as a user would deploy it, through kustomize, with the image of `make images`
-    (kustomize's image name), and pachd's namespace set where the README says (the worker
-    Role's namespace and the Deployment's SPOUT_OPERATOR_WORKER_NAMESPACES)."""
+    (kustomize's image name), and pachd's namespace set in its one place (the ConfigMap of
+    manifests/pachd-namespace.yaml, through the knob manifests/pachd-namespace/)."""
     for name in ("manifests", "crds"):
         shutil.copytree(ROOT / name, workdir / name)
-    rbac = workdir / "manifests" / "workers-rbac.yaml"
-    assert rbac.read_text().count("namespace: default") == 2
-    rbac.write_text(rbac.read_text().replace("namespace: default", f"namespace: {PACHD_NAMESPACE}"))
-    deployment = workdir / "manifests" / "deployment.yaml"
-    shipped = '{name: SPOUT_OPERATOR_WORKER_NAMESPACES, value: "default"}'
-    assert shipped in deployment.read_text()
-    deployment.write_text(
-        deployment.read_text().replace(shipped, shipped.replace('"default"', f'"{PACHD_NAMESPACE}"'))
-    )
     overlay = workdir / "overlay"
     overlay.mkdir()
     name, _, tag = images.OPERATOR_IMAGE.rpartition(":")
@@ -199,6 +190,14 @@ def operator_overlay(state: State, workdir: Path) -> Path:
         "kind": "Kustomization",
         "resources": ["../manifests"],
         "images": [{"name": "ghcr.io/spout-operator/spout-operator", "newName": name, "newTag": tag}],
+        # pachd's namespace, in the one place a user sets it (manifests/pachd-namespace.yaml).
+        "patches": [
+            {
+                "target": {"kind": "ConfigMap", "name": "spout-operator-pachd-namespace"},
+                "patch": json.dumps([{"op": "replace", "path": "/data/namespace", "value": PACHD_NAMESPACE}]),
+            }
+        ],
+        "transformers": ["../manifests/pachd-namespace"],
     }
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return overlay

@@ -9,6 +9,8 @@ import contextlib
 import json
 import subprocess
 import tarfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,17 @@ import pytest
 import yaml
 from devstack import build
 from devstack.stack import State, service_account_kubeconfig
-from devstack.testing import kubectl, use_kubeconfig
+from devstack.testing import eventually, kubectl, use_kubeconfig
 from kit import (
+    CRDS,
+    OPERATOR_NAMESPACE,
     SAMPLE,
     install_default_connection,
     pipelines,
+    resource,
     running_operator,
     state_name,
+    wait_condition,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,6 +50,8 @@ SHARED_KINDS = {
     "CustomResourceDefinition",
     "ClusterPachdConnection",
 }
+# The chart as released in 0.1.0, which `helm upgrade` must take to this one.
+PREVIOUS_RELEASE = "2c0822d"
 CLUSTER_KINDS = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPachdConnection")
 
 
@@ -59,10 +67,11 @@ def helm(stack: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         yield [str(binary), "--kubeconfig", stack.kubeconfig]
 
 
-def run(args: list[str], stderr: bool = True) -> str:
+def run(args: list[str], stderr: bool = False) -> str:
     """helm's stdout, and its stderr after it unless `stderr=False` (where stdout is YAML)."""
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    # stdout only by default: helm warns on stderr for each link it follows (files/crds/).
     return result.stdout + (result.stderr if stderr else "")
 
 
@@ -110,28 +119,93 @@ def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
     return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
 
 
-def test_packaged_chart_holds_the_crds(helm: list[str], tmp_path: Path) -> None:
-    """The chart's crds/ are links to crds/ (one file on disk each): `helm package` must put
-    their content, not links, in the archive a user installs from."""
-    run([*helm, "package", str(CHART), "-d", str(tmp_path)])
-    (archive,) = tmp_path.glob("spout-operator-*.tgz")
-    kustomization = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
-    with tarfile.open(archive) as packed:
-        members = {m.name: m for m in packed.getmembers()}
-        for name in kustomization["resources"]:
-            member = members[f"spout-operator/crds/{name}"]
-            assert member.isfile(), f"{member.name} is packaged as a link"
-            content = packed.extractfile(member)
-            assert content is not None and content.read() == (ROOT / "crds" / name).read_bytes(), name
-
-
 def test_chart_lints(helm: list[str]) -> None:
     run([*helm, "lint", "--strict", str(CHART)])
     run([*helm, "lint", "--strict", str(CHART), "--set", "metrics.serviceMonitor.enabled=true"])
+    run([*helm, "lint", "--strict", str(CHART), "--set", "crds.enabled=false,tests.enabled=false"])
+
+
+def refused(helm: list[str], *args: str) -> str:
+    result = subprocess.run([*helm, *args], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("replica=3", "Additional property replica is not allowed"),
+        ("crds.kep=false", "Additional property kep is not allowed"),
+        ("pachd.workerNamespace=pachyderm", "Additional property workerNamespace is not allowed"),
+        ("crds.keep=yes", "crds.keep: Invalid type"),
+        ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+    ],
+)
+def test_a_misspelt_or_wrong_value_fails(stack: State, helm: list[str], value: str, complaint: str) -> None:
+    """values.schema.json: `helm template` and `helm install` refuse before anything is made."""
+    assert complaint in refused(helm, "template", "x", str(CHART), "--set", value)
+    assert complaint in refused(helm, "install", "typo", str(CHART), "-n", "default", "--set", value)
+    assert "not found" in kubectl(
+        stack, "get", "deployment", "typo-spout-operator", "-n", "default", check=False
+    )
+
+
+def test_crds_come_from_crds_and_are_kept(helm: list[str]) -> None:
+    crds = {}
+    for path in (ROOT / "crds").glob("*.yaml"):
+        for doc in documents(path.read_text()):
+            if doc.get("kind") == "CustomResourceDefinition":
+                crds[doc["metadata"]["name"]] = doc
+    rendered = [o for o in template(helm) if o["kind"] == "CustomResourceDefinition"]
+    assert {o["metadata"]["name"] for o in rendered} == set(crds)
+    for obj in rendered:
+        assert obj["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert essence(obj) == essence(crds[obj["metadata"]["name"]])
+    for obj in template(helm, "--set", "crds.keep=false"):
+        if obj["kind"] == "CustomResourceDefinition":
+            assert "annotations" not in obj["metadata"]
+    assert not [
+        o for o in template(helm, "--set", "crds.enabled=false") if o["kind"] == "CustomResourceDefinition"
+    ]
+
+
+def test_packaged_chart_holds_the_crds(helm: list[str], tmp_path: Path) -> None:
+    """`helm package` follows files/crds/'s links: the archive holds the CRDs themselves, and
+    renders what the chart's directory renders."""
+    run([*helm, "package", str(CHART), "-d", str(tmp_path)])
+    (archive,) = tmp_path.glob("spout-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for name in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            member = members[f"spout-operator/files/crds/{name}.yaml"]
+            assert member.isfile()
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            assert extracted.read().decode() == (ROOT / "crds" / f"{name}.yaml").read_text()
+        assert not [n for n in members if n.startswith("spout-operator/crds/")]
+    packaged = documents(run([*helm, "template", "spout-operator", str(archive), "-n", SYSTEM_NAMESPACE]))
+    assert packaged == template(helm)
+
+
+def test_helm_test_and_notes(helm: list[str]) -> None:
+    objects = by_key(template(helm))
+    pod = objects[("Pod", "", "spout-operator-test-healthz")]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert (
+        "spout-operator-health.spout-operator-system.svc:8080/healthz"
+        in pod["spec"]["containers"][0]["command"][2]
+    )
+    service = objects[("Service", "", "spout-operator-health")]
+    assert service["spec"]["ports"][0]["targetPort"] == "health"
+    assert not [
+        k for k in by_key(template(helm, "--set", "tests.enabled=false")) if k[0] in ("Pod", "Service")
+    ]
 
 
 def test_chart_renders_what_kustomize_installs(stack: State, helm: list[str]) -> None:
-    rendered = template(helm, "--include-crds")
+    # Not the `helm test` Pod and its Service (`helm template` renders test hooks too).
+    rendered = [o for o in template(helm) if o["kind"] not in ("Pod", "Service")]
     kustomized = documents(kubectl(stack, "kustomize", str(ROOT / "manifests")))
     kustomized += documents((ROOT / "manifests" / "connection.yaml").read_text())
     for obj in rendered:  # the namespace is Helm's own (--namespace, --create-namespace)
@@ -170,7 +244,7 @@ def pod_env(deployment: dict[str, Any], namespace: str, pod: str) -> dict[str, s
 
 def test_chart_values(helm: list[str]) -> None:
     default = by_key(template(helm))
-    assert not [k for k in default if k[0] in ("Service", "ServiceMonitor")]
+    assert not [k for k in default if k[0] == "ServiceMonitor" or k[2].endswith("-metrics")]
     objects = by_key(
         template(
             helm,
@@ -272,6 +346,7 @@ def test_helm_install_runs_the_sample(
                 str(CHART),
                 "-n",
                 namespace,
+                "--take-ownership",  # of the session's CRDs (the chart installs and upgrades them)
                 "--set",
                 f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
                 "--set",  # no node on this stack: worker pods never exist (README, Configuration)
@@ -337,3 +412,247 @@ def test_helm_install_runs_the_sample(
         install_default_connection(stack, pachd.address)
     assert uninstalled.returncode == 0, uninstalled.stdout + uninstalled.stderr
     assert "NotFound" in kubectl(stack, "get", "clusterrole", f"{release}-spout-operator", check=False)
+
+
+def session_crds_back(stack: State) -> None:
+    """The session's CRDs, operator namespace and default connection, as its fixtures made them."""
+    kubectl(stack, "apply", "-k", str(CRDS))
+    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+        established = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            f"crd/{plural}.spout-operator.dev",
+        ]
+        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
+    install_default_connection(stack, stack.pachds[0].address)
+
+
+def stack_values(stack: State, namespace: str) -> list[str]:
+    pachd = stack.pachds[0]
+    return [
+        "--set",
+        f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
+        "--set",
+        "pachd.workerHealth=false,driftIntervalSeconds=2,connectionCheckSeconds=2",
+        "--set",
+        f"defaultConnection.namespaces={{{namespace}}},defaultConnection.policy.projects.allowDefault=true",
+    ]
+
+
+@contextlib.contextmanager
+def installed_operator(stack: State, namespace: str, release: str) -> Iterator[Any]:
+    """The release's operator in-process, as its pod would run: its ServiceAccount's rights, its
+    Deployment's settings (no kubelet on this stack)."""
+    deployment = json.loads(
+        kubectl(stack, "get", "deployment", f"{release}-spout-operator", "-n", namespace, "-o", "json")
+    )
+    settings = pod_env(deployment, namespace, f"{release}-spout-operator-0")
+    settings.pop("SPOUT_OPERATOR_METRICS_PORT")  # the pod's own port, not one this machine shares
+    account = service_account_kubeconfig(stack, namespace, f"{release}-spout-operator")
+    with pytest.MonkeyPatch.context() as patch, use_kubeconfig(str(account)):
+        for key, value in settings.items():
+            patch.setenv(key, value)
+        with running_operator(namespace) as runner:
+            yield runner
+
+
+def test_two_releases_side_by_side(stack: State, helm: list[str], crd: None) -> None:
+    """Two releases in two namespaces: the first owns the CRDs and the connection `default`, the
+    second says so (crds.enabled=false, defaultConnection.create=false); nothing collides, and
+    each keeps its own when the other goes."""
+    first, second = (f"side-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
+    try:
+        run([*helm, "install", "one", str(CHART), "-n", first, "--create-namespace", "--take-ownership"])
+        run(
+            [
+                *helm,
+                "install",
+                "two",
+                str(CHART),
+                "-n",
+                second,
+                "--create-namespace",
+                "--set",
+                "crds.enabled=false,defaultConnection.create=false",
+            ]
+        )
+        for release, namespace in (("one", first), ("two", second)):
+            assert "STATUS: deployed" in run([*helm, "status", release, "-n", namespace])
+            for kind in ("clusterrole", "clusterrolebinding"):
+                assert kubectl(stack, "get", kind, f"{release}-spout-operator", "-o", "name")
+        binding = json.loads(kubectl(stack, "get", "clusterrolebinding", "two-spout-operator", "-o", "json"))
+        assert binding["subjects"][0]["namespace"] == second
+        run([*helm, "uninstall", "two", "-n", second, "--wait"])
+        assert kubectl(stack, "get", "clusterpachdconnection", "default", "-o", "name")
+        assert kubectl(stack, "get", "clusterrolebinding", "one-spout-operator", "-o", "name")
+        run([*helm, "uninstall", "one", "-n", first, "--wait"])
+        # crds.keep (the default): the CRDs stay, so every SpoutPipeline does.
+        assert kubectl(stack, "get", "crd", "spoutpipelines.spout-operator.dev", "-o", "name")
+    finally:
+        for release, namespace in (("two", second), ("one", first)):
+            subprocess.run([*helm, "uninstall", release, "-n", namespace], capture_output=True, check=False)
+            kubectl(stack, "delete", "namespace", namespace, "--wait=false", check=False)
+        session_crds_back(stack)
+
+
+def test_helm_upgrade_from_the_previous_release(
+    stack: State,
+    helm: list[str],
+    crd: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    tmp_path: Path,
+) -> None:
+    """The chart of 0.1.0 (commit 2c0822d; its CRDs in crds/, installed once by Helm) upgraded to
+    this one, as the chart's README says (`--take-ownership` of the CRDs, which this chart
+    manages): the resource made before the upgrade is still there and Ready under the upgraded
+    operator, and the CRDs are the release's now, kept on uninstall."""
+    old_chart = tmp_path / "spout-operator"
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", PREVIOUS_RELEASE, "manifests/helm/spout-operator"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for path in listing:
+        target = old_chart / Path(path).relative_to("manifests/helm/spout-operator")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(
+            subprocess.run(
+                ["git", "show", f"{PREVIOUS_RELEASE}:{path}"], cwd=ROOT, capture_output=True, check=True
+            ).stdout
+        )
+    assert yaml.safe_load((old_chart / "Chart.yaml").read_text())["version"] == "0.1.0"
+    release = "upg"
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
+    sample = yaml.safe_load(SAMPLE.read_text())
+    spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
+    try:
+        run([*helm, "install", release, str(old_chart), "-n", namespace, *stack_values(stack, namespace)])
+        kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
+        before = json.loads(kubectl(stack, "get", "spoutpipeline", "spout101", "-n", namespace, "-o", "json"))
+        # Helm refuses to adopt CRDs it did not make without being told to.
+        assert "invalid ownership metadata" in refused(
+            helm, "upgrade", release, str(CHART), "-n", namespace, *stack_values(stack, namespace)
+        )
+        run(
+            [
+                *helm,
+                "upgrade",
+                release,
+                str(CHART),
+                "-n",
+                namespace,
+                "--take-ownership",
+                *stack_values(stack, namespace),
+            ]
+        )
+        assert "REVISION: 2" in run([*helm, "status", release, "-n", namespace])
+        crd_meta = json.loads(
+            kubectl(stack, "get", "crd", "spoutpipelines.spout-operator.dev", "-o", "json")
+        )["metadata"]
+        assert crd_meta["annotations"]["meta.helm.sh/release-name"] == release
+        assert crd_meta["annotations"]["helm.sh/resource-policy"] == "keep"
+        deployment = json.loads(
+            kubectl(stack, "get", "deployment", f"{release}-spout-operator", "-n", namespace, "-o", "json")
+        )
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        version = (ROOT / "VERSION").read_text().strip()
+        assert container["image"].endswith(f":{version}")
+        assert container["resources"]["requests"]["memory"] == "160Mi"
+        with installed_operator(stack, namespace, release) as runner:
+            out = kubectl(
+                stack,
+                "wait",
+                "-n",
+                namespace,
+                "--for=condition=Ready",
+                "--timeout=90s",
+                "spoutpipeline/spout101",
+            )
+            assert "condition met" in out
+            after = json.loads(
+                kubectl(stack, "get", "spoutpipeline", "spout101", "-n", namespace, "-o", "json")
+            )
+            assert after["metadata"]["uid"] == before["metadata"]["uid"]
+            kubectl(stack, "delete", "-n", namespace, "-f", str(SAMPLE), "--timeout=60s")
+            assert pipelines(pachd_client, spout, processor) == {}
+        assert "Forbidden" not in runner.output, runner.output
+        run([*helm, "uninstall", release, "-n", namespace, "--wait"])
+        assert kubectl(stack, "get", "crd", "spoutpipelines.spout-operator.dev", "-o", "name")
+    finally:
+        for name in (processor, spout):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
+        subprocess.run([*helm, "uninstall", release, "-n", namespace], capture_output=True, check=False)
+        session_crds_back(stack)
+
+
+def release_strays(stack: State, namespace: str) -> None:
+    """SpoutPipelines that other tests of the session left in other namespaces: their operator
+    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
+    own operator is running when it is uninstalled): their finalizers are dropped."""
+    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
+    for item in listing["items"]:
+        meta = item["metadata"]
+        if meta["namespace"] != namespace:
+            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
+            kubectl(
+                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
+            )
+
+
+def test_helm_uninstall_with_live_spoutpipelines(
+    stack: State, helm: list[str], crd: None, operator_env: None, namespace: str, pachd_client: Any
+) -> None:
+    """What the chart's README and NOTES say: SpoutPipelines first, while the operator runs (each
+    one's pipelines deleted or orphaned as its deletionPolicy says), then `helm uninstall`, which
+    with crds.keep=false deletes the CRDs too, none left Terminating. Bounded throughout."""
+    release = "gone"
+    suffix = uuid.uuid4().hex[:6]
+    deleted, orphaned = (f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}")
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
+    try:
+        run(
+            [
+                *helm,
+                "install",
+                release,
+                str(CHART),
+                "-n",
+                namespace,
+                "--take-ownership",
+                "--set",
+                "crds.keep=false",
+                *stack_values(stack, namespace),
+            ]
+        )
+        with installed_operator(stack, namespace, release):
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(resource("goes", *deleted)))
+            body = resource("stays", *orphaned, deletionPolicy="Orphan")
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            for name in ("goes", "stays"):
+                wait_condition(stack, namespace, name, "Ready", "True")
+            release_strays(stack, namespace)
+            started = time.monotonic()
+            # The chart's NOTES: every namespace; this session's other namespaces hold none of
+            # this release's, so only this test's namespace is asked here.
+            kubectl(stack, "delete", "spoutpipelines", "--all", "-n", namespace, "--timeout=90s")
+        run([*helm, "uninstall", release, "-n", namespace, "--wait", "--timeout=90s"])
+        assert time.monotonic() - started < 180
+        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            assert "NotFound" in kubectl(stack, "get", "crd", f"{plural}.spout-operator.dev", check=False)
+        assert pipelines(pachd_client, *deleted) == {}
+        assert set(pipelines(pachd_client, *orphaned)) == set(orphaned)
+    finally:
+        for name in (*deleted[::-1], *orphaned[::-1]):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
+        subprocess.run([*helm, "uninstall", release, "-n", namespace], capture_output=True, check=False)
+        session_crds_back(stack)

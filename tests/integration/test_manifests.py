@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from devstack.stack import State, service_account_kubeconfig
 from devstack.testing import eventually, kubectl, use_kubeconfig
 from kit import (
+    CRDS,
+    OPERATOR_NAMESPACE,
     condition,
     connection,
+    install_default_connection,
     pipelines,
     resource,
     running_operator,
@@ -339,3 +347,196 @@ def test_cluster_connection_secret_in_the_operator_namespace(
     finally:
         kubectl(stack, "delete", "clusterpachdconnection", name, check=False)
         kubectl(stack, "delete", "secret", f"{name}-token", "-n", SYSTEM_NAMESPACE, check=False)
+
+
+def namespace_overlay(workdir: Path, namespace: str, pachd_namespace: str) -> Path:
+    """A user's overlay that moves the operator (`namespace:`) and names pachd's namespace in
+    the one place manifests/ takes it (pachd-namespace.yaml), with the knob listed last."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifests = os.path.relpath(ROOT / "manifests", workdir)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": namespace,
+        "resources": [manifests],
+        "patches": [
+            {
+                "target": {"kind": "ConfigMap", "name": "spout-operator-pachd-namespace"},
+                "patch": json.dumps([{"op": "replace", "path": "/data/namespace", "value": pachd_namespace}]),
+            }
+        ],
+        "transformers": [f"{manifests}/pachd-namespace"],
+    }
+    (workdir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return workdir
+
+
+def rendered_objects(stack: State, path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(kubectl(stack, "kustomize", str(path))) if d]
+
+
+def test_pachd_namespace_is_set_in_one_place(stack: State) -> None:
+    """The default install: pachd's namespace from pachd-namespace.yaml, in the workers Role,
+    its binding and the Deployment's setting; the knob's ConfigMap itself is never applied."""
+    objects = rendered_objects(stack, ROOT / "manifests")
+    assert not [o for o in objects if o["kind"] == "ConfigMap"]
+    workers = [o for o in objects if o["metadata"]["name"] == "spout-operator-workers"]
+    assert sorted(o["kind"] for o in workers) == ["Role", "RoleBinding"]
+    assert {o["metadata"]["namespace"] for o in workers} == {"default"}
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPOUT_OPERATOR_WORKER_NAMESPACES"] == "default"
+
+
+def test_namespace_overlay_keeps_rbac_whole(
+    stack: State,
+    installed: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+    names: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`namespace: <ops>` over manifests/ with pachd's workers in the stack's pachd namespace
+    (not `default`): every binding names the moved ServiceAccount, the workers' RBAC stays in
+    pachd's namespace, and the operator, with exactly the installed rights and setting, runs a
+    resource to Ready with its worker watch up (no refusal)."""
+    ops = f"ops-{uuid.uuid4().hex[:6]}"
+    pachd_namespace = stack.pachds[0].namespace
+    assert pachd_namespace != "default"
+    overlay = namespace_overlay(tmp_path / "overlay", ops, pachd_namespace)
+    objects = rendered_objects(stack, overlay)
+    for obj in objects:
+        meta = obj["metadata"]
+        if obj["kind"] == "Namespace":
+            assert meta["name"] == ops
+        elif meta["name"] == "spout-operator-workers":
+            assert meta["namespace"] == pachd_namespace, obj
+        elif obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+            assert meta["namespace"] == ops, obj
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == ops, obj
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    worker_namespaces = {e["name"]: e.get("value") for e in container["env"]}[
+        "SPOUT_OPERATOR_WORKER_NAMESPACES"
+    ]
+    assert worker_namespaces == pachd_namespace
+    account = f"system:serviceaccount:{ops}:spout-operator"
+    spout, processor = names
+    try:
+        # Same cluster-scoped names as the module's install: this one takes them over, and the
+        # default install is applied again below.
+        kubectl(stack, "apply", "-k", str(overlay))
+        for verb, what, where, allowed in (
+            ("watch", "replicationcontrollers", pachd_namespace, True),
+            ("list", "pods", pachd_namespace, True),
+            ("watch", "pods", ops, False),
+            ("get", "secrets", ops, True),
+            ("update", "leases.coordination.k8s.io", ops, True),
+            ("update", "leases.coordination.k8s.io", SYSTEM_NAMESPACE, False),
+            ("watch", "spoutpipelines.spout-operator.dev", namespace, True),
+        ):
+            assert can_i(stack, account, verb, what, where) is allowed, (verb, what, where)
+        monkeypatch.setenv("SPOUT_OPERATOR_WORKER_NAMESPACES", worker_namespaces)
+        kubeconfig = service_account_kubeconfig(stack, ops, "spout-operator")
+        body = resource("moved", spout, processor)
+        with use_kubeconfig(str(kubeconfig)), running_operator(namespace) as runner:
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            wait_condition(stack, namespace, "moved", "Ready", "True")
+            kubectl(stack, "delete", "spoutpipeline", "moved", "-n", namespace, "--timeout=60s")
+            assert pipelines(pachd_client, spout, processor) == {}
+        assert "Worker watch" not in runner.output, runner.output
+        assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output
+    finally:
+        kubectl(stack, "delete", "namespace", ops, "--wait=false", "--ignore-not-found", check=False)
+        for kind in ("rolebinding", "role"):
+            kubectl(
+                stack,
+                "delete",
+                kind,
+                "spout-operator-workers",
+                "-n",
+                pachd_namespace,
+                "--ignore-not-found",
+                check=False,
+            )
+        kubectl(stack, "apply", "-k", str(ROOT / "manifests"))
+
+
+def release_strays(stack: State, namespace: str) -> None:
+    """SpoutPipelines that other tests of the session left in other namespaces: their operator
+    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
+    own operator is running when it is uninstalled): their finalizers are dropped."""
+    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
+    for item in listing["items"]:
+        meta = item["metadata"]
+        if meta["namespace"] != namespace:
+            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
+            kubectl(
+                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
+            )
+
+
+def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
+    stack: State,
+    installed: None,
+    operator_env: None,
+    namespace: str,
+    pachd_client: Any,
+) -> None:
+    """`make undeploy` with SpoutPipelines still there and the operator running: each one's
+    pipelines go or stay as its deletionPolicy says, and then the connections, the operator and
+    the CRDs go too, within the target's bound, with no CRD left Terminating. (Last in this
+    module: it removes what `installed` made, and the session's CRDs, then puts those back.)"""
+    suffix = uuid.uuid4().hex[:6]
+    deleted, orphaned = (f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}")
+    bound_s = 90
+    try:
+        with as_service_account(stack), running_operator(namespace):
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(resource("goes", *deleted)))
+            body = resource("stays", *orphaned, deletionPolicy="Orphan")
+            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+            for name in ("goes", "stays"):
+                wait_condition(stack, namespace, name, "Ready", "True")
+            release_strays(stack, namespace)
+            started = time.monotonic()
+            result = subprocess.run(
+                ["make", "--no-print-directory", "undeploy", f"UNDEPLOY_TIMEOUT={bound_s}s"],
+                cwd=ROOT,
+                env={**os.environ, "KUBECONFIG": stack.kubeconfig},
+                capture_output=True,
+                text=True,
+                timeout=3 * bound_s + 60,
+                check=False,
+            )
+            elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stdout + result.stderr
+        # One bound for the SpoutPipelines, one for the rest (the namespace's deletion).
+        assert elapsed < 2 * bound_s, elapsed
+        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            answer = kubectl(stack, "get", "crd", f"{plural}.spout-operator.dev", check=False)
+            assert "NotFound" in answer, answer
+        assert "NotFound" in kubectl(stack, "get", "namespace", SYSTEM_NAMESPACE, check=False)
+        assert pipelines(pachd_client, *deleted) == {}
+        assert set(pipelines(pachd_client, *orphaned)) == set(orphaned)
+    finally:
+        for name in (*deleted[::-1], *orphaned[::-1]):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True)
+        # The session's CRDs, operator namespace and default connection, as its fixtures made them.
+        kubectl(stack, "apply", "-k", str(CRDS))
+        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
+            established = [
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                f"crd/{plural}.spout-operator.dev",
+            ]
+            eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+        eventually(
+            lambda: "NotFound" in kubectl(stack, "get", "namespace", OPERATOR_NAMESPACE, check=False), 60
+        )
+        kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
+        install_default_connection(stack, stack.pachds[0].address)

@@ -25,7 +25,7 @@ from spout_operator.spec import parse
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
 OWNER = "team-a/spout101"
-IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
+IMAGE = "ghcr.io/spout-operator/spout101:0.2.0"  # the samples' (VERSION)
 OWNERSHIP = {
     "annotations": {"spout-operator.dev/owner": OWNER},
     "labels": {"app.kubernetes.io/managed-by": "spout-operator"},

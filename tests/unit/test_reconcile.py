@@ -279,7 +279,7 @@ def test_image_changed_behind_our_back_is_updated_back() -> None:
     assert outcome.paused == ("processor",)
     assert outcome.plans[0].changed_fields == ("transform",)
     assert gateway.pipelines["spout"].version == 2
-    assert gateway.pipelines["spout"].spec["transform"]["image"] == "ghcr.io/spout-operator/spout101:0.1.0"
+    assert gateway.pipelines["spout"].spec["transform"]["image"] == "ghcr.io/spout-operator/spout101:0.2.0"
     assert gateway.pipelines["processor"].version == 1
 
 

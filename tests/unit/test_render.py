@@ -28,7 +28,7 @@ UPSTREAM_PROCESSOR: dict[str, Any] = {
     "input": {"pfs": {"repo": "spout", "branch": "master", "glob": "/*"}},
 }
 
-IMAGE = "ghcr.io/spout-operator/spout101:0.1.0"
+IMAGE = "ghcr.io/spout-operator/spout101:0.2.0"  # the samples' (VERSION)
 OWNER = "team-a/spout101"
 OWNERSHIP = {
     "labels": {"app.kubernetes.io/managed-by": "spout-operator"},

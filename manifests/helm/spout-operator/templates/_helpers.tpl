@@ -18,3 +18,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{/* A CRD's labels and, with crds.keep, the annotation that makes `helm uninstall` leave it. */}}
+{{- define "spout-operator.crdMetadata" -}}
+labels:
+  {{- include "spout-operator.labels" . | nindent 2 }}
+{{- if .Values.crds.keep }}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end }}
+{{- end -}}
