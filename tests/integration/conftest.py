@@ -78,6 +78,14 @@ def names(pachd_client: Any) -> Iterator[tuple[str, str]]:
     suffix = uuid.uuid4().hex[:6]
     spout, processor = f"sp-{suffix}", f"pr-{suffix}"
     yield spout, processor
-    for name in (processor, spout):
-        with contextlib.suppress(Exception):
-            pachd_client.delete_pipeline(name, force=True)
+    # Every pipeline named after these (tests add suffixes), in any project, processors first:
+    # pachd Community Edition holds 16 pipelines in all, so one left behind costs later tests.
+    with contextlib.suppress(Exception):
+        left = [
+            (info.pipeline.name, info.pipeline.project.name or "default")
+            for info in pachd_client.list_pipeline()
+            if info.pipeline.name.startswith((spout, processor))
+        ]
+        for name, project in sorted(left, key=lambda found: not found[0].startswith(processor)):
+            with contextlib.suppress(Exception):
+                pachd_client.delete_pipeline(name, force=True, project_name=project)
