@@ -207,7 +207,9 @@ class Controller:
                 handled=operating.carried(resource.status),
             )
             metrics.RECONCILES.labels(trigger, reason).inc()
-            self.readiness.record(resource.uid, resource.generation, ready=False)
+            self.readiness.record(
+                resource.uid, resource.generation, ready=False, stalled=metrics.stalled(status)
+            )
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
         handles = operating.read(resource.handles)
         own_project = policy.own_project(connection.policy, resource.namespace, spec.project)
@@ -236,7 +238,9 @@ class Controller:
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
         ready = status["summary"] == "Ready"
-        self.readiness.record(resource.uid, resource.generation, ready=ready, paused=handles.paused)
+        self.readiness.record(
+            resource.uid, resource.generation, ready, paused=handles.paused, stalled=metrics.stalled(status)
+        )
         events = [
             *for_pause(resource.status, handles.paused),
             *for_pass(trigger, outcome, resource.status, status),

@@ -78,6 +78,7 @@ class Operator:
         """Made on the event loop (kopf's startup handler): watch threads wake passes there.
         `kube`: the API session (made here unless given); nothing is called before `start`."""
         self.settings = settings
+        self._leading = leading or (lambda: True)
         self.executor = executor  # kopf's own pool: the passes' blocking work
         # Polls for pipelines that are starting get a few threads of their own: while pachd is
         # slow to list, they wait there and never hold up the passes that create pipelines.
@@ -118,7 +119,10 @@ class Operator:
         self._vigil_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # __main__ serves them from the process's start (a standby too); kept for operators
+        # run by `kopf run` or in-process in tests.
         metrics.serve(self.settings.metrics_port)
+        metrics.lead_by(self._leading)
         for watch in self.worker_watches:
             watch.start()
         self._vigil_task = self._loop.create_task(
@@ -146,6 +150,8 @@ class Operator:
         # Passes still queued (their tasks cancelled) would each run before the process exits.
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.gateways.close()
+        # No longer answering for any resource (a stepped-down leader): no frozen gauges.
+        self.controller.readiness.clear()
 
     # --- SpoutPipelines -----------------------------------------------------------------
 
@@ -209,12 +215,21 @@ class Operator:
         trigger: Trigger,
         listed_since: float = 0.0,
     ) -> PassResult | None:
-        result = await in_pool(executor, self.controller.reconcile, resource, trigger, listed_since)
+        result = await in_pool(executor, self._reconcile, resource, trigger, listed_since)
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
             if result.repairs and result.endpoint is not None:
                 self.vigil.drift_seen(result.endpoint, time.monotonic())
+        return result
+
+    def _reconcile(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult | None:
+        """One pass in a pool thread, timed and counted (metrics.timed_pass)."""
+        with metrics.timed_pass(trigger):
+            result = self.controller.reconcile(resource, trigger, listed_since)
+        reason = metrics.pass_error(None if result is None else result.status)
+        if reason is not None:
+            metrics.RECONCILE_ERRORS.labels(reason).inc()
         return result
 
     def _poke_now(self, key: PipelineKey) -> None:  # on the event loop
