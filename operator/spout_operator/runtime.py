@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from spout_operator import metrics
+from spout_operator import logs, metrics
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
@@ -61,6 +61,7 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> Settings:
     # Events are ours (pipeline created, drift repaired, warnings), not a copy of kopf's INFO
     # log ("Handler 'apply' succeeded"): that doubled the API writes of every change.
     kopf_settings.posting.level = logging.WARNING
+    logs.report_as_operator(kopf_settings)
     return settings
 
 
