@@ -17,7 +17,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -72,6 +72,43 @@ CONDITIONS = Gauge(
     "spout_operator_resources_by_condition",
     "Managed resources whose condition (Ready, Stalled, Paused) has the status (True, False)",
     ["condition", "status"],
+)
+# Per resource (namespace, name): the data flow, live from pachd's commit streams. One series
+# per SpoutPipeline and gauge, removed with it.
+_RESOURCE = ["namespace", "name"]
+SPOUT_LAST_COMMIT = Gauge(
+    "spout_operator_spout_last_commit_timestamp_seconds",
+    "When the spout last finished a commit to its output repo (Unix time)",
+    _RESOURCE,
+)
+PROCESSOR_LAG = Gauge(
+    "spout_operator_processor_lag_commits", "Spout commits the processor has not finished yet", _RESOURCE
+)
+PROCESSOR_LAST_FINISHED = Gauge(
+    "spout_operator_processor_last_finished_timestamp_seconds",
+    "When the processor last finished a commit (Unix time)",
+    _RESOURCE,
+)
+EXPECTED_COMMIT_WITHIN = Gauge(
+    "spout_operator_expected_commit_within_seconds",
+    "spec.expectations.commitWithinSeconds, where set",
+    _RESOURCE,
+)
+EXPECTED_MAX_LAG = Gauge(
+    "spout_operator_expected_max_lag_commits", "spec.expectations.maxLag, where set", _RESOURCE
+)
+DATA_FLOWING = Gauge(
+    "spout_operator_data_flowing",
+    "1 DataFlowing=True, 0 False (beyond an expectation), where expectations are set",
+    _RESOURCE,
+)
+_FLOW_GAUGES = (
+    SPOUT_LAST_COMMIT,
+    PROCESSOR_LAG,
+    PROCESSOR_LAST_FINISHED,
+    EXPECTED_COMMIT_WITHIN,
+    EXPECTED_MAX_LAG,
+    DATA_FLOWING,
 )
 
 # The conditions counted in CONDITIONS: Ready and Stalled from the status, Paused from the handle.
@@ -134,6 +171,50 @@ def timed_pass(trigger: str) -> Iterator[None]:
     finally:
         RECONCILES_IN_FLIGHT.dec()
         RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+
+
+class _View(Protocol):
+    @property
+    def last_commit(self) -> float | None: ...
+    @property
+    def lag(self) -> int: ...
+    @property
+    def last_processed(self) -> float | None: ...
+
+
+def flow(labels: tuple[str, str], view: _View) -> None:
+    """A resource's live data flow (dataflow.FlowView)."""
+    if view.last_commit is not None:
+        SPOUT_LAST_COMMIT.labels(*labels).set(view.last_commit)
+    PROCESSOR_LAG.labels(*labels).set(view.lag)
+    if view.last_processed is not None:
+        PROCESSOR_LAST_FINISHED.labels(*labels).set(view.last_processed)
+
+
+def _set_or_remove(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
+    if value is not None:
+        gauge.labels(*labels).set(value)
+    else:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+
+
+def flow_expectations(labels: tuple[str, str], commit_within_s: float | None, max_lag: int | None) -> None:
+    _set_or_remove(EXPECTED_COMMIT_WITHIN, labels, commit_within_s)
+    _set_or_remove(EXPECTED_MAX_LAG, labels, max_lag)
+
+
+def data_flowing(labels: tuple[str, str], status: Mapping[str, Any]) -> None:
+    """DataFlowing as the pass wrote it: 1, 0, or no series (nothing judged, or Unknown)."""
+    found = next((c for c in status.get("conditions") or [] if c.get("type") == "DataFlowing"), None)
+    value = None if found is None else {"True": 1.0, "False": 0.0}.get(str(found.get("status")))
+    _set_or_remove(DATA_FLOWING, labels, value)
+
+
+def forget_flow(labels: tuple[str, str]) -> None:
+    for gauge in _FLOW_GAUGES:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
 
 
 class Readiness:

@@ -21,11 +21,12 @@ from typing import Any
 
 import kopf
 
-from spout_operator import logs, metrics
+from spout_operator import dataflow, logs, metrics
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
 from spout_operator.events import Event
+from spout_operator.flow_streams import FlowWatch
 from spout_operator.gateway import Gateways
 from spout_operator.kube import Kube
 from spout_operator.names import GROUP, VERSION, PipelineKey, Trigger
@@ -91,6 +92,8 @@ class Operator:
         )
         # Worker pods: Ready needs them up (None: not judged, pachd's word stands).
         self.worker_health = WorkerHealthWatch.from_settings(settings, self.kube.core, self._changed)
+        # Each pair's data flow from pachd's commit streams: read by passes from memory.
+        self.flow_watch = FlowWatch()
         self.controller = Controller(
             settings,
             self.gateways,
@@ -98,6 +101,7 @@ class Operator:
             Resolver(self.kube.core, self.kube.custom, settings.operator_namespace),
             leading,
             None if self.worker_health is None else self.worker_health.pods,
+            self.flow_watch,
         )
         # Every resource's drift passes, from one task; `index` starts and feeds it.
         self.sweeper = Sweeper(
@@ -147,6 +151,7 @@ class Operator:
         if self.worker_health is not None:
             self.worker_health.stop()
         await self.spec_watch.close()
+        await self.flow_watch.close()
         self.poll_executor.shutdown(wait=False, cancel_futures=True)
         # Passes still queued (their tasks cancelled) would each run before the process exits.
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -186,6 +191,7 @@ class Operator:
         if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
             self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
             self.spec_watch.forget(str(meta.get("uid")))
+            self.flow_watch.forget(str(meta.get("uid")))
         else:
             self.sweeper.track(Resource.of(body))
 
@@ -220,6 +226,10 @@ class Operator:
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
+            labels = (resource.namespace, resource.name)
+            expected = dataflow.expectations(resource.spec)
+            self.flow_watch.follow(resource.uid, labels, result.endpoint, result.pair, expected)
+            metrics.data_flowing(labels, result.status)
             if result.repairs and result.endpoint is not None:
                 self.vigil.drift_seen(result.endpoint, time.monotonic())
         return result

@@ -49,6 +49,8 @@ class Settings:
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
+    # status.dataFlow is rewritten when DataFlowing changes, or when a timestamp in it moved this much
+    dataflow_resolution_s: float = 60.0
     log_format: str = "text"  # text (timestamp, level, logger, message) or json (one object a line)
 
     @property
@@ -84,6 +86,9 @@ class Settings:
             operator_namespace=env.get(PREFIX + "NAMESPACE", "").strip() or _pod_namespace(),
             connection_check_interval_s=_seconds(
                 env, "CONNECTION_CHECK_SECONDS", defaults.connection_check_interval_s
+            ),
+            dataflow_resolution_s=_seconds(
+                env, "DATAFLOW_RESOLUTION_SECONDS", defaults.dataflow_resolution_s
             ),
             log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
         )
