@@ -282,7 +282,9 @@ def input_series(scrapes: Path, step_s: float, job: str = "spout-operator-metric
     """promtool's input_series from scrapes kept by the e2e tier (one JSON line per replica and
     scrape: time, pod, /metrics text): each series the alerts read, labelled as a Prometheus
     scraping both pods would (job, pod), sampled every `step_s` from the first scrape with the
-    newest value scraped by then ('_' before a pod's first scrape and after its last)."""
+    newest value scraped by then ('_' before a pod's first scrape and after its last). Unix
+    times (the *_timestamp_seconds gauges) are made relative to the first scrape: promtool's
+    time() starts at 0."""
     rows = [json.loads(line) for line in scrapes.read_text().splitlines() if line.strip()]
     start, end = rows[0]["time"], rows[-1]["time"]
     steps = int((end - start) // step_s) + 1
@@ -299,6 +301,8 @@ def input_series(scrapes: Path, step_s: float, job: str = "spout-operator-metric
             series = values.setdefault(key, ["_"] * steps)
             index = int((row["time"] - start) // step_s)
             value = float(line.rsplit(" ", 1)[1])
+            if name.endswith("_timestamp_seconds"):  # promtool's clock starts at 0: the run's start
+                value -= start
             for at in range(index, steps):  # held until a newer scrape of it
                 series[at] = f"{value:g}"
             seen_until[key] = row["time"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import yaml
 from devstack import monitoring
@@ -63,3 +64,30 @@ def test_the_component_ships_what_its_kustomization_lists() -> None:
         assert (monitoring.COMPONENT / name).exists(), name
     [dashboard] = kustomization["configMapGenerator"]
     assert dashboard["files"] == ["spout-operator.json=dashboard.json"]
+
+
+def test_scrapes_become_promtool_series_labelled_by_pod_and_held_between_scrapes(tmp_path: Path) -> None:
+    lag = 'spout_operator_processor_lag_commits{name="s",namespace="n"}'
+    last = 'spout_operator_spout_last_commit_timestamp_seconds{name="s",namespace="n"}'
+    rows = [
+        {
+            "time": 1000.0,
+            "pod": "a",
+            "metrics": f"# HELP x\nspout_operator_leader 1.0\n{lag} 0.0\n{last} 998.0\n",
+        },
+        {"time": 1000.5, "pod": "b", "metrics": "spout_operator_leader 0.0\nprocess_cpu_seconds_total 3.0\n"},
+        {"time": 1012.0, "pod": "a", "metrics": f"spout_operator_leader 1.0\n{lag} 4.0\n{last} 1011.0\n"},
+    ]
+    scrapes = tmp_path / "scrapes.jsonl"
+    scrapes.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    series = {s["series"]: s["values"] for s in monitoring.input_series(scrapes, 5)}
+    assert series == {
+        'spout_operator_leader{job="spout-operator-metrics",pod="a"}': "1 1 1",
+        'spout_operator_leader{job="spout-operator-metrics",pod="b"}': "0 _ _",  # scraped once, then stale
+        'spout_operator_processor_lag_commits{name="s",namespace="n", job="spout-operator-metrics",pod="a"}': (
+            "0 0 4"
+        ),
+        # Unix times relative to the first scrape (promtool's time() starts at 0).
+        'spout_operator_spout_last_commit_timestamp_seconds{name="s",namespace="n", '
+        'job="spout-operator-metrics",pod="a"}': "-2 -2 11",
+    }
