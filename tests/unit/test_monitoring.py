@@ -84,9 +84,8 @@ def test_scrapes_become_promtool_series_labelled_by_pod_and_held_between_scrapes
     assert series == {
         'spout_operator_leader{job="spout-operator-metrics",pod="a"}': "1 1 1",
         'spout_operator_leader{job="spout-operator-metrics",pod="b"}': "0 _ _",  # scraped once, then stale
-        'spout_operator_processor_lag_commits{name="s",namespace="n", job="spout-operator-metrics",pod="a"}': (
-            "0 0 4"
-        ),
+        'spout_operator_processor_lag_commits{name="s",namespace="n", '
+        'job="spout-operator-metrics",pod="a"}': "0 0 4",
         # Unix times relative to the first scrape (promtool's time() starts at 0).
         'spout_operator_spout_last_commit_timestamp_seconds{name="s",namespace="n", '
         'job="spout-operator-metrics",pod="a"}': "-2 -2 11",
