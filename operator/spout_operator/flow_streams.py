@@ -1,11 +1,11 @@
 """Data flow, live: the spout's and the processor's output repos followed with pfs
 SubscribeCommit streams (FINISHED commits), as spec_streams.py follows spec repos.
 
-Two streams per SpoutPipeline, on the event loop (grpc.aio, no thread each), on one channel
-per pachd (created with spec_streams' options, so gRPC's subchannel pool shares the one
-connection with the spec streams). Nothing is polled: a pass reads the flow from memory
-(`view`), so the data flow costs no listing and no call per sweep. Each commit moves the
-per-resource gauges at once; the status shows it at a resolution (dataflow.py).
+Two streams per SpoutPipeline, on the event loop (grpc.aio, no thread each), on the one
+channel per pachd the spec streams use too (spec_streams.AioChannels). Nothing is polled: a
+pass reads the flow from memory (`view`), so the data flow costs no listing and no call per
+sweep. Each commit moves the per-resource gauges at once; the status shows it at a resolution
+(dataflow.py).
 
 A stream opens with the repo's whole history, then sends each commit as it finishes. pachd
 tells no end of the history: a side counts as known HISTORY_S after its stream opened
@@ -22,15 +22,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 
 from spout_operator import metrics
 from spout_operator.dataflow import Expectations, Flow, FlowView
-from spout_operator.gateway import auth_metadata, credentials
+from spout_operator.gateway import auth_metadata
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
-from spout_operator.spec_streams import _KEEPALIVE, SPEC_RETRY_S, SPEC_STREAM_S
+from spout_operator.spec_streams import SPEC_RETRY_S, SPEC_STREAM_S, AioChannels
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +59,18 @@ class FlowWatch:
     """Per resource (by uid): a Flow fed by its two streams. Used from the event loop; `view`
     from any thread."""
 
-    def __init__(self, stream: CommitStream | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stream: CommitStream | None = None,
+        clock: Callable[[], float] = time.time,
+        channels: AioChannels | None = None,
+    ) -> None:
         self._stream = stream or self._subscribe
         self._clock = clock
+        self._own_channels = channels is None
+        self._channels = channels or AioChannels()  # one per pachd, shared with the spec streams
         self._followed: dict[str, tuple[_Followed, Flow, list[asyncio.Task[None]]]] = {}
         self._labels: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name) of its gauges
-        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
     def view(self, uid: str) -> FlowView | None:
         found = self._followed.get(uid)  # one dict read: safe from a pass's thread
@@ -95,6 +99,7 @@ class FlowWatch:
                 loop.create_task(self._follow(uid, endpoint, wanted.processor, flow, "processor")),
             ]
             self._followed[uid] = (wanted, flow, tasks)
+            self._channels.used("flow", {followed.endpoint for followed, _, _ in self._followed.values()})
         self._labels[uid] = labels
         metrics.flow_expectations(labels, expected.commit_within_s, expected.max_lag)
 
@@ -107,11 +112,7 @@ class FlowWatch:
             return
         for task in found[2]:
             task.cancel()
-        in_use = {followed.endpoint for followed, _, _ in self._followed.values()}
-        for endpoint in set(self._channels) - in_use:
-            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        self._channels.used("flow", {followed.endpoint for followed, _, _ in self._followed.values()})
 
     def __len__(self) -> int:
         return len(self._followed)
@@ -119,9 +120,8 @@ class FlowWatch:
     async def close(self) -> None:
         for uid in list(self._followed):
             self.forget(uid)
-        for channel in list(self._channels.values()):
-            await channel.close()
-        self._channels.clear()
+        if self._own_channels:
+            await self._channels.close()
 
     def _known(self, uid: str, flow: Flow, side: str) -> None:
         flow.heard(side)
@@ -157,14 +157,6 @@ class FlowWatch:
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[Commit]:
         channel = self._channels.get(endpoint)
-        if channel is None:
-            secure = credentials(endpoint)
-            channel = (
-                grpc.aio.insecure_channel(endpoint.target, options=_KEEPALIVE)
-                if secure is None
-                else grpc.aio.secure_channel(endpoint.target, secure, options=_KEEPALIVE)
-            )
-            self._channels[endpoint] = channel
         project, name = key
         repo = pfs_pb2.Repo(name=name, type="user", project=pfs_pb2.Project(name=project))
         request = pfs_pb2.SubscribeCommitRequest(

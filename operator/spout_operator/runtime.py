@@ -34,7 +34,7 @@ from spout_operator.pachd_api import Endpoint, PachdError
 from spout_operator.resolver import Resolver
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings, SettingsError
-from spout_operator.spec_streams import SpecWatch
+from spout_operator.spec_streams import AioChannels, SpecWatch
 from spout_operator.sweep import Sweeper, Vigil, keep_vigil
 from spout_operator.threads import in_pool
 from spout_operator.watches import WorkerHealthWatch, WorkerWatch
@@ -92,8 +92,10 @@ class Operator:
         )
         # Worker pods: Ready needs them up (None: not judged, pachd's word stands).
         self.worker_health = WorkerHealthWatch.from_settings(settings, self.kube.core, self._changed)
-        # Each pair's data flow from pachd's commit streams: read by passes from memory.
-        self.flow_watch = FlowWatch()
+        # Each pair's data flow from pachd's commit streams: read by passes from memory. The
+        # commit streams (spec and flow) share one aio channel per pachd.
+        self.aio_channels = AioChannels()
+        self.flow_watch = FlowWatch(channels=self.aio_channels)
         self.controller = Controller(
             settings,
             self.gateways,
@@ -112,7 +114,7 @@ class Operator:
         ]
         self.vigil = Vigil[Endpoint]()
         # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
-        self.spec_watch = SpecWatch(self._poke_now, own=self.gateways.wrote)
+        self.spec_watch = SpecWatch(self._poke_now, own=self.gateways.wrote, channels=self.aio_channels)
         self.connection_checks = ConnectionChecks(
             self.controller.resolver,
             self.gateways,
@@ -152,6 +154,7 @@ class Operator:
             self.worker_health.stop()
         await self.spec_watch.close()
         await self.flow_watch.close()
+        await self.aio_channels.close()
         self.poll_executor.shutdown(wait=False, cancel_futures=True)
         # Passes still queued (their tasks cancelled) would each run before the process exits.
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -17,6 +17,7 @@ from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings
+from spout_operator.spec_streams import AioChannels
 from test_controller import FakeResolver, OneGateway, body
 from test_reconcile import FakeGateway
 
@@ -159,3 +160,20 @@ def test_sweeps_write_the_flow_at_the_resolution_and_a_new_verdict_at_once(
     assert kube.writes[-1]["dataFlow"]["lag"] == 3
     ready = {c["type"]: c["status"] for c in behind.status["conditions"]}
     assert ready["Ready"] == "True" and ready["DataFlowing"] == "False"
+
+
+def test_the_spec_and_flow_streams_share_one_channel_per_pachd() -> None:
+    async def scenario() -> None:
+        channels = AioChannels()
+        first = channels.get(PACHD)
+        assert channels.get(PACHD) is first and len(channels) == 1
+        channels.used("spec", {PACHD})
+        channels.used("flow", {PACHD})
+        channels.used("spec", set())  # the flow streams still use it
+        assert len(channels) == 1 and channels.get(PACHD) is first
+        channels.used("flow", set())  # nobody: closed
+        assert len(channels) == 0
+        await asyncio.sleep(0)
+        await channels.close()
+
+    asyncio.run(scenario())
