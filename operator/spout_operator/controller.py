@@ -248,6 +248,7 @@ class Controller:
             paused=handles.paused,
             exhausted=done.exhausted,
             handled=done.handled,
+            push_address=self._push_address(spec, outcome),
         )
         if self.flow is not None:  # from memory: no call
             status = dataflow.with_flow(
@@ -304,6 +305,15 @@ class Controller:
             if observed is not None
         }
 
+    def _push_address(self, spec: SpoutPipelineSpec, outcome: Outcome) -> str | None:
+        """Where producers push into a spout with a service: its Service in pachd's namespace
+        (known when the operator watches exactly one), of the version pachd runs."""
+        namespaces = self.settings.worker_namespaces
+        spout = outcome.observed.get(spec.spout.name)
+        if len(namespaces) != 1 or spout is None:
+            return None
+        return rendering.push_address(spec, namespaces[0], spout.version)
+
     def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
         """Where the resource's pipelines live, through its admin-owned connection only."""
         return self.resolver.endpoint(ref, namespace, not_before)
@@ -343,9 +353,7 @@ class Controller:
         recorded = ownership.recorded_connection(resource.status)
         ref = recorded or spec.connection  # where the pipelines were created, if anything was
         try:
-            gateway = Fenced(
-                self.gateways.get(self.endpoint(ref, resource.namespace, time.monotonic())), self.leading
-            )
+            gateway = Fenced(self.gateways.get(self._deletion_endpoint(ref, resource)), self.leading)
         except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
             permanent = not isinstance(err, ConnectionProblem) or err.permanent
             if self._may_finish(resource, recorded is not None, permanent):
@@ -372,6 +380,21 @@ class Controller:
         if recorded is not None:
             message += " (or set spec.deletionPolicy: Orphan to leave them)"
         return self._waiting(message, resource)
+
+    def _deletion_endpoint(self, ref: ConnectionRef, resource: Resource) -> Endpoint:
+        """The connection's endpoint now; or, when its namespace is being deleted and took the
+        connection or its Secret with it (they carry no finalizer, so they may go first), the
+        endpoint this process last resolved through it: the pipelines it created are deleted
+        as deletionPolicy says instead of being left running in pachd."""
+        try:
+            return self.endpoint(ref, resource.namespace, time.monotonic())
+        except ConnectionProblem as err:
+            if not err.permanent or not self.resolver.namespace_terminating(resource.namespace):
+                raise
+            remembered = self.resolver.remembered(ref, resource.namespace)
+            if remembered is None:
+                raise
+            return remembered
 
     def _may_finish(self, resource: Resource, managed: bool, permanent: bool) -> bool:
         if not managed:

@@ -19,7 +19,7 @@ from spout_operator.observed import ObservedPipeline
 from spout_operator.render import owner_of, pipeline_name
 
 # The top-level pipeline-spec fields the operator renders; everything else that pachd
-# stores (salt, createdAt, outputBranch, reprocessSpec, ...) is pachd's business.
+# stores (salt, createdAt, outputBranch, workerRc, ...) is pachd's business.
 MANAGED_FIELDS = (
     "pipeline",
     "description",
@@ -33,11 +33,23 @@ MANAGED_FIELDS = (
     "datumTries",
     "podPatch",
     "metadata",
+    "sidecarResourceRequests",
+    "sidecarResourceLimits",
+    "schedulingSpec",
+    "tolerations",
+    "datumTimeout",
+    "jobTimeout",
+    "datumSetSpec",
+    "reprocessSpec",
+    "egress",
+    "s3Out",
 )
 
 # Mirrors setPipelineDefaults / setInputDefaults in pachd's PPS API server.
 DEFAULT_USER_IMAGE = "ubuntu:20.04"
 DEFAULT_DATUM_TRIES = 3
+DEFAULT_REPROCESS_SPEC = "until_success"
+DEFAULT_SPOUT_SERVICE_TYPE = "NodePort"
 
 
 class Step(StrEnum):
@@ -67,6 +79,11 @@ def with_pachd_defaults(spec: PipelineSpec) -> PipelineSpec:
         transform["image"] = DEFAULT_USER_IMAGE
     if not result.get("datumTries"):
         result["datumTries"] = DEFAULT_DATUM_TRIES
+    if not result.get("reprocessSpec"):
+        result["reprocessSpec"] = DEFAULT_REPROCESS_SPEC
+    service = (result.get("spout") or {}).get("service")
+    if service is not None and not service.get("type"):
+        service["type"] = DEFAULT_SPOUT_SERVICE_TYPE
     pfs = result.get("input", {}).get("pfs")
     if pfs is not None:
         pfs.setdefault("branch", "master")

@@ -8,8 +8,10 @@ namespace's pachd project. The admin who owns a connection says here what its te
 ask for; the operator refuses the rest before anything is sent to pachd.
 
 Safe defaults: a connection that says nothing about a dangerous capability (Secrets of pachd's
-namespace, pod patches, root, GPUs, a project not named after the namespace) does not grant
-it. Images and cpu/memory ceilings stay open when unset (they cost, they do not escalate).
+namespace, pod patches, root, GPUs, a project not named after the namespace, a spout Service
+reachable from outside the cluster, node selection, priority classes, tolerations, egress,
+s3Out) does not grant it. Images and cpu/memory ceilings stay open when unset (they cost, they
+do not escalate); a spout Service of type ClusterIP is allowed.
 
 Pure: no I/O, only the standard library and the typed spec.
 """
@@ -112,6 +114,21 @@ class ProjectMode(StrEnum):
     SHARED = "Shared"  # that one, and the projects listed in projects.names
 
 
+class ServiceType(StrEnum):
+    """Kubernetes Service types pachd 2.6 makes for spout.service."""
+
+    CLUSTER_IP = "ClusterIP"  # inside the cluster only
+    NODE_PORT = "NodePort"  # a port on every node: reachable from wherever the nodes are
+    LOAD_BALANCER = "LoadBalancer"  # a cloud load balancer, often a public address (and a bill)
+
+
+# What a connection that says nothing about services grants: inside the cluster only.
+DEFAULT_SERVICE_TYPES = frozenset({ServiceType.CLUSTER_IP})
+# pachd's default for a spout.service without a type (setPipelineDefaults).
+PACHD_DEFAULT_SERVICE_TYPE = ServiceType.NODE_PORT
+ANY = "*"
+
+
 class PodCapability(StrEnum):
     """Pod-spec changes a podPatch never makes unless the policy names them.
 
@@ -181,6 +198,26 @@ class ProjectRule:
 
 
 @dataclass(frozen=True)
+class SchedulingRule:
+    """Where worker pods may be placed. Each is refused unless listed: a nodeSelector picks
+    nodes (ones kept for other teams by label), a priority class can preempt other pods, a
+    toleration lets a pod onto tainted (dedicated, GPU) nodes."""
+
+    node_selector: tuple[tuple[str, tuple[str, ...]], ...] = ()  # key -> allowed values ("*": any)
+    priority_class_names: tuple[str, ...] = ()
+    toleration_keys: tuple[str, ...] = ()  # "*": any key, and a toleration without a key
+
+    def node_selector_values(self, key: str) -> tuple[str, ...] | None:
+        return dict(self.node_selector).get(key)
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    allowed: bool = False
+    urls: tuple[str, ...] | None = None  # patterns, "*" any characters; None: any URL
+
+
+@dataclass(frozen=True)
 class Policy:
     """A connection's spec.policy; Policy() is what a connection without one grants."""
 
@@ -191,13 +228,33 @@ class Policy:
     allow_root: bool = False
     resources: ResourceRule = field(default_factory=ResourceRule)
     projects: ProjectRule = field(default_factory=ProjectRule)
+    service_types: frozenset[ServiceType] = DEFAULT_SERVICE_TYPES
+    scheduling: SchedulingRule = field(default_factory=SchedulingRule)
+    egress: EgressRule = field(default_factory=EgressRule)
+    s3_out: bool = False
 
 
 # The keys each level of spec.policy may hold. Unknown keys are refused rather than ignored:
 # a misspelt restriction (`image:` for `images:`) must not silently leave everything open.
 POLICY_KEYS = frozenset(
-    {"images", "secrets", "imagePullSecrets", "podPatch", "user", "resources", "projects"}
+    {
+        "images",
+        "secrets",
+        "imagePullSecrets",
+        "podPatch",
+        "user",
+        "resources",
+        "projects",
+        "services",
+        "scheduling",
+        "egress",
+        "s3Out",
+    }
 )
+SERVICES_KEYS = frozenset({"types"})
+SCHEDULING_KEYS = frozenset({"nodeSelector", "priorityClassNames", "tolerationKeys"})
+EGRESS_KEYS = frozenset({"allowed", "urls"})
+S3_OUT_KEYS = frozenset({"allowed"})
 IMAGES_KEYS = frozenset({"allowed", "requireDigest"})
 POD_PATCH_KEYS = frozenset({"allowed", "paths", "capabilities"})
 USER_KEYS = frozenset({"allowRoot"})
@@ -235,7 +292,51 @@ def parse_policy(raw: Any, where: str) -> Policy:
         allow_root=_bool(user.get("allowRoot"), f"{where}: policy.user.allowRoot"),
         resources=_resources(body.get("resources"), f"{where}: policy.resources"),
         projects=_projects(body.get("projects"), f"{where}: policy.projects"),
+        service_types=_service_types(body.get("services"), f"{where}: policy.services"),
+        scheduling=_scheduling(body.get("scheduling"), f"{where}: policy.scheduling"),
+        egress=_egress(body.get("egress"), f"{where}: policy.egress"),
+        s3_out=_bool(
+            _object(body.get("s3Out"), f"{where}: policy.s3Out", S3_OUT_KEYS).get("allowed"),
+            f"{where}: policy.s3Out.allowed",
+        ),
     )
+
+
+def _service_types(raw: Any, where: str) -> frozenset[ServiceType]:
+    """Unset: ClusterIP only. An empty list: no spout Service at all."""
+    body = _object(raw, where, SERVICES_KEYS)
+    if body.get("types") is None:
+        return DEFAULT_SERVICE_TYPES
+    return frozenset(_enum(ServiceType, t, f"{where}.types") for t in _names(body["types"], f"{where}.types"))
+
+
+def _scheduling(raw: Any, where: str) -> SchedulingRule:
+    body = _object(raw, where, SCHEDULING_KEYS)
+    selector = body.get("nodeSelector")
+    if selector is None:
+        selector = {}
+    if not isinstance(selector, Mapping):
+        raise PolicyError(f"{where}.nodeSelector must map label keys to lists of values, got {selector!r}")
+    pairs = []
+    for key, values in sorted(selector.items()):
+        allowed = _names(values, f"{where}.nodeSelector.{key}")
+        if not allowed:
+            raise PolicyError(f'{where}.nodeSelector.{key} is empty: list values, or ["*"] for any value')
+        pairs.append((str(key), allowed))
+    return SchedulingRule(
+        node_selector=tuple(pairs),
+        priority_class_names=_names(body.get("priorityClassNames"), f"{where}.priorityClassNames"),
+        toleration_keys=_names(body.get("tolerationKeys"), f"{where}.tolerationKeys"),
+    )
+
+
+def _egress(raw: Any, where: str) -> EgressRule:
+    body = _object(raw, where, EGRESS_KEYS)
+    urls = body.get("urls")
+    patterns = None if urls is None else _names(urls, f"{where}.urls")
+    if patterns == ():
+        raise PolicyError(f"{where}.urls is empty: list at least one pattern, or omit it to allow any URL")
+    return EgressRule(allowed=_bool(body.get("allowed"), f"{where}.allowed"), urls=patterns)
 
 
 def _object(raw: Any, where: str, keys: frozenset[str]) -> Mapping[str, Any]:
@@ -444,9 +545,134 @@ def _template_violations(policy: Policy, template: PipelineTemplate, role: str) 
         )
     for option in ("resourceRequests", "resourceLimits"):
         yield from _resource_violations(policy.resources, template.options.get(option), f"{role}.{option}")
+    for option in ("sidecarResourceRequests", "sidecarResourceLimits"):
+        # pachd's sidecar runs in the same pod: its resources count against the same ceilings.
+        yield from _resource_violations(policy.resources, template.options.get(option), f"{role}.{option}")
     yield from _parallelism_violations(policy.resources, template.options.get("parallelismSpec"), role)
     if template.options.get("podPatch") not in (None, ""):
         yield from _pod_patch_violations(policy, template.options["podPatch"], f"{role}.podPatch")
+    yield from _service_violations(policy, template.options.get("service"), role)
+    yield from _scheduling_violations(policy.scheduling, template.options, role)
+    yield from _egress_violations(policy, template.options.get("egress"), role)
+    if template.options.get("s3Out") is True and not policy.s3_out:
+        yield Violation(
+            "policy.s3Out",
+            f"{role}.s3Out",
+            "is true, and this connection allows no s3Out (s3Out.allowed): the workers would serve "
+            "pachd's S3 gateway on their pods",
+        )
+
+
+# --- Spout services, scheduling, egress ---------------------------------------------------------
+
+
+def _service_violations(policy: Policy, service: Any, role: str) -> Iterator[Violation]:
+    if not isinstance(service, Mapping):
+        return
+    written = service.get("type")
+    effective = written or PACHD_DEFAULT_SERVICE_TYPE.value
+    if effective in {t.value for t in policy.service_types}:
+        return
+    granted = ", ".join(sorted(t.value for t in policy.service_types)) or "none"
+    unset = f" (unset means {PACHD_DEFAULT_SERVICE_TYPE}, pachd's default)" if not written else ""
+    reach = (
+        ""
+        if effective == ServiceType.CLUSTER_IP
+        else ": it makes the spout reachable from outside the cluster"
+    )
+    yield Violation(
+        "policy.services.types",
+        f"{role}.service.type",
+        f"{_q(effective)}{unset} is not a Service type this connection allows ({granted}){reach}",
+    )
+
+
+def _scheduling_violations(
+    rule: SchedulingRule, options: Mapping[str, Any], role: str
+) -> Iterator[Violation]:
+    scheduling = options.get("schedulingSpec")
+    if isinstance(scheduling, Mapping):
+        selector = scheduling.get("nodeSelector")
+        for key, value in selector.items() if isinstance(selector, Mapping) else ():
+            allowed = rule.node_selector_values(str(key))
+            where = f"{role}.schedulingSpec.nodeSelector[{_q(key)}]"
+            if allowed is None:
+                granted = ", ".join(k for k, _ in rule.node_selector) or "none"
+                yield Violation(
+                    "policy.scheduling.nodeSelector",
+                    where,
+                    f"selects nodes by a label this connection does not allow (allowed keys: {granted})",
+                )
+            elif ANY not in allowed and value not in allowed:
+                yield Violation(
+                    "policy.scheduling.nodeSelector",
+                    where,
+                    f"{_q(value)} is not an allowed value ({', '.join(allowed)})",
+                )
+        priority = scheduling.get("priorityClassName")
+        if priority not in (None, "") and priority not in rule.priority_class_names:
+            granted = ", ".join(rule.priority_class_names) or "none"
+            yield Violation(
+                "policy.scheduling.priorityClassNames",
+                f"{role}.schedulingSpec.priorityClassName",
+                f"{_q(priority)} is not a priority class this connection allows ({granted})",
+            )
+    tolerations = options.get("tolerations")
+    for i, toleration in enumerate(tolerations if isinstance(tolerations, list) else ()):
+        key = toleration.get("key") if isinstance(toleration, Mapping) else None
+        if ANY in rule.toleration_keys or (key and key in rule.toleration_keys):
+            continue
+        granted = ", ".join(rule.toleration_keys) or "none"
+        what = _q(key) if key else "a toleration without a key (it tolerates every taint)"
+        yield Violation(
+            "policy.scheduling.tolerationKeys",
+            f"{role}.tolerations[{i}].key",
+            f"{what} is not a taint key this connection lets pods tolerate ({granted})",
+        )
+
+
+def _egress_violations(policy: Policy, egress: Any, role: str) -> Iterator[Violation]:
+    if not isinstance(egress, Mapping) or not egress:
+        return
+    rule = policy.egress
+    if not rule.allowed:
+        yield Violation(
+            "policy.egress",
+            f"{role}.egress",
+            "is set, and this connection allows no egress (egress.allowed): it copies the output "
+            "outside pachd",
+        )
+        return
+    targets = [
+        (path, url)
+        for path, url in (
+            ("URL", egress.get("URL")),
+            ("objectStorage.url", (egress.get("objectStorage") or {}).get("url")),
+            ("sqlDatabase.url", (egress.get("sqlDatabase") or {}).get("url")),
+        )
+        if url
+    ]
+    if rule.urls is not None:
+        patterns = ", ".join(rule.urls)
+        if not targets:
+            yield Violation("policy.egress.urls", f"{role}.egress", f"names no URL to hold to ({patterns})")
+        for path, url in targets:
+            if not any(_url_pattern(p).fullmatch(str(url)) for p in rule.urls):
+                yield Violation(
+                    "policy.egress.urls",
+                    f"{role}.egress.{path}",
+                    f"{_q(url)} does not match any allowed pattern ({patterns})",
+                )
+    secret = (egress.get("sqlDatabase") or {}).get("secret")
+    if isinstance(secret, Mapping):
+        yield from _secret_violations(
+            policy.secrets, secret.get("name"), f"{role}.egress.sqlDatabase.secret.name", "policy.secrets"
+        )
+
+
+def _url_pattern(pattern: str) -> re.Pattern[str]:
+    """`*` matches any characters: "s3://team-bucket/*" is everything in that bucket."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 # --- Images -------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class Resolver:
         self._custom = custom_api
         self.operator_namespace = operator_namespace
         self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        # The last endpoint resolved through each connection: what a deletion in a namespace
+        # being deleted (the connection and its Secret may go first) still reaches pachd with.
+        self._last: dict[tuple[str, str, str], Endpoint] = {}
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
 
     def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
@@ -91,7 +94,16 @@ class Resolver:
                     "ConnectionSecretInvalid", f"{self._where(spec, spec.token)} is empty"
                 )
         ca = self._value(spec, spec.ca, not_before, token=False) if spec.ca is not None else None
-        return Endpoint(spec.address, spec.tls, token, ca)
+        endpoint = Endpoint(spec.address, spec.tls, token, ca)
+        key = (spec.kind, spec.secrets_namespace if spec.kind == NAMESPACED_CONNECTION else "", spec.name)
+        if len(self._last) >= CACHE_LIMIT:
+            self._last.clear()
+        self._last[key] = endpoint
+        return endpoint
+
+    def remembered(self, ref: ConnectionRef, namespace: str) -> Endpoint | None:
+        """The endpoint last resolved through `ref` by this process, if any (see _last)."""
+        return self._last.get((ref.kind, namespace if ref.kind == NAMESPACED_CONNECTION else "", ref.name))
 
     def namespace_terminating(self, namespace: str) -> bool:
         try:

@@ -7,8 +7,10 @@ dict into frozen dataclasses, applies defaults, and catches what a schema cannot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -16,8 +18,33 @@ from spout_operator.names import CLUSTER_CONNECTION, NAMESPACED_CONNECTION
 
 # Pipeline-spec fields a user may set on either pipeline, passed to pachd as written
 # (camelCase, as in Pachyderm's pipeline JSON).
-COMMON_PIPELINE_FIELDS = ("description", "resourceRequests", "resourceLimits", "podPatch", "metadata")
-PROCESSOR_ONLY_FIELDS = ("parallelismSpec", "autoscaling", "datumTries")
+COMMON_PIPELINE_FIELDS = (
+    "description",
+    "resourceRequests",
+    "resourceLimits",
+    "sidecarResourceRequests",
+    "sidecarResourceLimits",
+    "podPatch",
+    "metadata",
+    "schedulingSpec",
+    "tolerations",
+)
+PROCESSOR_ONLY_FIELDS = (
+    "parallelismSpec",
+    "autoscaling",
+    "datumTries",
+    "datumTimeout",
+    "jobTimeout",
+    "datumSetSpec",
+    "reprocessSpec",
+    "egress",
+    "s3Out",
+)
+# The spout's `service` goes inside pachd's `spout` field (`spout: {service: ...}`), never at the
+# top level, where pachd reads `service` as a service pipeline.
+SPOUT_ONLY_FIELDS = ("service",)
+# Fields holding a Go duration ("30s", "1h2m"), as pachctl reads them.
+DURATION_FIELDS = ("datumTimeout", "jobTimeout")
 
 DEFAULT_GLOB = "/*"
 DEFAULT_PROJECT = "default"
@@ -99,7 +126,9 @@ def parse(spec: Mapping[str, Any], resource_name: str) -> SpoutPipelineSpec:
     """Turn a SpoutPipeline `.spec` into a typed spec with defaults filled in."""
     spout_raw = _mapping(spec, "spout", required=True)
     processor_raw = _mapping(spec, "processor", required=True)
-    spout = _template(spout_raw, "spout", default_name=resource_name, allowed=COMMON_PIPELINE_FIELDS)
+    spout = _template(
+        spout_raw, "spout", default_name=resource_name, allowed=COMMON_PIPELINE_FIELDS + SPOUT_ONLY_FIELDS
+    )
     processor = _template(
         processor_raw,
         "processor",
@@ -162,7 +191,42 @@ def _template(
     if not transform.get("cmd"):
         raise SpecError(f"{where}.transform.cmd is required")
     options = {key: raw[key] for key in allowed if raw.get(key) not in (None, "", {}, [])}
+    for key in DURATION_FIELDS:
+        if key in options:
+            duration_seconds(options[key], f"{where}.{key}")  # refused here, not by pachd later
     return PipelineTemplate(name=str(raw.get("name") or default_name), transform=transform, options=options)
+
+
+# Go's time.ParseDuration, without a sign (a negative timeout means nothing): one or more
+# <number><unit>, units ns, us (or µs), ms, s, m, h. "0" alone is Go's zero.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+|0")
+_UNIT_SECONDS = {
+    "ns": Decimal("1e-9"),
+    "us": Decimal("1e-6"),
+    "µs": Decimal("1e-6"),
+    "μs": Decimal("1e-6"),
+    "ms": Decimal("1e-3"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+}
+# google.protobuf.Duration's range, in seconds.
+_MAX_DURATION_SECONDS = Decimal(315_576_000_000)
+
+
+def duration_seconds(value: Any, where: str) -> Decimal:
+    """A Go duration ("30s", "1h2m", "1.5h", "250ms") as exact seconds, the way pachctl reads
+    datumTimeout/jobTimeout from a pipeline spec."""
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        raise SpecError(f'{where} must be a duration such as "30s", "10m" or "1h30m", got {value!r}')
+    total = sum(
+        (Decimal(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(value)),
+        Decimal(0),
+    )
+    if total > _MAX_DURATION_SECONDS:
+        raise SpecError(f"{where} is longer than a protobuf Duration can hold, got {value!r}")
+    return total.quantize(Decimal("1e-9"))
 
 
 def connection_ref(raw: Mapping[str, Any]) -> ConnectionRef:

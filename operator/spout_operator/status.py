@@ -265,6 +265,7 @@ def status_patch(
     paused: bool = False,
     exhausted: str = "",
     handled: Mapping[str, Any] | None = None,
+    push_address: str | None = None,
 ) -> dict[str, Any]:
     """The full `.status` to write onto the resource (it is written whole). `workers`: see
     conditions_for; `managed`: where its pipelines were created (ownership.managed_after),
@@ -279,6 +280,8 @@ def status_patch(
         patch["managed"] = dict(managed)
     if paused:
         patch["paused"] = True
+    if push_address:  # status is written whole: an address that no longer holds goes with it
+        patch["pushAddress"] = push_address
     # The operating handles' acknowledgements (lastHandledReconcileAt, restarts, autoRestart)
     patch.update(handled or {})
     if outcome is not None:

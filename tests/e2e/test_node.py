@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_NAMESPACE = "spout-operator-system"
 SAMPLE_NAMESPACE = "e2e-spout101"
+WORKERS_NAMESPACE = "e2e-workers"
 PACHD_NAMESPACE = "pachyderm"
 E2E_RESOLUTION_S = 5
 # Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
@@ -147,6 +148,16 @@ def point_operator_at_pachd(state: State) -> None:
     address = pachd_address_for_pods(state)
     connection = shipped.replace("grpc://pachd.default.svc.cluster.local:30650", address)
     assert address in connection
+    # It admits no namespace and grants no pachd project until told: exactly what the tier
+    # needs (the sample's namespaces, pachd's default project, a pod patch that replaces the
+    # worker's command, for the crash-loop test, and one Secret of pachd's namespace).
+    assert "  namespaces: []\n" in connection and "  policy: {}\n" in connection
+    connection = connection.replace(
+        "  namespaces: []\n", f"  namespaces: [{SAMPLE_NAMESPACE}, {WORKERS_NAMESPACE}]\n"
+    ).replace(
+        "  policy: {}\n",
+        "  policy: {projects: {allowDefault: true}, podPatch: {allowed: true}, secrets: [source-creds]}\n",
+    )
     for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
         kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
     kubectl(state, "apply", "-f", "-", input=connection)
@@ -624,7 +635,6 @@ def test_a_spout_image_change_keeps_messages_flowing(
 ) -> None:
     """pachd 2.6 cannot update a spout while its processor reads it: the operator pauses the
     processor around the update. Afterwards the new spout pod's messages reach the processor."""
-    from python_pachyderm.proto.v2.pps import pps_pb2
 
     state = node_stack
     spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
@@ -660,6 +670,13 @@ def test_a_spout_image_change_keeps_messages_flowing(
     # job for such a commit is killed by the pause (its messages go to the next job).
     old_pod = {c.commit.id for c in client.list_commit("spout")}
     assert history <= old_pod  # nothing lost
+    new_pod_messages_processed(state, client, old_pod, spaces)
+
+
+def new_pod_messages_processed(state: State, client: Any, old_pod: set[str], spaces: tuple[str, ...]) -> None:
+    """A commit the new spout pod made (none of `old_pod`) is processed by the processor,
+    every one of its messages once."""
+    from python_pachyderm.proto.v2.pps import pps_pb2
 
     def new_messages() -> Any:
         fresh = [
@@ -687,9 +704,101 @@ def test_a_spout_image_change_keeps_messages_flowing(
     assert processed == messages  # every message, the new pod's included, processed once
 
 
+def test_a_restart_token_brings_a_new_spout_pod_whose_messages_are_processed(
+    node_stack: State, applied_sample: dict[str, Any]
+) -> None:
+    """Restart now (issue 21): the spout's workers restart once, its version stays, and the
+    new pod's messages flow through the processor."""
+    state = node_stack
+    spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    client = pachd_client(state)
+    version = {p.pipeline.name: p.version for p in client.list_pipeline()}["spout"]
+    wait_for(
+        state, "the spout's worker pod Running", lambda: worker_pods_running(state, "spout"), 240, spaces
+    )
+    pods_before = {
+        p["metadata"]["name"]
+        for p in kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "pipelineName=spout")[
+            "items"
+        ]
+    }
+    old_pod = {c.commit.id for c in client.list_commit("spout")}
+    token = f"e2e-{int(time.time())}"
+    kubectl(
+        state,
+        "annotate",
+        "--overwrite",
+        "-n",
+        SAMPLE_NAMESPACE,
+        "spoutpipeline",
+        "spout101",
+        f"spout-operator.dev/restart-spout={token}",
+    )
+
+    def acknowledged() -> Any:
+        obj = kubectl_json(state, "get", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE)
+        ack = (obj["status"].get("restarts") or {}).get("spout") or {}
+        return ack if ack.get("token") == token else None
+
+    assert wait_for(state, "the restart acknowledged", acknowledged, 60, spaces)["outcome"] == "Restarted"
+
+    def new_pod_running() -> bool:
+        pods = kubectl_json(state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "pipelineName=spout")["items"]
+        return any(
+            p["metadata"]["name"] not in pods_before
+            and p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+            for p in pods
+        )
+
+    wait_for(state, "a new spout pod Running", new_pod_running, 240, spaces)
+    assert {p.pipeline.name: p.version for p in client.list_pipeline()}["spout"] == version
+    new_pod_messages_processed(state, client, old_pod, spaces)
+
+
+def test_a_crash_looping_spout_is_restarted_on_the_predicted_schedule_up_to_its_limit(
+    node_stack: State, workers_namespace: str
+) -> None:
+    """Automatic restarts (issue 21): each comes at or after the time status predicted, within
+    a sweep of it (the deployed operator sweeps every 30 s), and they stop at the maximum."""
+    state = node_stack
+    spaces = (workers_namespace, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    body = pair("restarting")
+    command = ["sh", "-c", "echo the source is gone > /dev/termination-log; exit 3"]
+    body["spec"]["spout"]["podPatch"] = json.dumps(
+        [{"op": "replace", "path": "/containers/0/command", "value": command}]
+    )
+    body["spec"]["autoRestart"] = {"enabled": True, "afterSeconds": 5, "backoffSeconds": 10, "maxRestarts": 2}
+    kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def record(restarts: int) -> Callable[[], Any]:
+        def check() -> Any:
+            obj = kubectl_json(state, "get", "spoutpipeline", "restarting", "-n", workers_namespace)
+            auto = obj["status"].get("autoRestart") or {}
+            return auto if auto.get("restarts", 0) >= restarts else None
+
+        return check
+
+    first = wait_for(state, "the first automatic restart", record(1), 240, spaces)
+    predicted = datetime.fromisoformat(first["nextRestartAt"].replace("Z", "+00:00"))
+    second = wait_for(state, "the second automatic restart", record(2), 240, spaces)
+    made = datetime.fromisoformat(second["lastRestartAt"].replace("Z", "+00:00"))
+    assert predicted <= made <= predicted + timedelta(seconds=45), (first, second)
+
+    def stalled() -> Any:
+        obj = kubectl_json(state, "get", "spoutpipeline", "restarting", "-n", workers_namespace)
+        return obj if condition(obj, "Stalled").get("reason") == "AutoRestartLimit" else None
+
+    obj = wait_for(state, "Stalled: AutoRestartLimit", stalled, 240, spaces)
+    assert obj["status"]["autoRestart"]["restarts"] == 2
+    reasons = kubectl(
+        state, "get", "events", "-n", workers_namespace, "-o", "jsonpath={.items[*].reason}"
+    ).split()
+    assert reasons.count("AutoRestarted") == 2 and reasons.count("AutoRestartLimit") == 1
+
+
 # --- workers that do not come up, although pachd says RUNNING -------------------------
 
-WORKERS_NAMESPACE = "e2e-workers"
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull")
 MISSING_IMAGE = "ghcr.io/spout-operator/no-such-image:0.1.0"  # no registry answers here
 
@@ -860,3 +969,67 @@ def test_sample_delete_removes_pipelines_and_pods(node_stack: State, applied_sam
         return not pods and not ({"spout", "processor"} & names)
 
     wait_for(state, "the pipelines and their pods to be gone", gone, 180, (PACHD_NAMESPACE,))
+
+
+def test_an_allowed_secret_is_mounted_in_the_worker_and_a_refused_one_never_reaches_pachd(
+    node_stack: State, workers_namespace: str
+) -> None:
+    """The connection's policy (issue 25): the Secret it grants is really mounted in the worker
+    pod pachd starts; a Secret it does not grant stops the resource before pachd hears of it."""
+    state = node_stack
+    spaces = (workers_namespace, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    kubectl(
+        state,
+        "create",
+        "secret",
+        "generic",
+        "source-creds",
+        "-n",
+        PACHD_NAMESPACE,
+        "--from-literal=user=reader",
+    )
+    mounting = pair("mounting")
+    mounting["spec"]["processor"]["transform"]["secrets"] = [{"name": "source-creds", "mountPath": "/creds"}]
+    leaking = pair("leaking")
+    leaking["spec"]["processor"]["transform"]["secrets"] = [
+        {"name": "pachyderm-storage-secret", "mountPath": "/s"}
+    ]
+    for body in (mounting, leaking):
+        kubectl(state, "apply", "-n", workers_namespace, "-f", "-", input=json.dumps(body))
+
+    def stalled() -> Any:
+        obj = kubectl_json(state, "get", "spoutpipeline", "leaking", "-n", workers_namespace)
+        return obj if condition(obj, "Stalled").get("reason") == "PolicyDenied" else None
+
+    refused = condition(wait_for(state, "leaking: Stalled, PolicyDenied", stalled, 120, spaces), "Stalled")
+    assert "policy.secrets" in refused["message"] and "pachyderm-storage-secret" in refused["message"]
+
+    def mounted() -> Any:
+        pods = kubectl_json(
+            state, "get", "pods", "-n", PACHD_NAMESPACE, "-l", "pipelineName=mounting-processor"
+        )
+        for pod in pods["items"]:
+            secrets = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+            user = next(c for c in pod["spec"]["containers"] if c["name"] == "user")
+            mounts = {m["name"]: m["mountPath"] for m in user.get("volumeMounts", [])}
+            found = [mounts.get(name) for name, secret in secrets.items() if secret == "source-creds"]
+            if "/creds" in found and pod["status"].get("phase") == "Running":
+                return pod
+        return None
+
+    pod = wait_for(state, "the granted Secret mounted in the processor's worker", mounted, 240, spaces)
+    listing = kubectl(
+        state,
+        "exec",
+        "-n",
+        PACHD_NAMESPACE,
+        pod["metadata"]["name"],
+        "-c",
+        "user",
+        "--",
+        "cat",
+        "/creds/user",
+    )
+    assert listing.strip() == "reader"
+    names = {p.pipeline.name for p in pachd_client(state).list_pipeline()}
+    assert "mounting" in names and not {"leaking", "leaking-processor"} & names

@@ -52,8 +52,11 @@ def connection(
 
 
 # The session's ClusterPachdConnection `default` grants pachd's default project, and a shared
-# project pachd does not have (so that pachd's own refusal can be reported).
-DEFAULT_POLICY = {"projects": {"mode": "Shared", "names": ["no-such-project"], "allowDefault": True}}
+# project and a Secret pachd does not have (so that pachd's own refusals can be reported).
+DEFAULT_POLICY = {
+    "projects": {"mode": "Shared", "names": ["no-such-project"], "allowDefault": True},
+    "secrets": ["no-such-secret"],
+}
 
 
 def install_default_connection(stack: State, address: str) -> None:

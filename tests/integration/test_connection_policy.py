@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from devstack.stack import State
-from kit import apply, condition, connection, get, pipelines, resource, scrape, wait_condition
+from devstack.testing import eventually, kubectl
+from kit import apply, condition, connection, get, pipelines, resource, scrape, versions, wait_condition
 
 GUARDED = "guarded"  # a PachdConnection of the test's namespace, with the policy under test
 
@@ -99,7 +100,7 @@ def test_every_escalation_is_refused_before_pachd_and_the_allowed_form_runs(
 ) -> None:
     guarded(stack, namespace, stack.pachds[0].address, BASE_POLICY)
     spout, processor = names
-    before = scrape()
+    before = eventually(scrape, 30, what="the operator's /metrics")  # served once it has started
     for case, role, change, _ in ESCALATIONS:
         body = with_change(
             via_guarded(case, f"{spout}-{case}"[:50], f"{processor}-{case}"[:50]), role, change
@@ -119,6 +120,18 @@ def test_every_escalation_is_refused_before_pachd_and_the_allowed_form_runs(
     # The allowed forms: the registry the policy names, an allowed Secret, within the ceilings.
     allowed = via_guarded("allowed", spout, processor)
     allowed["spec"]["processor"]["resourceLimits"] = {"cpu": 0.5}
+    # pachd checks that the Secret exists in its own namespace: an admin made it, and granted it.
+    kubectl(
+        stack,
+        "create",
+        "secret",
+        "generic",
+        "spout-source-credentials",
+        "-n",
+        stack.pachds[0].namespace,
+        "--from-literal=user=reader",
+        check=False,
+    )
     allowed["spec"]["processor"]["transform"]["secrets"] = [
         {"name": "spout-source-credentials", "mountPath": "/creds"}
     ]
@@ -156,7 +169,7 @@ def test_a_policy_change_applies_without_a_restart(
     body = via_guarded("changing", spout, processor)
     apply(stack, namespace, body)
     wait_condition(stack, namespace, "changing", "Ready", "True")
-    version = pachd_client.inspect_pipeline(processor).version
+    version = versions(pachd_client, processor)
     guarded(
         stack,
         namespace,
@@ -166,8 +179,8 @@ def test_a_policy_change_applies_without_a_restart(
     stalled = condition(wait_condition(stack, namespace, "changing", "Stalled", "True"), "Stalled")
     assert stalled["reason"] == "PolicyDenied" and "policy.images" in stalled["message"]
     assert set(pipelines(pachd_client, spout, processor)) == {spout, processor}  # left running
-    assert pachd_client.inspect_pipeline(processor).version == version
+    assert versions(pachd_client, processor) == version
     guarded(stack, namespace, stack.pachds[0].address, BASE_POLICY)
     wait_condition(stack, namespace, "changing", "Ready", "True")
     assert "Stalled" not in {c["type"] for c in get(stack, namespace, "changing")["status"]["conditions"]}
-    assert pachd_client.inspect_pipeline(processor).version == version  # nothing rewritten
+    assert versions(pachd_client, processor) == version  # nothing rewritten

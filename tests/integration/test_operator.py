@@ -367,7 +367,8 @@ def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
     apply(stack, namespace, body)
     wait_condition(stack, namespace, "half", "Ready", "True")
     body["spec"]["spout"]["transform"]["image"] = "ghcr.io/spout-operator/spout101:0.2.0"  # valid
-    body["spec"]["processor"]["podPatch"] = "not json"  # pachd: malformed PodPatch
+    # pachd refuses a Secret its namespace does not have (the connection's policy grants the name)
+    body["spec"]["processor"]["transform"]["secrets"] = [{"name": "no-such-secret", "mountPath": "/s"}]
     apply(stack, namespace, body)
     obj = wait_condition(stack, namespace, "half", "Synced", "False")
     eventually(
@@ -375,7 +376,7 @@ def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
     )
     obj = get(stack, namespace, "half")
     assert condition(obj, "Synced")["reason"] == "PachdRejected"
-    assert "PodPatch" in condition(obj, "Synced")["message"]
+    assert "missing Kubernetes secret no-such-secret" in condition(obj, "Synced")["message"]
     assert obj["status"]["spout"]["lastError"] == ""
     assert obj["status"]["processor"]["lastError"] != ""
     assert not pipelines(pachd_client, processor)[processor].stopped  # paused for the spout, started again

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from spout_operator.connection_model import ConnectionSpec, parse_connection
+from spout_operator.connection_model import ConnectionProblem, ConnectionSpec, parse_connection
 from spout_operator.controller import Controller
 from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
 from spout_operator.resource import Resource
@@ -50,19 +50,28 @@ class FakeResolver:
             "ClusterPachdConnection", {"metadata": {"name": "default"}, "spec": raw}, "ops"
         )
         self.endpoints = 0  # how often a token was read
+        self.gone: ConnectionProblem | None = None  # the connection was deleted: reads fail so
+        self.terminating = False  # the namespace is being deleted
+        self.last: Endpoint | None = None
 
     def allowed_connection(self, ref: Any, namespace: str, not_before: float = 0.0) -> ConnectionSpec:
+        if self.gone is not None:
+            raise self.gone
         return self.connection
 
     def connection_endpoint(self, spec: ConnectionSpec, not_before: float = 0.0) -> Endpoint:
         self.endpoints += 1
-        return Endpoint(spec.address)
+        self.last = Endpoint(spec.address)
+        return self.last
+
+    def remembered(self, ref: Any, namespace: str) -> Endpoint | None:
+        return self.last
 
     def endpoint(self, ref: Any, namespace: str, not_before: float = 0.0) -> Endpoint:
         return self.connection_endpoint(self.allowed_connection(ref, namespace, not_before), not_before)
 
     def namespace_terminating(self, namespace: str) -> bool:
-        return False
+        return self.terminating
 
     def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         return True
@@ -573,3 +582,43 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
     stalled = {c["type"]: c for c in second.status["conditions"]}["Stalled"]
     assert stalled["reason"] == "AutoRestartLimit"
     assert [e.reason for e in second.events].count("AutoRestartLimit") == 1
+
+
+def test_a_spout_with_a_service_says_where_to_push() -> None:
+    raw = yaml.safe_load((SAMPLE.parent / "push.yaml").read_text())
+    raw["metadata"].update(namespace="team-a", uid="u-push", generation=1)
+    raw["status"] = {}
+    gateway = FakeGateway()
+    settings = Settings(worker_namespaces=("pachyderm",))
+    ctl = Controller(settings, OneGateway(gateway), RecordingKube(), FakeResolver())  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(raw), "change")
+    assert result is not None
+    assert result.status["pushAddress"] == "default-push-v1-user.pachyderm.svc:8080"
+    plain = ctl.reconcile(Resource.of(body()), "change")  # no service: no address
+    assert plain is not None and "pushAddress" not in plain.status
+
+
+# --- a namespace deleted with its resources, connection and Secret ----------------------------
+
+
+def test_a_connection_gone_with_its_namespace_still_deletes_the_pipelines_it_made() -> None:
+    """kubectl delete namespace takes the PachdConnection and its token Secret at once (they
+    carry no finalizer); the pipelines are deleted through the endpoint last resolved."""
+    gateway, resolver = FakeGateway(), FakeResolver()
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body()), "change")
+    resolver.gone = ConnectionProblem("ConnectionNotFound", "PachdConnection team-pachd not found")
+    resolver.terminating = True
+    deletion = ctl.delete(Resource.of(body(observed=1)))
+    assert deletion.done and gateway.pipelines == {}
+
+
+def test_a_connection_deleted_outside_a_namespace_deletion_still_holds_the_deletion() -> None:
+    """An admin who deleted the connection may have meant it: say so and wait (or Orphan)."""
+    gateway, resolver = FakeGateway(), FakeResolver()
+    ctl = Controller(Settings(), OneGateway(gateway), RecordingKube(), resolver)  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body()), "change")
+    resolver.gone = ConnectionProblem("ConnectionNotFound", "PachdConnection team-pachd not found")
+    deletion = ctl.delete(Resource.of(body(observed=1)))
+    assert not deletion.done and "Restore it" in deletion.message
+    assert set(gateway.pipelines) == {"spout", "processor"}

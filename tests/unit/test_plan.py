@@ -259,7 +259,6 @@ def test_spout_turned_into_a_plain_pipeline_plans_an_update() -> None:
         {"createdAt": "2030-01-01T00:00:00Z"},
         {"recentError": "boom"},
         {"workersAvailable": "3"},
-        {"reprocessSpec": "every_job"},
         {"outputBranch": "other"},
         {"specCommit": {"id": "abc"}},
     ],

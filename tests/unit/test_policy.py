@@ -16,16 +16,22 @@ import pytest
 import yaml
 from spout_operator.policy import (
     CEILING_KEYS,
+    EGRESS_KEYS,
     IMAGES_KEYS,
     POD_PATCH_KEYS,
     POLICY_KEYS,
     PROJECTS_KEYS,
     RESOURCES_KEYS,
+    S3_OUT_KEYS,
+    SCHEDULING_KEYS,
+    SERVICES_KEYS,
     USER_KEYS,
     PodCapability,
     Policy,
     PolicyError,
     ProjectMode,
+    SchedulingRule,
+    ServiceType,
     Violation,
     allowed_projects,
     is_root_user,
@@ -938,3 +944,236 @@ def test_the_crd_quantity_pattern_accepts_what_the_parser_accepts(text: str) -> 
     ]["cpu"]["pattern"]
     assert re.search(pattern, text)
     assert parse_quantity(text) >= 0
+
+
+# --- issue 22: spout services, scheduling, tolerations, egress, s3Out, sidecar resources ------------
+
+SERVICE = {"internalPort": 8080, "externalPort": 30080}
+NEW_FIELD_ESCALATIONS = [
+    pytest.param(
+        {"spout.service": {**SERVICE, "type": "NodePort"}},
+        ("policy.services.types", "spout.service.type"),
+        '"NodePort" is not a Service type this connection allows (ClusterIP): it makes the spout '
+        "reachable from outside the cluster",
+        id="service-nodeport",
+    ),
+    pytest.param(
+        {"spout.service": {**SERVICE, "type": "LoadBalancer"}},
+        ("policy.services.types", "spout.service.type"),
+        '"LoadBalancer" is not a Service type',
+        id="service-loadbalancer",
+    ),
+    pytest.param(
+        {"spout.service": SERVICE},
+        ("policy.services.types", "spout.service.type"),
+        '"NodePort" (unset means NodePort, pachd\'s default) is not a Service type',
+        id="service-without-type-is-nodeport",
+    ),
+    pytest.param(
+        {"spout.schedulingSpec": {"nodeSelector": {"pool": "finance"}}},
+        ("policy.scheduling.nodeSelector", 'spout.schedulingSpec.nodeSelector["pool"]'),
+        "selects nodes by a label this connection does not allow (allowed keys: none)",
+        id="node-selector",
+    ),
+    pytest.param(
+        {"processor.schedulingSpec": {"priorityClassName": "system-cluster-critical"}},
+        ("policy.scheduling.priorityClassNames", "processor.schedulingSpec.priorityClassName"),
+        '"system-cluster-critical" is not a priority class this connection allows (none)',
+        id="priority-class",
+    ),
+    pytest.param(
+        {"processor.tolerations": [{"key": "nvidia.com/gpu", "operator": "EXISTS"}]},
+        ("policy.scheduling.tolerationKeys", "processor.tolerations[0].key"),
+        '"nvidia.com/gpu" is not a taint key this connection lets pods tolerate (none)',
+        id="toleration",
+    ),
+    pytest.param(
+        {"spout.tolerations": [{"operator": "EXISTS"}]},
+        ("policy.scheduling.tolerationKeys", "spout.tolerations[0].key"),
+        "a toleration without a key (it tolerates every taint) is not a taint key",
+        id="toleration-of-everything",
+    ),
+    pytest.param(
+        {"processor.egress": {"URL": "s3://attacker/loot"}},
+        ("policy.egress", "processor.egress"),
+        "is set, and this connection allows no egress (egress.allowed): it copies the output outside pachd",
+        id="egress",
+    ),
+    pytest.param(
+        {"processor.s3Out": True},
+        ("policy.s3Out", "processor.s3Out"),
+        "is true, and this connection allows no s3Out (s3Out.allowed)",
+        id="s3out",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected", "message"), NEW_FIELD_ESCALATIONS)
+def test_each_new_field_is_refused_by_a_connection_that_says_nothing(
+    changes: dict[str, Any], expected: tuple[str, str], message: str
+) -> None:
+    found_now = violations(Policy(), make(changes), NAMESPACE)
+    assert {(v.rule, v.field) for v in found_now} == {expected}
+    assert message in found_now[0].message
+    assert str(found_now[0]).startswith(f"{expected[0]}: {expected[1]} ")
+
+
+GRANTS = parse_policy(
+    {
+        "services": {"types": ["ClusterIP", "NodePort", "LoadBalancer"]},
+        "scheduling": {
+            "nodeSelector": {"pool": ["finance", "batch"], "topology.kubernetes.io/zone": ["*"]},
+            "priorityClassNames": ["spouts"],
+            "tolerationKeys": ["dedicated", "nvidia.com/gpu"],
+        },
+        "egress": {"allowed": True, "urls": ["s3://team-bucket/*", "postgres://db.team.svc:5432/*"]},
+        "s3Out": {"allowed": True},
+        "secrets": ["team-db"],
+    },
+    "test",
+)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"spout.service": SERVICE},
+        {"spout.service": {**SERVICE, "type": "LoadBalancer"}},
+        {"spout.schedulingSpec": {"nodeSelector": {"pool": "batch", "topology.kubernetes.io/zone": "eu-1a"}}},
+        {"processor.schedulingSpec": {"priorityClassName": "spouts"}},
+        {"processor.tolerations": [{"key": "dedicated", "operator": "EQUAL", "value": "x"}]},
+        {"processor.egress": {"URL": "s3://team-bucket/out"}},
+        {"processor.egress": {"objectStorage": {"url": "s3://team-bucket/a/b"}}},
+        {
+            "processor.egress": {
+                "sqlDatabase": {
+                    "url": "postgres://db.team.svc:5432/results",
+                    "secret": {"name": "team-db", "key": "password"},
+                }
+            }
+        },
+        {"processor.s3Out": True},
+    ],
+    ids=lambda c: next(iter(c.values())).__repr__()[:40],
+)
+def test_each_new_field_passes_when_the_policy_allows_it(changes: dict[str, Any]) -> None:
+    assert violations(GRANTS, make(changes), NAMESPACE) == []
+
+
+def test_a_clusterip_service_passes_the_default_policy() -> None:
+    assert violations(Policy(), make({"spout.service": {**SERVICE, "type": "ClusterIP"}}), NAMESPACE) == []
+
+
+def test_an_empty_service_type_list_allows_no_service() -> None:
+    policy = parse_policy({"services": {"types": []}}, "test")
+    found_now = violations(policy, make({"spout.service": {**SERVICE, "type": "ClusterIP"}}), NAMESPACE)
+    assert [(v.rule, v.field) for v in found_now] == [("policy.services.types", "spout.service.type")]
+    assert "(none)" in found_now[0].message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected", "message"),
+    [
+        (
+            {"spout.schedulingSpec": {"nodeSelector": {"pool": "finance-secret"}}},
+            ("policy.scheduling.nodeSelector", 'spout.schedulingSpec.nodeSelector["pool"]'),
+            '"finance-secret" is not an allowed value (finance, batch)',
+        ),
+        (
+            {"spout.schedulingSpec": {"nodeSelector": {"kubernetes.io/hostname": "node-7"}}},
+            ("policy.scheduling.nodeSelector", 'spout.schedulingSpec.nodeSelector["kubernetes.io/hostname"]'),
+            "allowed keys: pool, topology.kubernetes.io/zone",
+        ),
+        (
+            {"spout.schedulingSpec": {"priorityClassName": "system-node-critical"}},
+            ("policy.scheduling.priorityClassNames", "spout.schedulingSpec.priorityClassName"),
+            "(spouts)",
+        ),
+        (
+            {"spout.tolerations": [{"key": "dedicated", "operator": "EXISTS"}, {"operator": "EXISTS"}]},
+            ("policy.scheduling.tolerationKeys", "spout.tolerations[1].key"),
+            "a toleration without a key",
+        ),
+        (
+            {"processor.egress": {"URL": "s3://team-bucket-evil/x"}},
+            ("policy.egress.urls", "processor.egress.URL"),
+            '"s3://team-bucket-evil/x" does not match any allowed pattern',
+        ),
+        (
+            {"processor.egress": {"sqlDatabase": {"url": "postgres://elsewhere:5432/db"}}},
+            ("policy.egress.urls", "processor.egress.sqlDatabase.url"),
+            "does not match any allowed pattern",
+        ),
+        (
+            {
+                "processor.egress": {
+                    "sqlDatabase": {
+                        "url": "postgres://db.team.svc:5432/x",
+                        "secret": {"name": "pachd-auth-token", "key": "auth-token"},
+                    }
+                }
+            },
+            ("policy.secrets", "processor.egress.sqlDatabase.secret.name"),
+            "is not a Secret of pachd's namespace this connection allows (team-db)",
+        ),
+    ],
+)
+def test_what_the_policy_does_not_list_is_still_refused(
+    changes: dict[str, Any], expected: tuple[str, str], message: str
+) -> None:
+    found_now = violations(GRANTS, make(changes), NAMESPACE)
+    assert [(v.rule, v.field) for v in found_now] == [expected]
+    assert message in found_now[0].message
+
+
+def test_a_star_toleration_key_allows_any_toleration() -> None:
+    policy = parse_policy({"scheduling": {"tolerationKeys": ["*"]}}, "test")
+    spec = make({"spout.tolerations": [{"operator": "EXISTS"}, {"key": "x", "operator": "EXISTS"}]})
+    assert violations(policy, spec, NAMESPACE) == []
+
+
+@pytest.mark.parametrize("side", ["Requests", "Limits"])
+def test_sidecar_resources_are_held_to_the_same_ceilings(side: str) -> None:
+    kind = side.lower()
+    policy = parse_policy({"resources": {kind: {"cpu": "1", "memory": "1Gi"}}}, "test")
+    spec = make({f"spout.sidecarResource{side}": {"cpu": 4, "memory": "512Mi"}})
+    assert found(policy, spec) == {(f"policy.resources.{kind}.cpu", f"spout.sidecarResource{side}.cpu")}
+    gpu = make({f"processor.sidecarResource{side}": {"gpu": {"type": "nvidia.com/gpu", "number": 1}}})
+    assert found(Policy(), gpu) == {
+        (f"policy.resources.{kind}.gpu", f"processor.sidecarResource{side}.gpu.number")
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"services": {"types": ["ExternalName"]}}, "policy.services.types: 'ExternalName' is not one of"),
+        ({"services": {"type": ["NodePort"]}}, "policy.services has unknown field(s) type"),
+        ({"scheduling": {"nodeSelector": {"pool": []}}}, "policy.scheduling.nodeSelector.pool is empty"),
+        ({"scheduling": {"nodeSelector": ["pool"]}}, "policy.scheduling.nodeSelector must map"),
+        ({"scheduling": {"tolerations": ["x"]}}, "policy.scheduling has unknown field(s) tolerations"),
+        ({"egress": {"allowed": "yes"}}, "policy.egress.allowed must be true or false"),
+        ({"egress": {"allowed": True, "urls": []}}, "policy.egress.urls is empty"),
+        ({"s3Out": True}, "policy.s3Out must be an object"),
+    ],
+)
+def test_a_bad_new_rule_makes_the_policy_unusable(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        parse_policy(raw, "test")
+
+
+def test_the_defaults_of_the_new_rules() -> None:
+    policy = Policy()
+    assert {t.value for t in policy.service_types} == {"ClusterIP"}
+    assert policy.scheduling == SchedulingRule()
+    assert policy.egress.allowed is False and policy.s3_out is False
+
+
+@pytest.mark.parametrize("file", ["pachdconnections.yaml", "clusterpachdconnections.yaml"])
+def test_the_crd_policy_schema_has_the_new_rules(file: str) -> None:
+    props = policy_schema(file)["properties"]
+    assert set(props["services"]["properties"]) == SERVICES_KEYS
+    assert props["services"]["properties"]["types"]["items"]["enum"] == [t.value for t in ServiceType]
+    assert set(props["scheduling"]["properties"]) == SCHEDULING_KEYS
+    assert set(props["egress"]["properties"]) == EGRESS_KEYS
+    assert set(props["s3Out"]["properties"]) == S3_OUT_KEYS

@@ -147,7 +147,8 @@ def test_processor_passes_common_and_processor_options_only() -> None:
         "name": "sink",
         "glob": "/**",
         "spout": {},  # would turn the processor into a spout: not allowed through
-        "egress": {"URL": "s3://bucket"},
+        "service": {"internalPort": 8080, "externalPort": 8080},  # the spout's, not a service pipeline
+        "input": {"pfs": {"repo": "elsewhere", "glob": "/*"}},  # wired by the operator only
         **COMMON_OPTIONS,
         **PROCESSOR_OPTIONS,
     }

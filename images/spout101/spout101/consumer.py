@@ -174,6 +174,11 @@ def write_batch(client: PfsClient, target: Target, messages: Sequence[bytes]) ->
     batch. Here a failure drops the open commit, so a commit holds the whole
     batch or does not exist.
     """
+    return commit_messages(client, target, messages)[1]
+
+
+def commit_messages(client: PfsClient, target: Target, messages: Sequence[bytes]) -> tuple[str, list[str]]:
+    """``write_batch``, also returning the id of the finished commit."""
     commit = client.start_commit(target.repo, target.branch, project_name=target.project)
     names: list[str] = []
     try:
@@ -186,7 +191,7 @@ def write_batch(client: PfsClient, target: Target, messages: Sequence[bytes]) ->
         _drop_quietly(client, commit)
         raise
     log.info("Committed %s to %s in commit %s", ", ".join(names), target, commit.id)
-    return names
+    return str(commit.id), names
 
 
 def _drop_quietly(client: PfsClient, commit: Any) -> None:
