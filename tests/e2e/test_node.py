@@ -544,6 +544,16 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
     assert flow_sample(metrics, "spout_operator_data_flowing") == 1
     assert flow_sample(metrics, "spout_operator_expected_max_lag_commits") == max_lag
     print("\n$ kubectl get spp\n" + kubectl(state, "get", "spp", "-n", SAMPLE_NAMESPACE), flush=True)
+    # Scrapes while both run, for the alert tests (nothing may fire on them): five more commits.
+    commits: set[float | None] = {last_commit}
+
+    def five_more_commits() -> bool:
+        leader = leader_metrics(state)
+        commits.add(flow_sample(leader, "spout_operator_spout_last_commit_timestamp_seconds"))
+        assert (flow_sample(leader, "spout_operator_processor_lag_commits") or 0) <= 2, leader
+        return len(commits) > 5
+
+    wait_for(state, "five more commits, the lag small", five_more_commits, 120, spaces)
 
     # Hold the processor back: pause the resource (the operator writes nothing to pachd), stop it.
     kubectl(
