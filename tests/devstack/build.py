@@ -32,6 +32,7 @@ CLI_UTILS_VERSION = "v0.37.2"
 HELM_VERSION = "v3.17.4"
 # promtool, for the alert rules' tests (check rules, test rules) and the dashboard's queries
 # (each one parsed by the real PromQL parser); built only when the tier that needs it runs.
+# Its go.mod asks for Go 1.26.7 (with an older go, GOTOOLCHAIN=auto fetches that toolchain).
 PROMETHEUS_VERSION = "v0.316.0"
 
 # The wrapper modules (go.mod + go.sum + tools.go) live in gomod/<family>/, committed:
