@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp.web
 import kopf
 
-from spout_operator import leader
+from spout_operator import leader, logs, metrics
 from spout_operator.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def main() -> int:
         return 2
     from spout_operator import handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1", log_format=kopf.LogFormat.PLAIN)
+    logs.configure(settings.log_format, verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1")
     log.info(
         "Watching %s; connection Secrets of ClusterPachdConnections in %s; drift check every %ss",
         ", ".join(settings.namespaces) or "all namespaces",
@@ -42,7 +42,11 @@ def main() -> int:
         settings.drift_interval_s,
     )
     liveness = os.environ.get("SPOUT_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz")
+    # Every replica serves /metrics from its start, leading or not: a scrape of a standby
+    # answers (spout_operator_leader 0), so a ServiceMonitor over all pods has no target down.
+    metrics.serve(settings.metrics_port)
     if not settings.leader_election:
+        metrics.lead_by(lambda: True)
         asyncio.run(_operator(settings, liveness, None, None))
     else:
         asyncio.run(_elected(settings, liveness))
@@ -73,6 +77,7 @@ async def _elected(settings: Settings, liveness: str) -> None:
     kube = Kube(pool_size=4)
     store = leader.KubeLeaseStore(kube.api, settings.lease_namespace, settings.lease_name)
     elector = leader.Elector(store, leader.identity())
+    metrics.lead_by(elector.leading)
     terminating = asyncio.Event()
     loop = asyncio.get_running_loop()
 

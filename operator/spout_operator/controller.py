@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spout_operator import metrics, operating, ownership, policy, restarts
+from spout_operator import dataflow, metrics, operating, ownership, policy, restarts
 from spout_operator import render as rendering
 from spout_operator.conditions import now
 from spout_operator.connection_model import ConnectionProblem
@@ -57,6 +57,18 @@ class PassResult:
         }
 
     @property
+    def pair(self) -> tuple[PipelineKey, PipelineKey] | None:
+        """(project, name) of the spout and the processor, where pachd showed either."""
+        outcome = self.outcome
+        if outcome is None:
+            return None
+        project = next((p.project for p in outcome.observed.values() if p is not None), None)
+        if project is None:
+            return None
+        spout, processor = outcome.names
+        return (project, spout), (project, processor)
+
+    @property
     def starting(self) -> bool:
         """pachd is still starting a pipeline of this pass: worth polling for RUNNING."""
         outcome = self.outcome
@@ -92,8 +104,10 @@ class Controller:
         resolver: Resolver | None = None,
         leading: Callable[[], bool] | None = None,
         workers: HealthSource | None = None,
+        flow: dataflow.FlowSource | None = None,
     ) -> None:
         self.settings = settings
+        self.flow = flow  # the pairs' data flow, live (flow_streams.py); None: not shown
         self.workers = workers  # the worker pods' index (workers.py); None: pachd's word stands
         self.gateways = gateways
         self.kube = kube
@@ -207,7 +221,9 @@ class Controller:
                 handled=operating.carried(resource.status),
             )
             metrics.RECONCILES.labels(trigger, reason).inc()
-            self.readiness.record(resource.uid, resource.generation, ready=False)
+            self.readiness.record(
+                resource.uid, resource.generation, ready=False, stalled=metrics.stalled(status)
+            )
             return PassResult(status, for_invalid_spec(trigger, resource.status, status, reason), None)
         handles = operating.read(resource.handles)
         own_project = policy.own_project(connection.policy, resource.namespace, spec.project)
@@ -234,13 +250,26 @@ class Controller:
             handled=done.handled,
             push_address=self._push_address(spec, outcome),
         )
+        if self.flow is not None:  # from memory: no call
+            status = dataflow.with_flow(
+                status,
+                resource.status,
+                self.flow.view(resource.uid),
+                dataflow.expectations(resource.spec),
+                time.time(),
+                self.settings.dataflow_resolution_s,
+                resource.generation,
+            )
         metrics.DRIFT_REPAIRS.inc(repairs)
         metrics.RECONCILES.labels(trigger, status["summary"]).inc()
         ready = status["summary"] == "Ready"
-        self.readiness.record(resource.uid, resource.generation, ready=ready, paused=handles.paused)
+        self.readiness.record(
+            resource.uid, resource.generation, ready, paused=handles.paused, stalled=metrics.stalled(status)
+        )
         events = [
             *for_pause(resource.status, handles.paused),
             *for_pass(trigger, outcome, resource.status, status),
+            *dataflow.events(resource.status, status),
         ]
         return PassResult(status, [*events, *done.events], outcome, endpoint, repairs)
 

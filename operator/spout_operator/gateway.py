@@ -10,12 +10,13 @@ spec), pipeline missing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -82,6 +83,25 @@ def _observed(info: Any) -> ObservedPipeline:
         reason=info.reason,
         spec_commit=info.spec_commit.id,
     )
+
+
+@contextlib.contextmanager
+def timed(method: str) -> Iterator[None]:
+    """Count one call to pachd and time it by method and gRPC status code (OK when it
+    returned; the error's code, else UNKNOWN, when it raised)."""
+    metrics.PACHD_CALLS.labels(method).inc()
+    started = time.monotonic()
+    code = "OK"
+    try:
+        yield
+    except grpc.RpcError as err:
+        code = err.code().name if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN.name
+        raise
+    except BaseException:
+        code = grpc.StatusCode.UNKNOWN.name
+        raise
+    finally:
+        metrics.PACHD_CALL_SECONDS.labels(method, code).observe(time.monotonic() - started)
 
 
 def _fingerprint(pipeline: ObservedPipeline) -> tuple[int, str, bool]:
@@ -165,9 +185,9 @@ class Gateway:
         return ended is not None and time.monotonic() - ended <= within_s
 
     def _send(self, method: str, request: Any) -> Any:
-        metrics.PACHD_CALLS.labels(method).inc()
         try:
-            return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
+            with timed(method):
+                return getattr(self._pps, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _translate(err) from None
 
@@ -175,9 +195,9 @@ class Gateway:
 
     def version(self) -> str:
         """pachd's version, e.g. 2.6.0: proves the address answers as a pachd."""
-        metrics.PACHD_CALLS.labels("GetVersion").inc()
         try:
-            info = self._version.GetVersion(Empty(), timeout=self.timeout_s, metadata=self._metadata)
+            with timed("GetVersion"):
+                info = self._version.GetVersion(Empty(), timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _translate(err) from None
         return f"{info.major}.{info.minor}.{info.micro}{info.additional}"
@@ -186,9 +206,11 @@ class Gateway:
         """Who pachd takes the token for; None when pachd has auth off (no token needed).
 
         Raises PachdRejected when pachd refuses the token (or its absence)."""
-        metrics.PACHD_CALLS.labels("WhoAmI").inc()
         try:
-            who = self._auth.WhoAmI(auth_pb2.WhoAmIRequest(), timeout=self.timeout_s, metadata=self._metadata)
+            with timed("WhoAmI"):
+                who = self._auth.WhoAmI(
+                    auth_pb2.WhoAmIRequest(), timeout=self.timeout_s, metadata=self._metadata
+                )
         except grpc.RpcError as err:
             if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None  # "the auth service is not activated"
@@ -212,10 +234,14 @@ class Gateway:
     def list_pipelines(self) -> list[ObservedPipeline]:
         """Every pipeline of this pachd, with details, in one call."""
         request = pps_pb2.ListPipelineRequest(details=True)
-        stream: Iterable[Any] = self._call("ListPipeline", request)
         try:
-            return [_observed(info) for info in stream]
-        except grpc.RpcError as err:  # errors of a server stream surface while reading it
+            # A server stream: its errors surface while reading it, and its time is the reading.
+            with timed("ListPipeline"):
+                stream: Iterable[Any] = self._pps.ListPipeline(
+                    request, timeout=self.timeout_s, metadata=self._metadata
+                )
+                return [_observed(info) for info in stream]
+        except grpc.RpcError as err:
             raise _translate(err) from None
 
     def snapshot(self, not_before: float) -> Snapshot:
@@ -268,13 +294,13 @@ class Gateway:
 
     def ensure_project(self, project: str) -> None:
         """CreateProject, where pachd does not have it yet (ALREADY_EXISTS is success)."""
-        metrics.PACHD_CALLS.labels("CreateProject").inc()
         metrics.PACHD_WRITES.inc()
         request = pfs_pb2.CreateProjectRequest(
             project=pfs_pb2.Project(name=project), description="made by spout-operator for its namespace"
         )
         try:
-            self._pfs.CreateProject(request, timeout=self.timeout_s, metadata=self._metadata)
+            with timed("CreateProject"):
+                self._pfs.CreateProject(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.ALREADY_EXISTS:
                 return

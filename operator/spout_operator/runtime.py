@@ -21,11 +21,12 @@ from typing import Any
 
 import kopf
 
-from spout_operator import metrics
+from spout_operator import dataflow, logs, metrics
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
 from spout_operator.events import Event
+from spout_operator.flow_streams import FlowWatch
 from spout_operator.gateway import Gateways
 from spout_operator.kube import Kube
 from spout_operator.names import GROUP, VERSION, PipelineKey, Trigger
@@ -33,7 +34,7 @@ from spout_operator.pachd_api import Endpoint, PachdError
 from spout_operator.resolver import Resolver
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings, SettingsError
-from spout_operator.spec_streams import SpecWatch
+from spout_operator.spec_streams import AioChannels, SpecWatch
 from spout_operator.sweep import Sweeper, Vigil, keep_vigil
 from spout_operator.threads import in_pool
 from spout_operator.watches import WorkerHealthWatch, WorkerWatch
@@ -61,6 +62,7 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> Settings:
     # Events are ours (pipeline created, drift repaired, warnings), not a copy of kopf's INFO
     # log ("Handler 'apply' succeeded"): that doubled the API writes of every change.
     kopf_settings.posting.level = logging.WARNING
+    logs.report_as_operator(kopf_settings)
     return settings
 
 
@@ -78,6 +80,7 @@ class Operator:
         """Made on the event loop (kopf's startup handler): watch threads wake passes there.
         `kube`: the API session (made here unless given); nothing is called before `start`."""
         self.settings = settings
+        self._leading = leading or (lambda: True)
         self.executor = executor  # kopf's own pool: the passes' blocking work
         # Polls for pipelines that are starting get a few threads of their own: while pachd is
         # slow to list, they wait there and never hold up the passes that create pipelines.
@@ -89,6 +92,10 @@ class Operator:
         )
         # Worker pods: Ready needs them up (None: not judged, pachd's word stands).
         self.worker_health = WorkerHealthWatch.from_settings(settings, self.kube.core, self._changed)
+        # Each pair's data flow from pachd's commit streams: read by passes from memory. The
+        # commit streams (spec and flow) share one aio channel per pachd.
+        self.aio_channels = AioChannels()
+        self.flow_watch = FlowWatch(channels=self.aio_channels)
         self.controller = Controller(
             settings,
             self.gateways,
@@ -96,6 +103,7 @@ class Operator:
             Resolver(self.kube.core, self.kube.custom, settings.operator_namespace),
             leading,
             None if self.worker_health is None else self.worker_health.pods,
+            self.flow_watch,
         )
         # Every resource's drift passes, from one task; `index` starts and feeds it.
         self.sweeper = Sweeper(
@@ -106,7 +114,7 @@ class Operator:
         ]
         self.vigil = Vigil[Endpoint]()
         # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
-        self.spec_watch = SpecWatch(self._poke_now, own=self.gateways.wrote)
+        self.spec_watch = SpecWatch(self._poke_now, own=self.gateways.wrote, channels=self.aio_channels)
         self.connection_checks = ConnectionChecks(
             self.controller.resolver,
             self.gateways,
@@ -118,7 +126,10 @@ class Operator:
         self._vigil_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # __main__ serves them from the process's start (a standby too); kept for operators
+        # run by `kopf run` or in-process in tests.
         metrics.serve(self.settings.metrics_port)
+        metrics.lead_by(self._leading)
         for watch in self.worker_watches:
             watch.start()
         self._vigil_task = self._loop.create_task(
@@ -142,10 +153,14 @@ class Operator:
         if self.worker_health is not None:
             self.worker_health.stop()
         await self.spec_watch.close()
+        await self.flow_watch.close()
+        await self.aio_channels.close()
         self.poll_executor.shutdown(wait=False, cancel_futures=True)
         # Passes still queued (their tasks cancelled) would each run before the process exits.
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.gateways.close()
+        # No longer answering for any resource (a stepped-down leader): no frozen gauges.
+        self.controller.readiness.clear()
 
     # --- SpoutPipelines -----------------------------------------------------------------
 
@@ -179,6 +194,7 @@ class Operator:
         if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
             self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
             self.spec_watch.forget(str(meta.get("uid")))
+            self.flow_watch.forget(str(meta.get("uid")))
         else:
             self.sweeper.track(Resource.of(body))
 
@@ -209,12 +225,25 @@ class Operator:
         trigger: Trigger,
         listed_since: float = 0.0,
     ) -> PassResult | None:
-        result = await in_pool(executor, self.controller.reconcile, resource, trigger, listed_since)
+        result = await in_pool(executor, self._reconcile, resource, trigger, listed_since)
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
+            labels = (resource.namespace, resource.name)
+            expected = dataflow.expectations(resource.spec)
+            self.flow_watch.follow(resource.uid, labels, result.endpoint, result.pair, expected)
+            metrics.data_flowing(labels, result.status)
             if result.repairs and result.endpoint is not None:
                 self.vigil.drift_seen(result.endpoint, time.monotonic())
+        return result
+
+    def _reconcile(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult | None:
+        """One pass in a pool thread, timed and counted (metrics.timed_pass)."""
+        with metrics.timed_pass(trigger):
+            result = self.controller.reconcile(resource, trigger, listed_since)
+        reason = metrics.pass_error(None if result is None else result.status)
+        if reason is not None:
+            metrics.RECONCILE_ERRORS.labels(reason).inc()
         return result
 
     def _poke_now(self, key: PipelineKey) -> None:  # on the event loop

@@ -18,6 +18,7 @@ DEFAULT_OPERATOR_NAMESPACE = "spout-operator-system"
 # Read before connections existed; refused rather than ignored, so an upgrade that keeps a
 # token in the operator's environment fails loudly instead of holding a credential unused.
 REMOVED = ("PACHD_ADDRESS", "PACHD_AUTH_TOKEN")
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -48,6 +49,9 @@ class Settings:
     # The only namespace whose Secrets ClusterPachdConnections may name (the operator's own).
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     connection_check_interval_s: float = 30.0  # how often each connection's Ready is checked
+    # status.dataFlow is rewritten when DataFlowing changes, or when a timestamp in it moved this much
+    dataflow_resolution_s: float = 60.0
+    log_format: str = "text"  # text (timestamp, level, logger, message) or json (one object a line)
 
     @property
     def channel_idle_s(self) -> float:
@@ -83,6 +87,10 @@ class Settings:
             connection_check_interval_s=_seconds(
                 env, "CONNECTION_CHECK_SECONDS", defaults.connection_check_interval_s
             ),
+            dataflow_resolution_s=_seconds(
+                env, "DATAFLOW_RESOLUTION_SECONDS", defaults.dataflow_resolution_s
+            ),
+            log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
         )
 
 
@@ -102,6 +110,15 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(PREFIX + name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise SettingsError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ transaction, but creates the new worker RC only after its Secret and Service (1-
 through a throttled Kubernetes client). A pfs SubscribeCommit stream on the spec repo sees
 the update within tens of milliseconds. It sends nothing for a stop or a deletion (the RC
 watch and the listings see those). The streams run on the event loop (grpc.aio): no thread
-each, one channel per pachd.
+each, one channel per pachd (AioChannels, shared with the data flow's streams).
 """
 
 from __future__ import annotations
@@ -31,6 +31,47 @@ _KEEPALIVE = [("grpc.keepalive_time_ms", 30_000)]  # pachd 2.6 allows pings ever
 
 # Commit ids of one spec repo's stream, as pachd sends them.
 SpecStream = Callable[[Endpoint, PipelineKey], AsyncIterator[str]]
+
+
+class AioChannels:
+    """One grpc.aio channel per pachd, shared by every commit stream to it (the spec streams
+    here, the data flow's in flow_streams.py). Each user says which pachds it still streams
+    from; a channel none of them uses is closed in the background. Event loop only."""
+
+    def __init__(self) -> None:
+        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
+        self._users: dict[str, set[Endpoint]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+
+    def get(self, endpoint: Endpoint) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            secure = credentials(endpoint)
+            channel = (
+                grpc.aio.insecure_channel(endpoint.target, options=_KEEPALIVE)
+                if secure is None
+                else grpc.aio.secure_channel(endpoint.target, secure, options=_KEEPALIVE)
+            )
+            self._channels[endpoint] = channel
+        return channel
+
+    def used(self, user: str, endpoints: set[Endpoint]) -> None:
+        """The pachds `user` streams from now; channels nobody streams from are closed."""
+        self._users[user] = set(endpoints)
+        wanted = set().union(*self._users.values())
+        for endpoint in set(self._channels) - wanted:  # nothing is in flight on it any more
+            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    async def close(self) -> None:
+        self._users.clear()
+        for channel in list(self._channels.values()):
+            await channel.close()
+        self._channels.clear()
 
 
 class SpecFollower:
@@ -75,6 +116,7 @@ class SpecWatch:
         changed: Callable[[PipelineKey], None],
         stream: SpecStream | None = None,
         own: Callable[[Endpoint, PipelineKey], bool] = lambda endpoint, key: False,
+        channels: AioChannels | None = None,
     ) -> None:
         self._changed = changed
         self._stream = stream or self._subscribe
@@ -83,8 +125,8 @@ class SpecWatch:
         self._own = own
         self._wanted: dict[str, tuple[Endpoint, dict[PipelineKey, str]]] = {}  # owner -> where, heads
         self._followers: dict[tuple[Endpoint, PipelineKey], tuple[SpecFollower, asyncio.Task[None]]] = {}
-        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
-        self._closing: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+        self._own_channels = channels is None
+        self._channels = channels or AioChannels()  # shared with the data flow's streams
 
     def follow(self, owner: str, endpoint: Endpoint | None, heads: Mapping[PipelineKey, str]) -> None:
         """What `owner`'s last pass saw: the pipelines' spec heads on that pachd (None: none)."""
@@ -112,19 +154,14 @@ class SpecWatch:
     async def close(self) -> None:
         self._wanted.clear()
         self._drop_unwanted()
-        for channel in list(self._channels.values()):
-            await channel.close()
-        self._channels.clear()
+        if self._own_channels:
+            await self._channels.close()
 
     def _drop_unwanted(self) -> None:
         wanted = {(endpoint, key) for endpoint, heads in self._wanted.values() for key in heads}
         for place in set(self._followers) - wanted:
             self._followers.pop(place)[1].cancel()
-        unused = set(self._channels) - {endpoint for endpoint, _ in self._followers}
-        for endpoint in unused:  # nothing is in flight on it any more: close it in the background
-            closing = asyncio.get_running_loop().create_task(self._channels.pop(endpoint).close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        self._channels.used("spec", {endpoint for endpoint, _ in self._followers})
 
     async def _follow(self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower) -> None:
         delay = SPEC_RETRY_S[0]
@@ -147,14 +184,6 @@ class SpecWatch:
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
         channel = self._channels.get(endpoint)
-        if channel is None:
-            secure = credentials(endpoint)
-            channel = (
-                grpc.aio.insecure_channel(endpoint.target, options=_KEEPALIVE)
-                if secure is None
-                else grpc.aio.secure_channel(endpoint.target, secure, options=_KEEPALIVE)
-            )
-            self._channels[endpoint] = channel
         project, name = key
         # python-pachyderm 7.5 names only "user" repos: the spec repo needs the stub itself.
         repo = pfs_pb2.Repo(name=name, type="spec", project=pfs_pb2.Project(name=project))

@@ -44,6 +44,7 @@ FAILING = {"FAILURE", "CRASHING"}  # pachd gave up, or its workers crash: not pr
 # Refusals that retrying the same spec cannot cure: kstatus reads Stalled=True as Failed.
 STALLED_REASONS = {"InvalidSpec", "PachdRejected", "SpoutUpdateBlocked", "ForeignPipeline"}
 WORKERS_STARTING = "WorkersStarting"
+CARRIED_CONDITIONS = {"DataFlowing"}  # not this module's: a change under way keeps them
 PAUSED_REASON = "ReconcilePaused"  # Ready's reason while worker pods are on their way up
 
 
@@ -226,11 +227,13 @@ def applying_status(generation: int, previous: Mapping[str, Any], now: str) -> d
         Condition("Synced", None, "Progressing", message),
         Condition("Reconciling", True, "Progressing", message),
     ]
+    # Conditions of the data flow (dataflow.py) are judged apart from the spec: they stand.
+    carried = [c for c in previous.get("conditions") or [] if c.get("type") in CARRIED_CONDITIONS]
     return {
         **previous,
         "observedGeneration": generation,
         "summary": "Reconciling",
-        "conditions": render_conditions(conditions, previous.get("conditions"), now, generation),
+        "conditions": [*render_conditions(conditions, previous.get("conditions"), now, generation), *carried],
     }
 
 

@@ -29,6 +29,7 @@ def readme_run(first: bool = False) -> dict[str, Any]:
         },
         "steady": {
             "pachd_writes": 0.0,
+            "status_writes": 0.0,
             "listings_per_sweep_per_pachd": 1.0,
             "inspect_pipeline_calls": 0.0,
             "versions_unchanged": True,

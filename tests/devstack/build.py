@@ -3,10 +3,11 @@
 kube-apiserver, kube-controller-manager, pachd and pachctl are compiled from
 their published Go modules, each program family in its own wrapper module so
 minimal version selection never moves one program's dependencies under the
-other; helm too, for the chart's tests. `kstatus` is a small command of our own
-(gomod/kstatus/main.go) around the kstatus library that Flux and kpt read status
-with, so the tests can ask the real implementation what it makes of the statuses
-the operator writes. A binary already in the cache is reused; nothing is rebuilt.
+other; helm too, for the chart's tests, and promtool for the alert rules' tests.
+`kstatus` is a small command of our own (gomod/kstatus/main.go) around the
+kstatus library that Flux and kpt read status with, so the tests can ask the real
+implementation what it makes of the statuses the operator writes. A binary already in
+the cache is reused; nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ CLI_UTILS_VERSION = "v0.37.2"
 # helm, for the chart's tests (lint, template, install); its Kubernetes libraries are the
 # stack's minor version (v0.32).
 HELM_VERSION = "v3.17.4"
+# promtool, for the alert rules' tests (check rules, test rules) and the dashboard's queries
+# (each one parsed by the real PromQL parser); built only when the tier that needs it runs.
+# Its go.mod asks for Go 1.26.7 (with an older go, GOTOOLCHAIN=auto fetches that toolchain).
+PROMETHEUS_VERSION = "v0.316.0"
 
 # The wrapper modules (go.mod + go.sum + tools.go) live in gomod/<family>/, committed:
 # the pinned go.sum makes every build verify the same module content without asking
@@ -113,6 +118,7 @@ PROGRAMS = (
             "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=32",
         ),
     ),
+    Program("promtool", "prometheus", PROMETHEUS_VERSION, "github.com/prometheus/prometheus/cmd/promtool"),
 )
 
 # What the control-plane-only stack needs; the node (kubelet, scheduler) and the

@@ -40,6 +40,7 @@ SYSTEM_NAMESPACE = "spout-operator-system"
 SAMPLE_NAMESPACE = "e2e-spout101"
 WORKERS_NAMESPACE = "e2e-workers"
 PACHD_NAMESPACE = "pachyderm"
+E2E_RESOLUTION_S = 5
 # Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
 LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{64}\.txt)\n")
 
@@ -182,6 +183,14 @@ def operator_overlay(state: State, workdir: Path) -> Path:
     manifests/pachd-namespace.yaml, through the knob manifests/pachd-namespace/)."""
     for name in ("manifests", "crds"):
         shutil.copytree(ROOT / name, workdir / name)
+    deployment = workdir / "manifests" / "deployment.yaml"
+    # A short resolution, so the status's last commit time follows the spout's few-second rhythm
+    # in this tier (the shipped 60 s keeps a status write from every minute of every spout).
+    resolution = '{name: SPOUT_OPERATOR_DATAFLOW_RESOLUTION_SECONDS, value: "60"}'
+    assert resolution in deployment.read_text()
+    deployment.write_text(
+        deployment.read_text().replace(resolution, resolution.replace('"60"', f'"{E2E_RESOLUTION_S}"'))
+    )
     overlay = workdir / "overlay"
     overlay.mkdir()
     name, _, tag = images.OPERATOR_IMAGE.rpartition(":")
@@ -437,6 +446,192 @@ def test_sample_runs_in_pods_and_every_message_is_processed(
         line = client.get_file(("processor", head), path).read().decode()
         match = LINE.fullmatch(line)
         assert match and match["name"] == name, (label, line)
+
+
+# --- the data flow: last commit, lag, expectations --------------------------------------
+
+SAMPLE_INTERVAL = (3, 5)  # the consumer's rhythm in this tier (applied_sample)
+SCRAPES = ROOT / "bench-results" / "e2e-dataflow-scrapes.jsonl"
+
+
+def pod_metrics(state: State, pod: str) -> str:
+    """/metrics of one operator replica, from inside its pod."""
+    read = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+    return str(
+        kubectl(state, "exec", "-n", SYSTEM_NAMESPACE, pod, "-c", "operator", "--", "python", "-c", read)
+    )
+
+
+def samples(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            found[key] = float(value)
+    return found
+
+
+def replicas_metrics(state: State) -> dict[str, dict[str, float]]:
+    """Every replica's /metrics (both serve them), by pod; each scrape kept in SCRAPES (one JSON
+    line per pod and scrape, with its Unix time), the input of the alert rules' tests."""
+    scraped = {}
+    SCRAPES.parent.mkdir(parents=True, exist_ok=True)
+    with SCRAPES.open("a") as out:
+        for pod in operator_pods(state):
+            name = str(pod["metadata"]["name"])
+            text = pod_metrics(state, name)
+            out.write(json.dumps({"time": time.time(), "pod": name, "metrics": text}) + "\n")
+            scraped[name] = samples(text)
+    return scraped
+
+
+def leader_metrics(state: State) -> dict[str, float]:
+    scraped = replicas_metrics(state)
+    leaders = [m for m in scraped.values() if m.get("spout_operator_leader") == 1]
+    assert len(leaders) == 1, {pod: m.get("spout_operator_leader") for pod, m in scraped.items()}
+    return leaders[0]
+
+
+def flow_sample(metrics: dict[str, float], name: str) -> float | None:
+    return metrics.get(f'{name}{{name="spout101",namespace="{SAMPLE_NAMESPACE}"}}')
+
+
+def age_s(stamp: str) -> float:
+    return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+
+
+def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_judged(
+    node_stack: State, applied_sample: dict[str, Any]
+) -> None:
+    """Both replicas serve /metrics, one leads; spout101's last commit is as recent as its rhythm
+    and the lag small while both run; with the processor stopped (the resource paused, so the
+    operator leaves pachd alone) the lag grows in status and metrics, DataFlowing=False with its
+    Event (Ready keeps its own reason: pachd's); resumed, it catches up."""
+    state = node_stack
+    spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
+    SCRAPES.unlink(missing_ok=True)
+    max_lag = 3
+    kubectl(
+        state,
+        "patch",
+        "spoutpipeline",
+        "spout101",
+        "-n",
+        SAMPLE_NAMESPACE,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"expectations": {"commitWithinSeconds": 60, "maxLag": max_lag}}}),
+    )
+
+    def current() -> dict[str, Any]:
+        return dict(kubectl_json(state, "get", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE))
+
+    def flowing() -> dict[str, Any] | None:
+        obj = current()
+        shown = obj.get("status", {}).get("dataFlow", {})
+        ok = condition(obj, "DataFlowing").get("status") == "True" and shown.get("lastCommitTime")
+        return (
+            obj
+            if ok and condition(obj, "DataFlowing")["observedGeneration"] == obj["metadata"]["generation"]
+            else None
+        )
+
+    obj = wait_for(state, "spout101's data flow in status, DataFlowing=True", flowing, 180, spaces)
+    # The status follows at the sweep (30 s) and the resolution; the metrics at each commit.
+    sweep_s = 30
+    assert (
+        age_s(obj["status"]["dataFlow"]["lastCommitTime"])
+        <= sweep_s + E2E_RESOLUTION_S + SAMPLE_INTERVAL[1] + 10
+    )
+    assert obj["status"]["dataFlow"]["lag"] <= 2, obj["status"]["dataFlow"]
+    metrics = leader_metrics(state)
+    last_commit = flow_sample(metrics, "spout_operator_spout_last_commit_timestamp_seconds")
+    assert last_commit is not None and time.time() - last_commit <= SAMPLE_INTERVAL[1] + 5, metrics
+    lag = flow_sample(metrics, "spout_operator_processor_lag_commits")
+    assert lag is not None and lag <= 2
+    assert flow_sample(metrics, "spout_operator_data_flowing") == 1
+    assert flow_sample(metrics, "spout_operator_expected_max_lag_commits") == max_lag
+    print("\n$ kubectl get spp\n" + kubectl(state, "get", "spp", "-n", SAMPLE_NAMESPACE), flush=True)
+    # Scrapes while both run, for the alert tests (nothing may fire on them): five more commits.
+    commits: set[float | None] = {last_commit}
+
+    def five_more_commits() -> bool:
+        leader = leader_metrics(state)
+        commits.add(flow_sample(leader, "spout_operator_spout_last_commit_timestamp_seconds"))
+        assert (flow_sample(leader, "spout_operator_processor_lag_commits") or 0) <= 2, leader
+        return len(commits) > 5
+
+    wait_for(state, "five more commits, the lag small", five_more_commits, 120, spaces)
+
+    # Hold the processor back: pause the resource (the operator writes nothing to pachd), stop it.
+    kubectl(
+        state,
+        "annotate",
+        "spoutpipeline",
+        "spout101",
+        "-n",
+        SAMPLE_NAMESPACE,
+        "spout-operator.dev/paused=true",
+    )
+    wait_for(state, "the pause acknowledged", lambda: current().get("status", {}).get("paused"), 120, spaces)
+    client = pachd_client(state)
+    client.stop_pipeline("processor")
+    try:
+        lags: list[float] = []
+
+        def behind() -> dict[str, Any] | None:
+            leader = leader_metrics(state)  # scraped along the way: the alert tests' input
+            lags.append(flow_sample(leader, "spout_operator_processor_lag_commits") or 0)
+            obj = current()
+            return obj if condition(obj, "DataFlowing").get("reason") == "ProcessorBehind" else None
+
+        obj = wait_for(state, "DataFlowing=False, ProcessorBehind", behind, 240, spaces)
+        assert lags[-1] > max_lag and lags == sorted(lags), lags  # grows, commit by commit
+        assert obj["status"]["dataFlow"]["lag"] > max_lag
+        # Ready says what pachd says (the processor is stopped), not the data flow's verdict.
+        assert condition(obj, "Ready")["reason"] == "PipelineNotRunning", condition(obj, "Ready")
+        events = kubectl_json(
+            state, "get", "events", "-n", SAMPLE_NAMESPACE, "--field-selector", "reason=ProcessorBehind"
+        )["items"]
+        assert len(events) == 1, events
+        assert events[0]["type"] == "Warning"
+        assert events[0]["reportingComponent"] == "spout-operator"
+        assert events[0]["reportingInstance"] in {p["metadata"]["name"] for p in operator_pods(state)}
+        # Still behind a while later: the lag keeps growing in the metrics, no second Event. Held
+        # back this long (two minutes or more at 3-5 s a commit), the scrapes cover the alerts'
+        # `for` durations (SpoutPipelineProcessorBehind, SpoutPipelineLagGrowing).
+        grown = wait_for(
+            state,
+            "the lag growing further",
+            lambda: (
+                (m := flow_sample(leader_metrics(state), "spout_operator_processor_lag_commits") or 0)
+                >= lags[-1] + 25
+                and m
+            ),
+            240,
+            spaces,
+        )
+        assert grown >= lags[-1] + 25
+        again = kubectl_json(
+            state, "get", "events", "-n", SAMPLE_NAMESPACE, "--field-selector", "reason=ProcessorBehind"
+        )["items"]
+        assert len(again) == 1 and again[0].get("count", 1) == 1, again
+        assert flow_sample(leader_metrics(state), "spout_operator_data_flowing") == 0
+    finally:
+        kubectl(
+            state,
+            "annotate",
+            "spoutpipeline",
+            "spout101",
+            "-n",
+            SAMPLE_NAMESPACE,
+            "spout-operator.dev/paused-",
+        )
+    # Resumed: the operator starts the processor again (drift repair); it catches up.
+    obj = wait_for(state, "DataFlowing=True again", flowing, 300, spaces)
+    assert obj["status"]["dataFlow"]["lag"] <= max_lag
+    leader_metrics(state)
+    print(f"scrapes kept in {SCRAPES}", flush=True)
 
 
 def tag_image(state: State, source: str, target: str) -> None:

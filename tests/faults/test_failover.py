@@ -38,6 +38,11 @@ def writes(operator: OperatorProcess) -> float:
     return metrics.total(found, PACHD_WRITES) + metrics.total(found, STATUS_WRITES)
 
 
+def leader(operator: OperatorProcess) -> float:
+    """What the replica's own /metrics says: 1 leading, 0 standby (every replica serves them)."""
+    return operator.scrape()["spout_operator_leader"]
+
+
 def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     stack: State, ns: str, prefix: str, operators: Callable[..., OperatorProcess]
 ) -> None:
@@ -49,6 +54,9 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     b = operators(POD_NAME="replica-b", **election)
     b.wait_healthy()
     assert b.health() == {"standby": True}
+    # Both replicas serve /metrics (a ServiceMonitor over both pods has no target down), and
+    # exactly one says it leads.
+    assert (leader(a), leader(b)) == (1, 0)
 
     api.create(body("one", prefix))
     eventually(lambda: ready(api.get("one")), 120, what="one Ready")
@@ -71,6 +79,7 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     with a.paused():
         eventually(lambda: holder(stack, ns) == "replica-b", 60, 0.2, what="replica-b leads")
         failover_s = time.monotonic() - frozen_at
+        assert leader(b) == 1
         api.patch("one", {"spec": {"processor": {"transform": {"env": {"BY": "b"}}}}})
         eventually(
             lambda: dict(pachd.pipelines(prefix)[processor].details.transform.env) == {"BY": "b"},
@@ -84,6 +93,12 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     # must write nothing: not revert the processor, not rewrite the status.
     eventually(lambda: a.health() == {"standby": True}, 60, 0.2, what="replica-a back to standby")
     figure("stale_leader_stepped_down_s", round(time.monotonic() - thawed_at, 2))
+    # The stepped-down replica still serves /metrics, says it does not lead, and answers for no
+    # resource (no frozen gauges); the new leader counts the resource.
+    stale, current = a.scrape(), b.scrape()
+    assert (stale["spout_operator_leader"], current["spout_operator_leader"]) == (0, 1)
+    assert stale.get('spout_operator_resources{ready="True"}', 0) == 0
+    assert current['spout_operator_resources_by_condition{condition="Ready",status="True"}'] == 1
     counted(b.scrape, PASSES, 3, 60, trigger="drift")  # three sweeps of b
     assert writes(a) == written_by_a  # not one pachd or status write since it froze
     assert {n: p.version for n, p in pachd.pipelines(prefix).items()} == versions

@@ -54,6 +54,7 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
     assert data["spout_update"]["history_kept"] is True
     assert data["spout_update"]["processors_rewired"] == k
     assert data["steady"]["pachd_writes"] == 0
+    assert data["steady"]["status_writes"] == 0
     assert data["steady"]["list_pipeline_calls"] >= 1
     assert data["steady"]["versions_unchanged"] is True
     assert data["memory"]["rss_mb_at_n"] > 0 and data["memory"]["rss_mb_unreachable"] > 0
