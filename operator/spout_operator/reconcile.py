@@ -69,7 +69,7 @@ def spout_readers(pipelines: Iterable[ObservedPipeline], project: str, spout: st
     """Running pipelines whose input reads the spout's output repo.
 
     pachd 2.6 fails an update of a spout while any of them runs (commit provenance,
-    see README "Versions and known limits"); a stopped one has no provenance to trip on.
+    see docs/development.md "Versions and known limits"); a stopped one has no provenance to trip on.
     """
     return [p for p in pipelines if not p.stopped and reads_repo(p.spec, project, spout)]
 

@@ -66,7 +66,7 @@ class Settings:
             if env.get(PREFIX + gone, "").strip():
                 raise SettingsError(
                     f"{PREFIX}{gone} is no longer read: pachd's address and token belong in a "
-                    "ClusterPachdConnection (see README, Security model); unset it"
+                    "ClusterPachdConnection (see docs/security.md); unset it"
                 )
         defaults = cls()
         return cls(

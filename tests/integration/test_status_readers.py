@@ -220,11 +220,11 @@ def test_stalled_and_unreachable(
 
 
 def test_readme_registers_the_health_script_in_argocd_cm(stack: State, namespace: str) -> None:
-    """The README's `kubectl patch` command, run as written (in a test namespace), adds the
-    script to an existing argocd-cm and leaves its other keys alone."""
-    readme = (ROOT / "README.md").read_text()
+    """The documented `kubectl patch` command (docs/resource.md), run as written (in a test
+    namespace), adds the script to an existing argocd-cm and leaves its other keys alone."""
+    readme = (ROOT / "docs" / "resource.md").read_text()
     command = re.search(r"```shell\n(kubectl -n argocd patch configmap argocd-cm .*?)\n```", readme, re.S)
-    assert command is not None, "README lost its argocd-cm command"
+    assert command is not None, "docs/resource.md lost its argocd-cm command"
     kubectl(
         stack, "create", "configmap", "argocd-cm", "-n", namespace, "--from-literal=url=https://argo.example"
     )
