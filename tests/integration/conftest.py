@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import install_crds, kubectl
 from kit import (
     CONNECTION_CHECK_S,
-    CRDS,
     DRIFT_INTERVAL_S,
     METRICS_PORT,
     OPERATOR_NAMESPACE,
@@ -25,16 +24,7 @@ from kit import (
 
 @pytest.fixture(scope="session")
 def crd(stack: State) -> None:
-    kubectl(stack, "apply", "-k", str(CRDS))
-    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
-        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
-        established = [
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            f"crd/{plural}.spout-operator.dev",
-        ]
-        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+    install_crds(stack)
     kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from devstack import metrics
 from devstack.stack import State, free_port
-from devstack.testing import PASSES, counted, eventually, kubectl, spout_pipeline
+from devstack.testing import PASSES, counted, eventually, install_crds, kubectl, spout_pipeline
 from python_pachyderm.proto.v2.pps import pps_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +167,25 @@ def passes(more: int, since: dict[str, float] | None = None, **labels: str) -> d
     trigger="drift": its sweeps' passes) since the scrape `since` (default: now); return the
     scrape then. One per resource per sweep: two sweeps over three resources are six."""
     return counted(scrape, PASSES, more, 30 * DRIFT_INTERVAL_S + more * DRIFT_INTERVAL_S, since, **labels)
+
+
+def release_strays(stack: State, namespace: str) -> None:
+    """SpoutPipelines that other tests of the session left in other namespaces: their operator
+    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
+    own operator is running when it is uninstalled): their finalizers are dropped."""
+    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
+    for item in listing["items"]:
+        meta = item["metadata"]
+        if meta["namespace"] != namespace:
+            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
+            kubectl(
+                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
+            )
+
+
+def session_crds_back(stack: State) -> None:
+    """The session's CRDs, operator namespace and default connection, as its fixtures made them."""
+    install_crds(stack)
+    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
+    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
+    install_default_connection(stack, stack.pachds[0].address)

@@ -19,15 +19,15 @@ import pytest
 import yaml
 from devstack import build
 from devstack.stack import State, service_account_kubeconfig
-from devstack.testing import eventually, kubectl, use_kubeconfig
+from devstack.testing import kubectl, use_kubeconfig
 from kit import (
-    CRDS,
-    OPERATOR_NAMESPACE,
     SAMPLE,
     install_default_connection,
     pipelines,
+    release_strays,
     resource,
     running_operator,
+    session_crds_back,
     state_name,
     wait_condition,
 )
@@ -414,22 +414,6 @@ def test_helm_install_runs_the_sample(
     assert "NotFound" in kubectl(stack, "get", "clusterrole", f"{release}-spout-operator", check=False)
 
 
-def session_crds_back(stack: State) -> None:
-    """The session's CRDs, operator namespace and default connection, as its fixtures made them."""
-    kubectl(stack, "apply", "-k", str(CRDS))
-    for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
-        established = [
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            f"crd/{plural}.spout-operator.dev",
-        ]
-        eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
-    kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
-    kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
-    install_default_connection(stack, stack.pachds[0].address)
-
-
 def stack_values(stack: State, namespace: str) -> list[str]:
     pachd = stack.pachds[0]
     return [
@@ -592,20 +576,6 @@ def test_helm_upgrade_from_the_previous_release(
                 pachd_client.delete_pipeline(name, force=True)
         subprocess.run([*helm, "uninstall", release, "-n", namespace], capture_output=True, check=False)
         session_crds_back(stack)
-
-
-def release_strays(stack: State, namespace: str) -> None:
-    """SpoutPipelines that other tests of the session left in other namespaces: their operator
-    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
-    own operator is running when it is uninstalled): their finalizers are dropped."""
-    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
-    for item in listing["items"]:
-        meta = item["metadata"]
-        if meta["namespace"] != namespace:
-            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
-            kubectl(
-                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
-            )
 
 
 def test_helm_uninstall_with_live_spoutpipelines(

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import yaml
 from devstack.stack import State, service_account_kubeconfig
-from devstack.testing import eventually, kubectl, use_kubeconfig
+from devstack.testing import eventually, install_crds, kubectl, use_kubeconfig
 from kit import (
-    CRDS,
     OPERATOR_NAMESPACE,
     condition,
     connection,
     install_default_connection,
     pipelines,
+    release_strays,
     resource,
     running_operator,
     wait_condition,
@@ -465,20 +465,6 @@ def test_namespace_overlay_keeps_rbac_whole(
         kubectl(stack, "apply", "-k", str(ROOT / "manifests"))
 
 
-def release_strays(stack: State, namespace: str) -> None:
-    """SpoutPipelines that other tests of the session left in other namespaces: their operator
-    is gone, so their finalizers would never go. They are not this test's subject (a cluster's
-    own operator is running when it is uninstalled): their finalizers are dropped."""
-    listing = json.loads(kubectl(stack, "get", "spoutpipelines", "--all-namespaces", "-o", "json"))
-    for item in listing["items"]:
-        meta = item["metadata"]
-        if meta["namespace"] != namespace:
-            patch = ["--type=merge", "-p", '{"metadata":{"finalizers":null}}']
-            kubectl(
-                stack, "patch", "spoutpipeline", meta["name"], "-n", meta["namespace"], *patch, check=False
-            )
-
-
 def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
     stack: State,
     installed: None,
@@ -526,15 +512,7 @@ def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
             with contextlib.suppress(Exception):
                 pachd_client.delete_pipeline(name, force=True)
         # The session's CRDs, operator namespace and default connection, as its fixtures made them.
-        kubectl(stack, "apply", "-k", str(CRDS))
-        for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
-            established = [
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                f"crd/{plural}.spout-operator.dev",
-            ]
-            eventually(lambda args=established: "condition met" in kubectl(stack, *args, check=False), 60)
+        install_crds(stack)
         eventually(
             lambda: "NotFound" in kubectl(stack, "get", "namespace", OPERATOR_NAMESPACE, check=False), 60
         )
