@@ -72,11 +72,15 @@ def test_apply_creates_both_pipelines_and_reports_ready(
     table = kubectl(stack, "get", "spoutpipelines", "-n", namespace)
     header, row = table.splitlines()[:2]
     assert header.split() == [
-        "NAME", "SPOUT", "SPOUT-STATE", "PROCESSOR", "PROCESSOR-STATE", "READY", "WORKERS", "AGE"
+        "NAME", "SPOUT", "SPOUT-STATE", "PROCESSOR", "PROCESSOR-STATE", "READY", "WORKERS",
+        "LAST-COMMIT", "LAG", "AGE",
     ]  # fmt: skip
-    # No node here (SPOUT_OPERATOR_WORKER_HEALTH=false): pachd's word, an empty WORKERS column.
+    # No node here (SPOUT_OPERATOR_WORKER_HEALTH=false): pachd's word, an empty WORKERS column;
+    # no consumer runs either: no last commit, and the lag where the data flow has one.
     assert row.split()[:6] == ["pair", spout, "RUNNING", processor, "RUNNING", "True"]
-    assert len(row.split()) == 7 and "workers" not in obj["status"]
+    flow = get(stack, namespace, "pair")["status"].get("dataFlow") or {}
+    assert "lastCommitTime" not in flow and "workers" not in obj["status"]
+    assert len(row.split()) == 7 + ("lag" in flow)
     assert "workers" not in obj["status"]["spout"]
 
 
