@@ -55,10 +55,12 @@ def test_each_field_reaches_pachd_as_declared_and_a_reapply_writes_nothing(
     assert dict(s.scheduling_spec.node_selector) == {"disktype": "ssd"}
     assert s.scheduling_spec.priority_class_name == "ingest"
     assert [(t.key, t.value) for t in s.tolerations] == [("dedicated", "ingest")]
-    assert (s.sidecar_resource_limits.cpu, s.sidecar_resource_limits.memory) == (0.5, "256Mi")
+    assert (s.sidecar_resource_limits.cpu, s.sidecar_resource_limits.memory) == (0.5, "256Mi")  # float32
     assert (p.datum_timeout.seconds, p.job_timeout.seconds) == (90, 3600)
     assert p.datum_set_spec.number == 5 and p.reprocess_spec == "every_job"
-    assert (p.sidecar_resource_requests.cpu, p.sidecar_resource_requests.memory) == (0.1, "64Mi")
+    # pachd keeps cpu as a float32: 0.1 comes back as 0.10000000149011612
+    assert p.sidecar_resource_requests.cpu == pytest.approx(0.1)
+    assert p.sidecar_resource_requests.memory == "64Mi"
     before, seen = scrape(), versions(pachd_client, spout, processor)
     apply(stack, namespace, body)  # the same resource again, then sweeps
     counted(scrape, "spout_operator_reconciles_total", 2, 60, trigger="drift")
