@@ -57,6 +57,9 @@ def decide(
             record["restarts"] = 0  # healthy long enough: a later failure starts afresh
         else:
             record["healthySince"] = _stamp(healthy_since)
+            if last is not None and count < policy.max_restarts:
+                # Should it fail again: the back-off's end, the earliest the next restart can be.
+                record["nextRestartAt"] = _stamp(last + datetime.timedelta(seconds=policy.wait_after(count)))
         return Decision(record)
     failing_since = _time(previous.get("failingSince")) or now
     record["failingSince"] = _stamp(failing_since)

@@ -791,10 +791,19 @@ def test_a_crash_looping_spout_is_restarted_on_the_predicted_schedule_up_to_its_
         return check
 
     first = wait_for(state, "the first automatic restart", record(1), 240, spaces)
-    predicted = datetime.fromisoformat(first["nextRestartAt"].replace("Z", "+00:00"))
-    second = wait_for(state, "the second automatic restart", record(2), 240, spaces)
+    predictions = [first["nextRestartAt"]]  # each pass's word on the earliest next restart
+
+    def second_restart() -> Any:
+        auto = record(1)() or {}
+        if auto.get("restarts") == 1 and auto.get("nextRestartAt"):
+            predictions.append(auto["nextRestartAt"])
+        return auto if auto.get("restarts", 0) >= 2 else None
+
+    second = wait_for(state, "the second automatic restart", second_restart, 240, spaces)
     made = datetime.fromisoformat(second["lastRestartAt"].replace("Z", "+00:00"))
-    assert predicted <= made <= predicted + timedelta(seconds=45), (first, second)
+    predicted = datetime.fromisoformat(predictions[-1].replace("Z", "+00:00"))
+    # Not before the status said; within a sweep (30 s) of it, and of the failure showing again.
+    assert predicted <= made <= predicted + timedelta(seconds=60), (predictions, second)
 
     def stalled() -> Any:
         obj = kubectl_json(state, "get", "spoutpipeline", "restarting", "-n", workers_namespace)

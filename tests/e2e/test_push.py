@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devstack import images
 from devstack.stack import State
 from devstack.testing import eventually
 from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
@@ -249,7 +250,7 @@ def test_a_job_longer_than_its_job_timeout_is_killed(operator: State) -> None:
     from python_pachyderm.proto.v2.pps import pps_pb2
 
     state = operator
-    image = "ghcr.io/spout-operator/spout101:0.1.0"
+    image = images.SPOUT101_IMAGE  # the image `make images` loaded into the node (VERSION's tag)
     body = {
         "apiVersion": "spout-operator.dev/v1alpha1",
         "kind": "SpoutPipeline",
