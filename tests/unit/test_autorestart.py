@@ -68,3 +68,10 @@ def test_a_brief_recovery_does_not_reset_the_count() -> None:
 def test_nothing_failing_costs_no_status_change_from_pass_to_pass() -> None:
     (_, a), (_, b) = run([(0, False), (30, False)])
     assert a.record == b.record  # a quiet pass writes nothing
+
+
+def test_between_crashes_the_status_still_says_the_earliest_next_restart() -> None:
+    """A crash loop looks healthy between crashes: the back-off's end stays in the record."""
+    seen = run([(0, True), (60, True), (65, False)])
+    healthy = seen[2][1]
+    assert healthy.restart == () and healthy.record["nextRestartAt"] == stamp(90)
