@@ -168,10 +168,45 @@ class State:
         }
 
 
+# Ports handed out by this process: a port is picked long before its server binds it,
+# so the same port must not be picked twice in between.
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _candidates() -> Iterator[int]:
+    """Random ports outside the ephemeral range (and above the well-known ones)."""
+    low, high = ephemeral_range()
+    pool = [*range(10000, low), *range(high + 1, 65536)]
+    rng = secrets.SystemRandom()
+    return (rng.choice(pool) for _ in range(min(len(pool), 1000)))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, and that no outgoing connection can take meanwhile.
+
+    Binding to port 0 would give a port of the ephemeral range, where the stack's own
+    clients (the apiserver to etcd, say) may take it as a connection's local port before
+    its server starts: postgres then fails with "Address already in use"."""
+    for port in _candidates():
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError("no free port outside the ephemeral range (see ip_local_port_range)")
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
