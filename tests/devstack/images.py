@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -307,7 +308,7 @@ def _make_dockerfile(context: Path, dockerfile: Path, base: Image) -> Callable[[
     def make(image: Image, log: Path) -> None:
         podman = _require("podman", "podman")
         _ensure_in_podman(base, log)
-        say(f"building {image.ref} from {dockerfile.relative_to(ROOT)}")
+        say(f"building {image.ref} from {dockerfile.relative_to(context)} in {context}")
         _run(
             [
                 podman,
@@ -456,6 +457,27 @@ def plan() -> list[Image]:
     pause_key = _digest([_catatonit().read_bytes()])
     pause = Image("pause", f"localhost/devstack-pause:{pause_key}", pause_key, _make_pause)
     return [base, pause, worker, pachd, spout101, operator]
+
+
+def previous_operator(commit: str, version: str) -> Image:
+    """The operator image of an earlier release, built from its commit on today's base (the
+    upgrade tests install it, then upgrade to this tree's)."""
+    base = plan()[0]
+    ref = f"{REGISTRY}/spout-operator:{version}"
+
+    def make(image: Image, log: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="previous-operator-") as tmp:
+            context = Path(tmp)
+            tree = subprocess.run(
+                ["git", "archive", commit, "requirements.txt", "operator/spout_operator", "images/operator"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(context)], input=tree, check=True)
+            _make_dockerfile(context, context / "images" / "operator" / "Dockerfile", base)(image, log)
+
+    return Image("previous-operator", ref, _digest([base.key.encode(), ref.encode(), commit.encode()]), make)
 
 
 def build_image(image: Image) -> Path:

@@ -13,15 +13,18 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from devstack import images, testing
 from devstack import node as nodes
-from devstack import testing
-from devstack.stack import Stack, State
-from devstack.testing import IN_CI, use_kubeconfig
+from devstack.stack import PACHD_PORT, Stack, State
+from devstack.testing import IN_CI, eventually, use_kubeconfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +85,44 @@ def diagnostics(state: State, namespaces: tuple[str, ...]) -> str:
             tail = log.read_text(errors="replace").splitlines()[-8:]
             parts.append(f"--- {log.relative_to(state.node.dir)}\n" + "\n".join(line[:400] for line in tail))
     return "\n".join(parts)
+
+
+def wait_for(
+    state: State, what: str, check: Callable[[], Any], timeout_s: float, namespaces: tuple[str, ...]
+) -> Any:
+    """conftest.eventually, once a second; on the deadline fail with the cluster's view too."""
+    try:
+        return eventually(check, timeout_s, 1.0, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{diagnostics(state, namespaces)}") from None
+
+
+def pachd_address_for_pods(state: State) -> str:
+    """Where pods reach the stack's pachd: its Service's ClusterIP (the node's iptables lead it
+    to pachd)."""
+    return f"grpc://{nodes.PACHD_CLUSTER_IP}:{PACHD_PORT}"
+
+
+def fit_on_small_node(body: dict[str, Any]) -> dict[str, Any]:
+    """pachd requests one CPU per worker unless told otherwise: the pair and the operator
+    would not fit on a 2-core node (the scheduler says `Insufficient cpu`)."""
+    for part in ("spout", "processor"):
+        body["spec"][part]["resourceRequests"] = {"cpu": 0.2, "memory": "128Mi"}
+    return body
+
+
+def pachd_client(state: State) -> Any:
+    import python_pachyderm
+
+    return python_pachyderm.Client(state.pachds[0].host, state.pachds[0].port)
+
+
+def sample(interval: tuple[int, int]) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((ROOT / "crds" / "samples" / "spout.yaml").read_text())
+    assert body["spec"]["spout"]["transform"]["image"] == images.SPOUT101_IMAGE
+    # The consumer waits 10-30 s between batches upstream; a few seconds keep the tier quick.
+    body["spec"]["spout"]["transform"]["env"] = {
+        "SPOUT_INTERVAL_MIN": str(interval[0]),
+        "SPOUT_INTERVAL_MAX": str(interval[1]),
+    }
+    return fit_on_small_node(body)

@@ -26,10 +26,18 @@ import pytest
 import yaml
 from devstack import images
 from devstack import node as nodes
-from devstack.stack import PACHD_PORT, Stack, State
+from devstack.stack import Stack, State
 from devstack.status_readers import HEALTH, argocd_health, kstatus
-from devstack.testing import eventually
-from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
+from nodefixtures import (
+    kubectl,
+    kubectl_json,
+    node_prerequisites,
+    node_stack,
+    pachd_address_for_pods,
+    pachd_client,
+    sample,
+    wait_for,
+)
 
 __all__ = ["node_prerequisites", "node_stack"]
 
@@ -43,16 +51,6 @@ PACHD_NAMESPACE = "pachyderm"
 E2E_RESOLUTION_S = 5
 # Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
 LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{64}\.txt)\n")
-
-
-def wait_for(
-    state: State, what: str, check: Callable[[], Any], timeout_s: float, namespaces: tuple[str, ...]
-) -> Any:
-    """conftest.eventually, once a second; on the deadline fail with the cluster's view too."""
-    try:
-        return eventually(check, timeout_s, 1.0, what=what)
-    except AssertionError as err:
-        raise AssertionError(f"{err}\n{diagnostics(state, namespaces)}") from None
 
 
 def processor_job_succeeds(state: State, client: Any, head: str, namespaces: tuple[str, ...]) -> None:
@@ -147,12 +145,6 @@ def test_node_teardown_leaves_the_machine_as_it_found_it(node_prerequisites: Non
 
 
 # --- the operator as a pod ----------------------------------------------------------
-
-
-def pachd_address_for_pods(state: State) -> str:
-    """Where pods reach the stack's pachd: its Service's ClusterIP (the node's iptables lead it
-    to pachd)."""
-    return f"grpc://{nodes.PACHD_CLUSTER_IP}:{PACHD_PORT}"
 
 
 def point_operator_at_pachd(state: State) -> None:
@@ -316,31 +308,6 @@ def test_operator_pod_runs_hardened_and_stays_live(
 
 
 # --- spout101 with real pods --------------------------------------------------------
-
-
-def sample(interval: tuple[int, int]) -> dict[str, Any]:
-    body = yaml.safe_load((ROOT / "crds" / "samples" / "spout.yaml").read_text())
-    assert body["spec"]["spout"]["transform"]["image"] == images.SPOUT101_IMAGE
-    # The consumer waits 10-30 s between batches upstream; a few seconds keep the tier quick.
-    body["spec"]["spout"]["transform"]["env"] = {
-        "SPOUT_INTERVAL_MIN": str(interval[0]),
-        "SPOUT_INTERVAL_MAX": str(interval[1]),
-    }
-    return fit_on_small_node(body)
-
-
-def fit_on_small_node(body: dict[str, Any]) -> dict[str, Any]:
-    """pachd requests one CPU per worker unless told otherwise: the pair and the operator
-    would not fit on a 2-core node (the scheduler says `Insufficient cpu`)."""
-    for part in ("spout", "processor"):
-        body["spec"][part]["resourceRequests"] = {"cpu": 0.2, "memory": "128Mi"}
-    return body
-
-
-def pachd_client(state: State) -> Any:
-    import python_pachyderm
-
-    return python_pachyderm.Client(state.pachds[0].host, state.pachds[0].port)
 
 
 def worker_pods_running(state: State, pipeline: str, version: int | None = None) -> bool:
@@ -829,7 +796,7 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def pair(name: str) -> dict[str, Any]:
     """The sample under other names (pipelines are cluster-wide in pachd)."""
-    body = sample((3, 5))
+    body: dict[str, Any] = sample((3, 5))
     body["metadata"]["name"] = name
     body["spec"]["spout"]["name"] = name
     body["spec"]["processor"]["name"] = f"{name}-processor"
