@@ -140,6 +140,23 @@ def test_a_stream_that_ends_is_opened_again_and_its_replay_is_no_news() -> None:
     assert asyncio.run(scenario()) == [KEY]
 
 
+def test_a_reopened_stream_starts_over_with_its_history() -> None:
+    async def scenario() -> list[PipelineKey]:
+        pachd, changed = FakePachd(), list[PipelineKey]()
+        watch = SpecWatch(changed.append, pachd.stream)
+        watch.follow("uid-1", PACHD, {KEY: "c1"})
+        await settled()
+        await pachd.send(PACHD, KEY, "c1")
+        await pachd.queues[(PACHD, KEY)].put(None)
+        await settled()
+        # The pipeline was made anew meanwhile: the new stream's history is not news either.
+        await pachd.send(PACHD, KEY, "n1", "n2")
+        await watch.close()
+        return changed
+
+    assert asyncio.run(scenario()) == []
+
+
 def test_the_commit_of_the_operators_own_write_wakes_nobody() -> None:
     async def scenario() -> list[PipelineKey]:
         pachd, changed, ours = FakePachd(), list[PipelineKey](), {KEY}
