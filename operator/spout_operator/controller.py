@@ -2,16 +2,15 @@
 
 resource -> typed spec -> desired pipelines -> plan against pachd -> pachd calls ->
 status. The pass is synchronous (it runs in a worker thread) and posts nothing itself:
-the kopf handlers write what it returns, so the pass can be tested without kopf.
+the kopf handlers write what it returns, so the pass can be tested without kopf. Deletion
+(deletion.py) runs under the same per-resource lock, so it never overlaps a pass.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,18 +21,19 @@ from spout_operator import dataflow, metrics, operating, ownership, policy, rest
 from spout_operator import render as rendering
 from spout_operator.conditions import now
 from spout_operator.connection_model import ConnectionProblem
+from spout_operator.deletion import Deleter, Deletion
 from spout_operator.events import Event, for_invalid_spec, for_pass, for_pause
 from spout_operator.fencing import Fenced
 from spout_operator.kube import Kube
 from spout_operator.names import REPAIRS, PipelineKey, Trigger
-from spout_operator.pachd_api import Endpoint, Pachd, PachdError, PachdRejected, Pachds, PachdUnavailable
+from spout_operator.pachd_api import Endpoint, Pachd, PachdError, Pachds
 from spout_operator.plan import Step
-from spout_operator.reconcile import Outcome, Removal, ensure, remove, unobserved
+from spout_operator.reconcile import Outcome, ensure, unobserved
 from spout_operator.resolver import Resolver
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings
-from spout_operator.spec import ConnectionRef, DeletionPolicy, SpecError, SpoutPipelineSpec, parse
-from spout_operator.status import applying, applying_status, deleting_status, status_patch
+from spout_operator.spec import SpecError, SpoutPipelineSpec, parse
+from spout_operator.status import applying, applying_status, status_patch
 from spout_operator.workers import HealthSource, WorkerHealth
 
 
@@ -79,15 +79,6 @@ class PassResult:
         )
 
 
-@dataclass(frozen=True)
-class Deletion:
-    done: bool
-    message: str
-    status: dict[str, Any] | None = None  # what to show while deletion waits
-
-
-# How long a deletion in a namespace being deleted waits for a pachd that does not answer.
-NAMESPACE_GONE_GRACE_S = 60.0
 GONE_TTL_S = 600.0  # how long a deleted resource's uid is remembered: longer than any pass waits in the pool
 
 
@@ -114,6 +105,7 @@ class Controller:
         # Reaches pachd only through admin-owned connections (resolver.py).
         self.resolver = resolver or Resolver(kube.core, kube.custom, settings.operator_namespace)
         self.leading = leading or (lambda: True)  # False: another replica may write; we must not
+        self.deleter = Deleter(gateways, self.resolver, self.leading)
         self.readiness = metrics.Readiness()
         self._locks: dict[str, threading.Lock] = {}
         self._status: dict[str, _Written] = {}  # uid -> the status this process last wrote
@@ -314,10 +306,6 @@ class Controller:
             return None
         return rendering.push_address(spec, namespaces[0], spout.version)
 
-    def endpoint(self, ref: ConnectionRef, namespace: str, not_before: float = math.inf) -> Endpoint:
-        """Where the resource's pipelines live, through its admin-owned connection only."""
-        return self.resolver.endpoint(ref, namespace, not_before)
-
     def delete(self, resource: Resource) -> Deletion:
         """Delete both pipelines (processor first) unless the policy orphans them. Holds the
         resource's lock, so no pass of it runs meanwhile, and once done no pass queued
@@ -332,83 +320,12 @@ class Controller:
             # Judge by the newest status (our own last write: kopf's body may lag behind it),
             # which says whether and where pipelines were created.
             resource = dataclasses.replace(resource, status=copy.deepcopy(dict(self._previous(resource))))
-            deletion = self._delete(resource)
+            deletion = self.deleter.delete(resource)
             if deletion.done:
                 self.forget(resource.uid)
             elif deletion.status is not None:
                 self._write(resource, deletion.status)
         return deletion
-
-    def _delete(self, resource: Resource) -> Deletion:
-        """Never wedges: a resource that never created anything (status.managed unset:
-        invalid, not allowed, never reachable) goes at once, and one whose connection or pachd
-        is gone goes within a bounded time when its namespace is being deleted (see
-        ownership.finish_without_pachd). Otherwise deletionPolicy: Orphan lets it go."""
-        try:
-            spec = parse(resource.spec, resource.name)
-        except SpecError:
-            return Deletion(True, "Spec is invalid, so no pipeline was ever created; nothing to delete")
-        if spec.deletion_policy is DeletionPolicy.ORPHAN:
-            return Deletion(True, "Deletion policy is Orphan: pipelines stay in pachd")
-        recorded = ownership.recorded_connection(resource.status)
-        ref = recorded or spec.connection  # where the pipelines were created, if anything was
-        try:
-            gateway = Fenced(self.gateways.get(self._deletion_endpoint(ref, resource)), self.leading)
-        except (ConnectionProblem, PachdRejected) as err:  # PachdRejected: an address no pachd can have
-            permanent = not isinstance(err, ConnectionProblem) or err.permanent
-            if self._may_finish(resource, recorded is not None, permanent):
-                where = f"; pipelines may remain in pachd ({ref})" if recorded else ""
-                return Deletion(True, f"Deleted without reaching pachd: {err}{where}")
-            return self._waiting(
-                f"cannot delete pipelines through {ref}: {err}. Restore it, or set "
-                "spec.deletionPolicy: Orphan to leave the pipelines in pachd",
-                resource,
-            )
-        removal = remove(rendering.render(spec, resource.owner), resource.owner, gateway)
-        if removal.error is None and not removal.remaining:
-            return Deletion(True, _foreign_note(removal))
-        unanswered = recorded is None or isinstance(removal.error, PachdUnavailable)
-        if (
-            removal.error is not None
-            and unanswered
-            and self._may_finish(resource, recorded is not None, False)
-        ):
-            return Deletion(True, f"Deleted without reaching pachd: {removal.error}")
-        message = (
-            f"waiting to delete pipelines {', '.join(removal.remaining)}: {removal.error or 'still present'}"
-        )
-        if recorded is not None:
-            message += " (or set spec.deletionPolicy: Orphan to leave them)"
-        return self._waiting(message, resource)
-
-    def _deletion_endpoint(self, ref: ConnectionRef, resource: Resource) -> Endpoint:
-        """The connection's endpoint now; or, when its namespace is being deleted and took the
-        connection or its Secret with it (they carry no finalizer, so they may go first), the
-        endpoint this process last resolved through it: the pipelines it created are deleted
-        as deletionPolicy says instead of being left running in pachd."""
-        try:
-            return self.endpoint(ref, resource.namespace, time.monotonic())
-        except ConnectionProblem as err:
-            if not err.permanent or not self.resolver.namespace_terminating(resource.namespace):
-                raise
-            remembered = self.resolver.remembered(ref, resource.namespace)
-            if remembered is None:
-                raise
-            return remembered
-
-    def _may_finish(self, resource: Resource, managed: bool, permanent: bool) -> bool:
-        if not managed:
-            return True  # nothing recorded: no need to ask whether the namespace is going
-        waited_s = 0.0
-        if resource.deleted_at:
-            deleted = datetime.datetime.fromisoformat(resource.deleted_at.replace("Z", "+00:00"))
-            waited_s = (datetime.datetime.now(datetime.UTC) - deleted).total_seconds()
-        terminating = self.resolver.namespace_terminating(resource.namespace)
-        return ownership.finish_without_pachd(True, permanent, terminating, waited_s, NAMESPACE_GONE_GRACE_S)
-
-    @staticmethod
-    def _waiting(message: str, resource: Resource) -> Deletion:
-        return Deletion(False, message, deleting_status(message, resource.generation, resource.status, now()))
 
     def forget(self, uid: str) -> None:
         """Release a deleted resource's bookkeeping; only its uid is remembered, for a while."""
@@ -433,9 +350,3 @@ class _Written:
 
     def same(self, status: Mapping[str, Any]) -> bool:
         return self.text == json.dumps(status, sort_keys=True)
-
-
-def _foreign_note(removal: Removal) -> str:
-    if removal.foreign:
-        return f"Pipelines {', '.join(removal.foreign)} belong to another owner; left in pachd"
-    return "Pipelines deleted"

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,8 @@ from spout_operator.dataflow import Expectations, Flow, FlowView
 from spout_operator.gateway import auth_metadata
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
-from spout_operator.spec_streams import SPEC_RETRY_S, SPEC_STREAM_S, AioChannels
-
-log = logging.getLogger(__name__)
+from spout_operator.reopen import keep_open
+from spout_operator.spec_streams import SPEC_STREAM_S, AioChannels
 
 HISTORY_S = 1.0  # after a stream opens, its history has been sent
 
@@ -133,27 +132,26 @@ class FlowWatch:
             metrics.flow(labels, flow.view())
 
     async def _follow(self, uid: str, endpoint: Endpoint, key: PipelineKey, flow: Flow, side: str) -> None:
-        delay = SPEC_RETRY_S[0]
-        loop = asyncio.get_running_loop()
-        while True:
-            heard = False
-            known = loop.call_later(HISTORY_S, self._known, uid, flow, side)
-            try:
-                async for commit in self._stream(endpoint, key):
-                    heard = True
-                    if side == "spout":
-                        flow.spout_commit(commit.id, commit.started, commit.finished)
-                    elif not commit.failed:
-                        flow.processor_commit(commit.id, commit.started, commit.finished)
-                    self._publish(uid, flow)
-            except asyncio.CancelledError:
-                known.cancel()
-                raise
-            except Exception as err:  # pachd away, the repo not there yet, the stream's deadline
-                log.debug(f"Commit stream of {key[0]}/{key[1]} on {endpoint.address} ends: {err}")
+        def receive(commit: Commit) -> None:
+            if side == "spout":
+                flow.spout_commit(commit.id, commit.started, commit.finished)
+            elif not commit.failed:
+                flow.processor_commit(commit.id, commit.started, commit.finished)
+            self._publish(uid, flow)
+
+        opening = functools.partial(self._opened, uid, endpoint, key, flow, side)
+        await keep_open(opening, receive, f"Commit stream of {key[0]}/{key[1]} on {endpoint.address}")
+
+    async def _opened(
+        self, uid: str, endpoint: Endpoint, key: PipelineKey, flow: Flow, side: str
+    ) -> AsyncGenerator[Commit, None]:
+        """One opening of the stream: its side is known once the history has had time to come."""
+        known = asyncio.get_running_loop().call_later(HISTORY_S, self._known, uid, flow, side)
+        try:
+            async for commit in self._stream(endpoint, key):
+                yield commit
+        finally:
             known.cancel()
-            delay = SPEC_RETRY_S[0] if heard else min(2 * delay, SPEC_RETRY_S[1])
-            await asyncio.sleep(0 if heard else delay)
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[Commit]:
         channel = self._channels.get(endpoint)

@@ -95,6 +95,8 @@ def ensure(
     errors: dict[str, PachdError] = {}
     skipped: list[str] = []
     paused: list[str] = []
+    # The projects this pass made sure of (None: not ours to create): one call each, not one per create.
+    projects: set[str] | None = set() if create_project else None
     try:
         spout_spec, processor_spec = (
             gateway.canonical(with_pachd_defaults(s)) for s in pair.in_creation_order()
@@ -125,7 +127,7 @@ def ensure(
                 paused.append(reader.name)
                 if reader.name == processor and processor_seen is not None:
                     processor_seen = dataclasses.replace(processor_seen, stopped=True)
-        _apply_plan(gateway, spout_spec, spout_plan, applied, errors, create_project)
+        _apply_plan(gateway, spout_spec, spout_plan, applied, errors, projects)
         # Planned against what pachd holds now: a processor paused for the spout's update is
         # started again here, whatever became of the update (never left stopped).
         processor_plan = plan_pipeline(processor_spec, processor_seen, running, owner)
@@ -133,7 +135,7 @@ def ensure(
         if spout_plan.foreign:
             skipped.append(processor)  # never wire our processor to someone else's spout
         else:
-            _apply_plan(gateway, processor_spec, processor_plan, applied, errors, create_project)
+            _apply_plan(gateway, processor_spec, processor_plan, applied, errors, projects)
         for spec in (spout_spec, processor_spec):  # only what changed: at a sweep, calls count
             name = pipeline_name(spec)
             if any(written == name for written, _ in applied):
@@ -172,14 +174,17 @@ def _apply_plan(
     plan: PipelinePlan,
     applied: list[tuple[str, Step]],
     errors: dict[str, PachdError],
-    create_project: bool = False,
+    projects: set[str] | None = None,
 ) -> None:
     """Apply one pipeline's steps. A refused create ends them; a refused update still lets
-    start/stop follow, so a declared state holds while the new spec waits for a fix."""
+    start/stop follow, so a declared state holds while the new spec waits for a fix.
+    `projects`: None, or the projects made sure of so far: a create first makes sure of its
+    own (once: a project pachd refused is asked again by the next create)."""
     for step in plan.steps:
         try:
-            if step is Step.CREATE and create_project:
+            if step is Step.CREATE and projects is not None and project_of(spec) not in projects:
                 gateway.ensure_project(project_of(spec))
+                projects.add(project_of(spec))
             _apply(gateway, spec, step)
         except PachdUnavailable:
             raise

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
 import grpc
 from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
@@ -22,11 +22,9 @@ from spout_operator import metrics
 from spout_operator.gateway import auth_metadata, credentials
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
-
-log = logging.getLogger(__name__)
+from spout_operator.reopen import keep_open
 
 SPEC_STREAM_S = 600.0  # a stream is opened again after this, so a silently dead one ends
-SPEC_RETRY_S = (1.0, 30.0)  # back-off between attempts while pachd refuses or is away
 _KEEPALIVE = [("grpc.keepalive_time_ms", 30_000)]  # pachd 2.6 allows pings every 5 s
 
 # Commit ids of one spec repo's stream, as pachd sends them.
@@ -164,23 +162,22 @@ class SpecWatch:
         self._channels.used("spec", {endpoint for endpoint, _ in self._followers})
 
     async def _follow(self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower) -> None:
-        delay = SPEC_RETRY_S[0]
-        while True:
-            heard = False
-            try:
-                async for commit in self._stream(endpoint, key):
-                    heard = True
-                    if follower.news(commit) and not self._own(endpoint, key):
-                        self._changed(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # pachd away, the repo not there yet, the stream's deadline
-                log.debug(f"Spec stream of {key[0]}/{key[1]} on {endpoint.address} ends: {err}")
+        def receive(commit: str) -> None:
+            if follower.news(commit) and not self._own(endpoint, key):
+                self._changed(key)
+
+        opening = functools.partial(self._opened, endpoint, key, follower)
+        await keep_open(opening, receive, f"Spec stream of {key[0]}/{key[1]} on {endpoint.address}")
+
+    async def _opened(
+        self, endpoint: Endpoint, key: PipelineKey, follower: SpecFollower
+    ) -> AsyncGenerator[str, None]:
+        """One opening of the stream; the next one replays the history first."""
+        try:
+            async for commit in self._stream(endpoint, key):
+                yield commit
+        finally:
             follower.reopened()
-            # A stream that delivered (its history at least) is opened again at once; one that
-            # did not backs off, so a pachd that is away is not asked once per pipeline each second.
-            delay = SPEC_RETRY_S[0] if heard else min(2 * delay, SPEC_RETRY_S[1])
-            await asyncio.sleep(0 if heard else delay)
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
         channel = self._channels.get(endpoint)

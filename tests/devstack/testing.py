@@ -1,8 +1,9 @@
 """The helpers every test tier, the bench, the soak and the sandbox share, each written once:
-progress lines (`say`), kubectl against a stack, waiting for a condition (`eventually`, and
-on the operator's own counters: `counted`), the kubeconfig the in-process client reads, and
-the operator as a subprocess (`OperatorProcess`). (A module, not conftest.py: each tier has a
-conftest.py of its own, and `from conftest import` would get whichever pytest loaded last.)
+progress lines (`say`), kubectl against a stack (and a SpoutPipeline's annotations), waiting
+for a condition (`eventually`, and on the operator's own counters: `counted`), the kubeconfig
+the in-process client reads, and the operator as a subprocess (`OperatorProcess`). (A module,
+not conftest.py: each tier has a conftest.py of its own, and `from conftest import` would get
+whichever pytest loaded last.)
 
 Nothing here imports devstack.stack at run time: devstack.build and devstack.images, which
 devstack.stack imports, take `say` from here.
@@ -74,6 +75,15 @@ def kubectl(
     if check and result.returncode != 0:
         raise error(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout + (result.stderr if stderr else "")
+
+
+PAUSED = "spout-operator.dev/paused"  # the operating handle that holds pachd still
+
+
+def annotate(stack: State, namespace: str, name: str, *pairs: str) -> None:
+    """Set (`key=value`, over any value it had) or remove (`key-`) a SpoutPipeline's
+    annotations: how a person pauses, resumes or nudges it."""
+    kubectl(stack, "annotate", "--overwrite", "-n", namespace, "spoutpipeline", name, *pairs)
 
 
 def eventually(

@@ -28,6 +28,7 @@ from devstack import images
 from devstack import node as nodes
 from devstack.stack import Stack, State
 from devstack.status_readers import HEALTH, argocd_health, kstatus
+from devstack.testing import PAUSED, annotate
 from nodefixtures import (
     kubectl,
     kubectl_json,
@@ -531,15 +532,7 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
     wait_for(state, "five more commits, the lag small", five_more_commits, 120, spaces)
 
     # Hold the processor back: pause the resource (the operator writes nothing to pachd), stop it.
-    kubectl(
-        state,
-        "annotate",
-        "spoutpipeline",
-        "spout101",
-        "-n",
-        SAMPLE_NAMESPACE,
-        "spout-operator.dev/paused=true",
-    )
+    annotate(state, SAMPLE_NAMESPACE, "spout101", f"{PAUSED}=true")
     wait_for(state, "the pause acknowledged", lambda: current().get("status", {}).get("paused"), 120, spaces)
     client = pachd_client(state)
     client.stop_pipeline("processor")
@@ -585,15 +578,7 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
         assert len(again) == 1 and again[0].get("count", 1) == 1, again
         assert flow_sample(leader_metrics(state), "spout_operator_data_flowing") == 0
     finally:
-        kubectl(
-            state,
-            "annotate",
-            "spoutpipeline",
-            "spout101",
-            "-n",
-            SAMPLE_NAMESPACE,
-            "spout-operator.dev/paused-",
-        )
+        annotate(state, SAMPLE_NAMESPACE, "spout101", f"{PAUSED}-")
     # Resumed: the operator starts the processor again (drift repair); it catches up.
     obj = wait_for(state, "DataFlowing=True again", flowing, 300, spaces)
     assert obj["status"]["dataFlow"]["lag"] <= max_lag
@@ -702,16 +687,7 @@ def test_a_restart_token_brings_a_new_spout_pod_whose_messages_are_processed(
     }
     old_pod = {c.commit.id for c in client.list_commit("spout")}
     token = f"e2e-{int(time.time())}"
-    kubectl(
-        state,
-        "annotate",
-        "--overwrite",
-        "-n",
-        SAMPLE_NAMESPACE,
-        "spoutpipeline",
-        "spout101",
-        f"spout-operator.dev/restart-spout={token}",
-    )
+    annotate(state, SAMPLE_NAMESPACE, "spout101", f"spout-operator.dev/restart-spout={token}")
 
     def acknowledged() -> Any:
         obj = kubectl_json(state, "get", "spoutpipeline", "spout101", "-n", SAMPLE_NAMESPACE)

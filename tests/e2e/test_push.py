@@ -21,7 +21,7 @@ import pytest
 import yaml
 from devstack import images
 from devstack.stack import State
-from devstack.testing import eventually
+from devstack.testing import annotate, eventually
 from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
 from spout_operator.render import push_address
 from spout_operator.spec import parse
@@ -238,7 +238,7 @@ def test_messages_pushed_to_the_spout_service_are_committed_and_processed(operat
     }
     assert before == {"push": 1, "push-processor": 1}
     kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(body))
-    kubectl(state, "annotate", "spoutpipeline", "push", "-n", NAMESPACE, "e2e/nudge=1", "--overwrite")
+    annotate(state, NAMESPACE, "push", "e2e/nudge=1")
     wait_for(state, "the pair Ready again", lambda: ready(state, "push"), 60)
     after = {p.pipeline.name: p.version for p in client.list_pipeline() if p.pipeline.name.startswith("push")}
     assert after == before

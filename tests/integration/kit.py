@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +191,36 @@ def session_crds_back(stack: State) -> None:
     kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)
     kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found", check=False)
     install_default_connection(stack, stack.pachds[0].address)
+
+
+@dataclass(frozen=True)
+class DeleteAndOrphan:
+    """Two SpoutPipelines an uninstall must treat as each one's deletionPolicy says: `goes`
+    (Delete: its pipelines go with it) and `stays` (Orphan: its pipelines stay in pachd)."""
+
+    deleted: tuple[str, str]  # the spout and processor of `goes`
+    orphaned: tuple[str, str]  # those of `stays`
+
+    @classmethod
+    def fresh(cls) -> DeleteAndOrphan:
+        suffix = uuid.uuid4().hex[:6]
+        return cls((f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}"))
+
+    def apply_ready(self, stack: State, namespace: str) -> None:
+        """Both applied and Ready under the running operator, and the session's strays
+        released, so that deleting every SpoutPipeline can finish."""
+        apply(stack, namespace, resource("goes", *self.deleted))
+        apply(stack, namespace, resource("stays", *self.orphaned, deletionPolicy="Orphan"))
+        for name in ("goes", "stays"):
+            wait_condition(stack, namespace, name, "Ready", "True")
+        release_strays(stack, namespace)
+
+    def assert_as_declared(self, client: Any) -> None:
+        assert pipelines(client, *self.deleted) == {}
+        assert set(pipelines(client, *self.orphaned)) == set(self.orphaned)
+
+    def remove(self, client: Any) -> None:
+        """Whatever the test left in pachd, processors first."""
+        for name in (*self.deleted[::-1], *self.orphaned[::-1]):
+            with contextlib.suppress(Exception):
+                client.delete_pipeline(name, force=True)

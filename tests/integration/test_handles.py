@@ -8,16 +8,10 @@ from typing import Any
 
 import pytest
 from devstack.stack import State
-from devstack.testing import eventually, kubectl
+from devstack.testing import PAUSED, annotate, eventually, kubectl
 from kit import apply, get, pipelines, resource, scrape, wait_condition
 
-PAUSED = "spout-operator.dev/paused"
-
 pytestmark = pytest.mark.integration
-
-
-def annotate(stack: State, namespace: str, name: str, *pairs: str) -> None:
-    kubectl(stack, "annotate", "--overwrite", "-n", namespace, "spoutpipeline", name, *pairs)
 
 
 def drift_passes() -> float:
@@ -56,7 +50,7 @@ def test_a_paused_resource_is_observed_not_repaired_and_one_pass_repairs_it_afte
     synced = {c["type"]: c for c in get(stack, namespace, "held")["status"]["conditions"]}["Synced"]
     assert synced["reason"] == "ReconcilePaused" and f"create {processor}" in synced["message"]
     assert obj["metadata"]["generation"] == 1  # no generation trick
-    kubectl(stack, "annotate", "-n", namespace, "spoutpipeline", "held", f"{PAUSED}-")
+    annotate(stack, namespace, "held", f"{PAUSED}-")
     resumed_at = time.monotonic()
     wait_condition(stack, namespace, "held", "Ready", "True", timeout_s=30)
     assert time.monotonic() - resumed_at < 20  # one pass, not a wait for some later sweep

@@ -22,10 +22,9 @@ from devstack.stack import State, service_account_kubeconfig
 from devstack.testing import kubectl, use_kubeconfig
 from kit import (
     SAMPLE,
+    DeleteAndOrphan,
     install_default_connection,
     pipelines,
-    release_strays,
-    resource,
     running_operator,
     session_crds_back,
     state_name,
@@ -383,16 +382,7 @@ def test_helm_install_runs_the_sample(
             monkeypatch.setenv(key, value)
         with use_kubeconfig(str(account)), running_operator(namespace) as runner:
             kubectl(stack, "apply", "-n", namespace, "-f", str(SAMPLE))
-            out = kubectl(
-                stack,
-                "wait",
-                "-n",
-                namespace,
-                "--for=condition=Ready",
-                "--timeout=90s",
-                "spoutpipeline/spout101",
-            )
-            assert "condition met" in out
+            wait_condition(stack, namespace, "spout101", "Ready", "True")
             assert {n: state_name(i) for n, i in pipelines(pachd_client, spout, processor).items()} == {
                 spout: "RUNNING",
                 processor: "RUNNING",
@@ -551,16 +541,7 @@ def test_helm_upgrade_from_the_previous_release(
         assert container["image"].endswith(f":{version}")
         assert container["resources"]["requests"]["memory"] == "160Mi"
         with installed_operator(stack, namespace, release) as runner:
-            out = kubectl(
-                stack,
-                "wait",
-                "-n",
-                namespace,
-                "--for=condition=Ready",
-                "--timeout=90s",
-                "spoutpipeline/spout101",
-            )
-            assert "condition met" in out
+            wait_condition(stack, namespace, "spout101", "Ready", "True")
             after = json.loads(
                 kubectl(stack, "get", "spoutpipeline", "spout101", "-n", namespace, "-o", "json")
             )
@@ -585,8 +566,7 @@ def test_helm_uninstall_with_live_spoutpipelines(
     one's pipelines deleted or orphaned as its deletionPolicy says), then `helm uninstall`, which
     with crds.keep=false deletes the CRDs too, none left Terminating. Bounded throughout."""
     release = "gone"
-    suffix = uuid.uuid4().hex[:6]
-    deleted, orphaned = (f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}")
+    both = DeleteAndOrphan.fresh()
     kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
     try:
         run(
@@ -604,12 +584,7 @@ def test_helm_uninstall_with_live_spoutpipelines(
             ]
         )
         with installed_operator(stack, namespace, release):
-            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(resource("goes", *deleted)))
-            body = resource("stays", *orphaned, deletionPolicy="Orphan")
-            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-            for name in ("goes", "stays"):
-                wait_condition(stack, namespace, name, "Ready", "True")
-            release_strays(stack, namespace)
+            both.apply_ready(stack, namespace)
             started = time.monotonic()
             # The chart's NOTES: every namespace; this session's other namespaces hold none of
             # this release's, so only this test's namespace is asked here.
@@ -618,11 +593,8 @@ def test_helm_uninstall_with_live_spoutpipelines(
         assert time.monotonic() - started < 180
         for plural in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
             assert "NotFound" in kubectl(stack, "get", "crd", f"{plural}.spout-operator.dev", check=False)
-        assert pipelines(pachd_client, *deleted) == {}
-        assert set(pipelines(pachd_client, *orphaned)) == set(orphaned)
+        both.assert_as_declared(pachd_client)
     finally:
-        for name in (*deleted[::-1], *orphaned[::-1]):
-            with contextlib.suppress(Exception):
-                pachd_client.delete_pipeline(name, force=True)
+        both.remove(pachd_client)
         subprocess.run([*helm, "uninstall", release, "-n", namespace], capture_output=True, check=False)
         session_crds_back(stack)

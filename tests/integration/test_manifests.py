@@ -18,11 +18,11 @@ from devstack.stack import State, service_account_kubeconfig
 from devstack.testing import eventually, install_crds, kubectl, use_kubeconfig
 from kit import (
     OPERATOR_NAMESPACE,
+    DeleteAndOrphan,
     condition,
     connection,
     install_default_connection,
     pipelines,
-    release_strays,
     resource,
     running_operator,
     wait_condition,
@@ -476,17 +476,11 @@ def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
     pipelines go or stay as its deletionPolicy says, and then the connections, the operator and
     the CRDs go too, within the target's bound, with no CRD left Terminating. (Last in this
     module: it removes what `installed` made, and the session's CRDs, then puts those back.)"""
-    suffix = uuid.uuid4().hex[:6]
-    deleted, orphaned = (f"sp-d-{suffix}", f"pr-d-{suffix}"), (f"sp-o-{suffix}", f"pr-o-{suffix}")
+    both = DeleteAndOrphan.fresh()
     bound_s = 90
     try:
         with as_service_account(stack), running_operator(namespace):
-            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(resource("goes", *deleted)))
-            body = resource("stays", *orphaned, deletionPolicy="Orphan")
-            kubectl(stack, "apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-            for name in ("goes", "stays"):
-                wait_condition(stack, namespace, name, "Ready", "True")
-            release_strays(stack, namespace)
+            both.apply_ready(stack, namespace)
             started = time.monotonic()
             result = subprocess.run(
                 ["make", "--no-print-directory", "undeploy", f"UNDEPLOY_TIMEOUT={bound_s}s"],
@@ -505,12 +499,9 @@ def test_undeploy_with_live_spoutpipelines_finishes_in_bounded_time(
             answer = kubectl(stack, "get", "crd", f"{plural}.spout-operator.dev", check=False)
             assert "NotFound" in answer, answer
         assert "NotFound" in kubectl(stack, "get", "namespace", SYSTEM_NAMESPACE, check=False)
-        assert pipelines(pachd_client, *deleted) == {}
-        assert set(pipelines(pachd_client, *orphaned)) == set(orphaned)
+        both.assert_as_declared(pachd_client)
     finally:
-        for name in (*deleted[::-1], *orphaned[::-1]):
-            with contextlib.suppress(Exception):
-                pachd_client.delete_pipeline(name, force=True)
+        both.remove(pachd_client)
         # The session's CRDs, operator namespace and default connection, as its fixtures made them.
         install_crds(stack)
         eventually(

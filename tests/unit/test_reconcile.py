@@ -113,6 +113,9 @@ class FakeGateway:
 
     def ensure_project(self, project: str) -> None:
         self.log.append(("ensure_project", project))
+        failure = self.failures.get(("ensure_project", project))
+        if failure is not None:
+            raise failure
         self.projects.add(project)
 
     def start(self, name: str, project: str) -> None:
@@ -144,9 +147,11 @@ class FakeGateway:
             self.pipelines.pop(name, None)
 
 
-def pair(state: str = "Running", owner: str = OWNER) -> DesiredPair:
+def pair(state: str = "Running", owner: str = OWNER, project: str | None = None) -> DesiredPair:
     spec: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())["spec"]
     spec["state"] = state
+    if project is not None:
+        spec["project"] = project
     return render(parse(spec, "spout101"), owner)
 
 
@@ -599,3 +604,11 @@ def test_reads_repo_finds_the_repo_at_any_depth() -> None:
     assert reads_repo(nested, "default", "spout")
     assert not reads_repo(nested, "elsewhere", "spout")
     assert not reads_repo({"spout": {}}, "default", "spout")
+
+
+def test_a_project_pachd_refuses_to_make_is_asked_again_so_each_pipeline_says_why() -> None:
+    refused = PachdRejected("not authorized to create project team-a")
+    gateway = FakeGateway({("ensure_project", "team-a"): refused})
+    outcome = ensure(pair(project="team-a"), True, OWNER, gateway, create_project=True)
+    assert outcome.errors == {"spout": refused, "processor": refused}
+    assert gateway.writes() == [("ensure_project", "team-a"), ("ensure_project", "team-a")]

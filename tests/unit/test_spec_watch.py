@@ -121,7 +121,10 @@ def test_a_pass_on_another_pachd_or_without_pipelines_moves_or_ends_the_streams(
     asyncio.run(scenario())
 
 
-def test_a_stream_that_ends_is_opened_again_and_its_replay_is_no_news() -> None:
+# The replay of a reopened stream: the same history, or a pipeline's made anew meanwhile
+# (news only after the head the next pass sees).
+@pytest.mark.parametrize("replay", [("c1",), ("n1", "n2")], ids=["same", "made-anew"])
+def test_a_stream_that_ends_is_opened_again_and_its_replay_is_no_news(replay: tuple[str, ...]) -> None:
     async def scenario() -> list[PipelineKey]:
         pachd, changed = FakePachd(), list[PipelineKey]()
         watch = SpecWatch(changed.append, pachd.stream)
@@ -131,8 +134,9 @@ def test_a_stream_that_ends_is_opened_again_and_its_replay_is_no_news() -> None:
         await pachd.queues[(PACHD, KEY)].put(None)  # pachd ends the stream (its deadline)
         await settled()
         assert pachd.opened == [(PACHD, KEY), (PACHD, KEY)]
-        await pachd.send(PACHD, KEY, "c1")
+        await pachd.send(PACHD, KEY, *replay)
         assert changed == []
+        watch.follow("uid-1", PACHD, {KEY: replay[-1]})
         await pachd.send(PACHD, KEY, "c2")
         await watch.close()
         return changed
