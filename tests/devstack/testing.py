@@ -77,6 +77,28 @@ def kubectl(
     return result.stdout + (result.stderr if stderr else "")
 
 
+# The release the CHANGELOG records before this one, and its commit: the upgrade tests start there.
+PREVIOUS_RELEASE = "2c0822d"
+PREVIOUS_VERSION = "0.1.0"
+
+
+def previous_tree(paths: tuple[str, ...], target: Path) -> Path:
+    """The files under `paths` as the previous release had them, written below `target`."""
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", PREVIOUS_RELEASE, *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for path in listing:
+        out = target / path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shown = ["git", "show", f"{PREVIOUS_RELEASE}:{path}"]
+        out.write_bytes(subprocess.run(shown, cwd=ROOT, capture_output=True, check=True).stdout)
+    return target
+
+
 PAUSED = "spout-operator.dev/paused"  # the operating handle that holds pachd still
 
 

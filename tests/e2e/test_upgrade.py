@@ -23,6 +23,7 @@ import pytest
 import yaml
 from devstack import build, images
 from devstack.stack import State
+from devstack.testing import PREVIOUS_RELEASE, PREVIOUS_VERSION, previous_tree
 from nodefixtures import (
     ROOT,
     kubectl,
@@ -39,29 +40,10 @@ __all__ = ["node_prerequisites", "node_stack"]
 
 pytestmark = pytest.mark.e2e
 
-# The release the CHANGELOG records before this one, and its commit.
-PREVIOUS_RELEASE = "2c0822d"
-PREVIOUS_VERSION = "0.1.0"
 SYSTEM_NAMESPACE = "spout-operator-system"  # 0.1.0's kustomize install names it
 HELM_NAMESPACE = "spout-upgrade"
 PACHD_NAMESPACE = "pachyderm"
 SHIPPED_ADDRESS = "grpc://pachd.default.svc.cluster.local:30650"
-
-
-def previous_tree(paths: tuple[str, ...], target: Path) -> None:
-    """The files of the previous release under `target`, as its users had them."""
-    listing = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", PREVIOUS_RELEASE, *paths],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for path in listing:
-        out = target / path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shown = subprocess.run(["git", "show", f"{PREVIOUS_RELEASE}:{path}"], cwd=ROOT, capture_output=True)
-        out.write_bytes(shown.stdout)
 
 
 def replaced(path: Path, old: str, new: str, count: int) -> None:
@@ -147,6 +129,12 @@ def flowing(state: State, client: Any, namespaces: tuple[str, ...], after: set[s
         return fresh[-1] if fresh and processed(client, fresh[-1]) else None
 
     return str(wait_for(state, what, new_and_processed, 180, namespaces))
+
+
+def rolled_out(state: State, namespace: str, image: str, spaces: tuple[str, ...]) -> None:
+    """Wait until the operator's Deployment in `namespace` runs `image` only."""
+    ready = operator_pods_ready(state, namespace, image)
+    wait_for(state, f"the operator pods on {image}", ready, 240, spaces)
 
 
 def operator_pods_ready(state: State, namespace: str, image: str) -> Callable[[], bool]:
@@ -288,25 +276,13 @@ def test_a_kustomize_upgrade_from_the_previous_release_restarts_nothing(
         for crd in ("spoutpipelines", "pachdconnections", "clusterpachdconnections"):
             kubectl(state, "wait", "--for=condition=Established", f"crd/{crd}.spout-operator.dev")
         kubectl(state, "apply", "-f", str(previous / "connection.yaml"))
-        wait_for(
-            state,
-            "0.1.0's operator pods",
-            operator_pods_ready(state, SYSTEM_NAMESPACE, previous_image),
-            240,
-            spaces,
-        )
+        rolled_out(state, SYSTEM_NAMESPACE, previous_image, spaces)
         apply_sample(state, namespace)
         client, before = flowing_before_upgrade(state, namespace, spaces)
 
         upgraded_at = time.monotonic()
         kubectl(state, "apply", "-k", str(current))
-        wait_for(
-            state,
-            "the upgraded operator pods",
-            operator_pods_ready(state, SYSTEM_NAMESPACE, images.OPERATOR_IMAGE),
-            240,
-            spaces,
-        )
+        rolled_out(state, SYSTEM_NAMESPACE, images.OPERATOR_IMAGE, spaces)
 
         def denied() -> dict[str, Any] | None:
             _, by_type = conditions(state, namespace, "spout101")
@@ -389,13 +365,7 @@ def test_a_helm_upgrade_from_the_previous_release_restarts_nothing(
             "--set",
             f"pachd.workerNamespaces={{{PACHD_NAMESPACE}}}",
         )
-        wait_for(
-            state,
-            "0.1.0's operator pods",
-            operator_pods_ready(state, HELM_NAMESPACE, previous_image),
-            240,
-            spaces,
-        )
+        rolled_out(state, HELM_NAMESPACE, previous_image, spaces)
         apply_sample(state, namespace)
         client, before = flowing_before_upgrade(state, namespace, spaces)
 
@@ -408,13 +378,7 @@ def test_a_helm_upgrade_from_the_previous_release_restarts_nothing(
             HELM_NAMESPACE,
             *readme_upgrade_flags(),
         )
-        wait_for(
-            state,
-            "the upgraded operator pods",
-            operator_pods_ready(state, HELM_NAMESPACE, images.OPERATOR_IMAGE),
-            240,
-            spaces,
-        )
+        rolled_out(state, HELM_NAMESPACE, images.OPERATOR_IMAGE, spaces)
         unchanged_and_flowing(state, client, before, namespace, spaces, upgraded_at)
     finally:
         delete_sample(state, namespace)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from devstack import build
 from devstack.stack import State, service_account_kubeconfig
-from devstack.testing import kubectl, use_kubeconfig
+from devstack.testing import PREVIOUS_VERSION, kubectl, previous_tree, use_kubeconfig
 from kit import (
     SAMPLE,
     DeleteAndOrphan,
@@ -49,8 +49,6 @@ SHARED_KINDS = {
     "CustomResourceDefinition",
     "ClusterPachdConnection",
 }
-# The chart as released in 0.1.0, which `helm upgrade` must take to this one.
-PREVIOUS_RELEASE = "2c0822d"
 CLUSTER_KINDS = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPachdConnection")
 
 
@@ -486,23 +484,9 @@ def test_helm_upgrade_from_the_previous_release(
     this one, as the chart's README says (`--take-ownership` of the CRDs, which this chart
     manages): the resource made before the upgrade is still there and Ready under the upgraded
     operator, and the CRDs are the release's now, kept on uninstall."""
-    old_chart = tmp_path / "spout-operator"
-    listing = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", PREVIOUS_RELEASE, "manifests/helm/spout-operator"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for path in listing:
-        target = old_chart / Path(path).relative_to("manifests/helm/spout-operator")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(
-            subprocess.run(
-                ["git", "show", f"{PREVIOUS_RELEASE}:{path}"], cwd=ROOT, capture_output=True, check=True
-            ).stdout
-        )
-    assert yaml.safe_load((old_chart / "Chart.yaml").read_text())["version"] == "0.1.0"
+    chart_path = "manifests/helm/spout-operator"
+    old_chart = previous_tree((chart_path,), tmp_path) / chart_path
+    assert yaml.safe_load((old_chart / "Chart.yaml").read_text())["version"] == PREVIOUS_VERSION
     release = "upg"
     kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
     sample = yaml.safe_load(SAMPLE.read_text())
