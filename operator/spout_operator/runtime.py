@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from spout_operator import dataflow, logs, metrics
+from spout_operator import dataflow, logs, metrics, tracing
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
@@ -124,6 +124,9 @@ class Operator:
             now,
         )
         self._vigil_task: asyncio.Task[None] | None = None
+        # uid -> (generation, when its watch event was seen) for a spec change not yet Ready:
+        # where its passes' traces count from (tracing.py). Dropped at Ready or deletion.
+        self._changes: dict[str, tuple[int, float]] = {}
 
     async def start(self) -> None:
         # __main__ serves them from the process's start (a standby too); kept for operators
@@ -192,11 +195,21 @@ class Operator:
             self.sweeper.start(contextvars.copy_context())
         meta = body.get("metadata", {})
         if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+            self._changes.pop(str(meta.get("uid")), None)
             self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
             self.spec_watch.forget(str(meta.get("uid")))
             self.flow_watch.forget(str(meta.get("uid")))
         else:
-            self.sweeper.track(Resource.of(body))
+            resource = Resource.of(body)
+            self._seen(resource)
+            self.sweeper.track(resource)
+
+    def _seen(self, resource: Resource) -> None:
+        """The first event of a spec change (a generation the status has not caught up with)
+        starts its trace."""
+        pending = resource.status.get("observedGeneration") != resource.generation
+        if pending and self._changes.get(resource.uid, (None, 0.0))[0] != resource.generation:
+            self._changes[resource.uid] = (resource.generation, time.monotonic())
 
     async def delete(
         self, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -225,7 +238,13 @@ class Operator:
         trigger: Trigger,
         listed_since: float = 0.0,
     ) -> PassResult | None:
-        result = await in_pool(executor, self._reconcile, resource, trigger, listed_since)
+        change = self._changes.get(resource.uid)
+        origin = change[1] if change is not None and change[0] == resource.generation else None
+        result = await in_pool(
+            executor, self._reconcile, resource, trigger, listed_since, time.monotonic(), origin
+        )
+        if result is not None and origin is not None and result.ready(resource.generation):
+            self._changes.pop(resource.uid, None)
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
@@ -237,10 +256,25 @@ class Operator:
                 self.vigil.drift_seen(result.endpoint, time.monotonic())
         return result
 
-    def _reconcile(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult | None:
-        """One pass in a pool thread, timed and counted (metrics.timed_pass)."""
-        with metrics.timed_pass(trigger):
-            result = self.controller.reconcile(resource, trigger, listed_since)
+    def _reconcile(
+        self,
+        resource: Resource,
+        trigger: Trigger,
+        listed_since: float,
+        submitted: float,
+        origin: float | None,
+    ) -> PassResult | None:
+        """One pass in a pool thread, timed and counted (metrics.timed_pass), and traced from
+        the watch event of the change under way (else from its submission to the pool)."""
+        where = f"{resource.namespace}/{resource.name}"
+        with tracing.traced(where, trigger, submitted if origin is None else origin) as trace:
+            trace.mark("pass queued", submitted)
+            started = time.monotonic()
+            with metrics.timed_pass(trigger):
+                result = self.controller.reconcile(resource, trigger, listed_since)
+            trace.mark("pass", started)
+            if result is not None and origin is not None and result.ready(resource.generation):
+                trace.mark("Ready", origin)
         reason = metrics.pass_error(None if result is None else result.status)
         if reason is not None:
             metrics.RECONCILE_ERRORS.labels(reason).inc()
