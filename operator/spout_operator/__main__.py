@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp.web
 import kopf
 
-from spout_operator import leader, logs, metrics
+from spout_operator import leader, logs, metrics, tracing
 from spout_operator.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,11 @@ def main() -> int:
         return 2
     from spout_operator import handlers  # noqa: F401  (registers the handlers)
 
-    logs.configure(settings.log_format, verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1")
+    logs.configure(
+        settings.log_format,
+        verbose=os.environ.get("SPOUT_OPERATOR_VERBOSE") == "1",
+        trace=os.environ.get(tracing.ENV) == "1",
+    )
     log.info(
         "Watching %s; connection Secrets of ClusterPachdConnections in %s; drift check every %ss",
         ", ".join(settings.namespaces) or "all namespaces",

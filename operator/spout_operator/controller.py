@@ -68,6 +68,10 @@ class PassResult:
         spout, processor = outcome.names
         return (project, spout), (project, processor)
 
+    def ready(self, generation: int) -> bool:
+        """Whether the pass left the resource Ready at `generation`."""
+        return self.status.get("summary") == "Ready" and self.status.get("observedGeneration") == generation
+
     @property
     def starting(self) -> bool:
         """pachd is still starting a pipeline of this pass: worth polling for RUNNING."""

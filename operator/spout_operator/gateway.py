@@ -28,7 +28,7 @@ from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
 from python_pachyderm.proto.v2.version.versionpb import version_pb2_grpc
 
-from spout_operator import metrics
+from spout_operator import metrics, tracing
 from spout_operator.names import PipelineKey, PipelineSpec
 from spout_operator.observed import ObservedPipeline
 from spout_operator.pachd_api import Endpoint, PachdError, PachdRejected, PachdUnavailable, Snapshot
@@ -93,7 +93,8 @@ def timed(method: str) -> Iterator[None]:
     started = time.monotonic()
     code = "OK"
     try:
-        yield
+        with tracing.step(f"pachd {method}"):
+            yield
     except grpc.RpcError as err:
         code = err.code().name if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN.name
         raise

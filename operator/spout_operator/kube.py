@@ -14,7 +14,7 @@ import aiohttp
 import kopf
 import kubernetes
 
-from spout_operator import metrics
+from spout_operator import metrics, tracing
 from spout_operator.names import GROUP, PLURAL, VERSION
 
 API_CONNECTIONS = 10  # kopf's connections for requests to the API server (its default: no limit)
@@ -44,9 +44,16 @@ class Kube:
         Returns whether it was written (a resource already gone counts as done)."""
         patch = [{"op": "add", "path": "/status", "value": status}]
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/json-patch+json"
-            )
+            with tracing.step("status write"):
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    patch,
+                    _content_type="application/json-patch+json",
+                )
         except kubernetes.client.ApiException as err:  # the next pass writes it again
             if err.status == 404:
                 return True

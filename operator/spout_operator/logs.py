@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import kopf
 
+from spout_operator import tracing
+
 COMPONENT = "spout-operator"
 TEXT_FORMAT = "[%(asctime)s] %(levelname)-7s %(name)s: %(message)s"
 # kopf.configure takes a format string as well as a LogFormat (its make_formatter matches both).
@@ -33,9 +35,12 @@ class _LoggerName(logging.Filter):
         return True
 
 
-def configure(log_format: str = "text", verbose: bool = False) -> None:
-    """Set up the root logger once, at process start (before kopf or a campaign runs)."""
+def configure(log_format: str = "text", verbose: bool = False, trace: bool = False) -> None:
+    """Set up the root logger once, at process start (before kopf or a campaign runs).
+    `trace`: the passes' step lines (tracing.py) at DEBUG, without kopf's own debug logs."""
     kopf.configure(verbose=verbose, log_format=FORMATS[log_format], log_prefix=None, log_refkey=JSON_REFKEY)
+    if trace:
+        logging.getLogger(tracing.__name__).setLevel(logging.DEBUG)
     if log_format == "json":
         for handler in logging.getLogger().handlers:
             if not any(isinstance(f, _LoggerName) for f in handler.filters):

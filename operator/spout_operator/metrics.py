@@ -62,6 +62,13 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RECONCILES_IN_FLIGHT = Gauge("spout_operator_reconciles_in_flight", "Passes running right now")
+PASS_STEP_SECONDS = Histogram(
+    "spout_operator_pass_step_duration_seconds",
+    "One step on a pass's path (tracing.py): the wait for the pass to start after the watch event,"
+    " Kubernetes reads, each pachd call by method, status writes",
+    ["step"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 PACHD_CALL_SECONDS = Histogram(
     "spout_operator_pachd_call_duration_seconds",
     "gRPC calls to pachd by method and gRPC status code (OK, UNAVAILABLE, DEADLINE_EXCEEDED, ...)",

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 
+from spout_operator import tracing
 from spout_operator.connection_model import (
     SECRET_READER_ROLE,
     TOKEN_LABEL,
@@ -170,7 +171,8 @@ class Resolver:
                 return value
             started = time.monotonic()
             try:
-                value = read()
+                with tracing.step(f"read {key[0]}"):
+                    value = read()
             except kubernetes.client.ApiException as err:
                 raise _problem(err, where, missing) from None
             if len(self._cache) >= CACHE_LIMIT:

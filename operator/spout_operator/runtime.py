@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from spout_operator import dataflow, logs, metrics
+from spout_operator import dataflow, logs, metrics, tracing
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
@@ -37,7 +37,7 @@ from spout_operator.settings import Settings, SettingsError
 from spout_operator.spec_streams import AioChannels, SpecWatch
 from spout_operator.sweep import Sweeper, Vigil, keep_vigil
 from spout_operator.threads import in_pool
-from spout_operator.watches import WorkerHealthWatch, WorkerWatch
+from spout_operator.watches import ServiceWatch, WorkerHealthWatch, WorkerWatch
 from spout_operator.workers import LISTED_WAIT_S
 
 WORKERS = 32  # threads for blocking pachd and API calls
@@ -109,8 +109,12 @@ class Operator:
         self.sweeper = Sweeper(
             functools.partial(self._pass, self.executor), Controller.pipelines_of, settings.drift_interval_s
         )
-        self.worker_watches = [
-            WorkerWatch(self.kube.core, namespace, self._changed) for namespace in settings.worker_namespaces
+        # pachd's worker RCs (drift), and its worker Services: the last event before a starting
+        # pipeline turns RUNNING, which wakes the resources whose pipelines are starting.
+        self._starting: set[PipelineKey] = set()
+        self.worker_watches: list[WorkerWatch] = [
+            *(WorkerWatch(self.kube.core, ns, self._changed) for ns in settings.worker_namespaces),
+            *(ServiceWatch(self.kube.core, ns, self._started) for ns in settings.worker_namespaces),
         ]
         self.vigil = Vigil[Endpoint]()
         # Updates made behind the operator's back, from the pipelines' spec repos (within ~0.1 s).
@@ -124,6 +128,9 @@ class Operator:
             now,
         )
         self._vigil_task: asyncio.Task[None] | None = None
+        # uid -> (generation, when its watch event was seen) for a spec change not yet Ready:
+        # where its passes' traces count from (tracing.py). Dropped at Ready or deletion.
+        self._changes: dict[str, tuple[int, float]] = {}
 
     async def start(self) -> None:
         # __main__ serves them from the process's start (a standby too); kept for operators
@@ -174,11 +181,19 @@ class Operator:
         # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
         # a poll instead of at the next drift check. The waits hold no thread: many resources
         # starting at once never starve the pool that creates the next ones.
+        # pachd's worker Service events wake it sooner (`_started`); the polls are the safety net.
         deadline = time.monotonic() + STARTING_WAIT_S
-        while result is not None and result.starting and time.monotonic() < deadline:
-            await asyncio.sleep(STARTING_POLL_S)
-            listed_since = time.monotonic() - STARTING_POLL_S
-            result = await self._pass(self.poll_executor, resource, "poll", listed_since)
+        starting: set[PipelineKey] = set()
+        try:
+            while result is not None and result.starting and time.monotonic() < deadline:
+                if result.pair is not None:
+                    starting = set(result.pair)
+                    self._starting.update(starting)
+                await asyncio.sleep(STARTING_POLL_S)
+                listed_since = time.monotonic() - STARTING_POLL_S
+                result = await self._pass(self.poll_executor, resource, "poll", listed_since)
+        finally:
+            self._starting.difference_update(starting)
         # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
         # retries it (one listing per pachd per sweep, however many resources wait on it), so
         # this ends here: no per-resource retry loop, no Event at every attempt.
@@ -192,11 +207,21 @@ class Operator:
             self.sweeper.start(contextvars.copy_context())
         meta = body.get("metadata", {})
         if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+            self._changes.pop(str(meta.get("uid")), None)
             self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
             self.spec_watch.forget(str(meta.get("uid")))
             self.flow_watch.forget(str(meta.get("uid")))
         else:
-            self.sweeper.track(Resource.of(body))
+            resource = Resource.of(body)
+            self._seen(resource)
+            self.sweeper.track(resource)
+
+    def _seen(self, resource: Resource) -> None:
+        """The first event of a spec change (a generation the status has not caught up with)
+        starts its trace."""
+        pending = resource.status.get("observedGeneration") != resource.generation
+        if pending and self._changes.get(resource.uid, (None, 0.0))[0] != resource.generation:
+            self._changes[resource.uid] = (resource.generation, time.monotonic())
 
     async def delete(
         self, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -225,7 +250,13 @@ class Operator:
         trigger: Trigger,
         listed_since: float = 0.0,
     ) -> PassResult | None:
-        result = await in_pool(executor, self._reconcile, resource, trigger, listed_since)
+        change = self._changes.get(resource.uid)
+        origin = change[1] if change is not None and change[0] == resource.generation else None
+        result = await in_pool(
+            executor, self._reconcile, resource, trigger, listed_since, time.monotonic(), origin
+        )
+        if result is not None and origin is not None and result.ready(resource.generation):
+            self._changes.pop(resource.uid, None)
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
@@ -237,10 +268,25 @@ class Operator:
                 self.vigil.drift_seen(result.endpoint, time.monotonic())
         return result
 
-    def _reconcile(self, resource: Resource, trigger: Trigger, listed_since: float) -> PassResult | None:
-        """One pass in a pool thread, timed and counted (metrics.timed_pass)."""
-        with metrics.timed_pass(trigger):
-            result = self.controller.reconcile(resource, trigger, listed_since)
+    def _reconcile(
+        self,
+        resource: Resource,
+        trigger: Trigger,
+        listed_since: float,
+        submitted: float,
+        origin: float | None,
+    ) -> PassResult | None:
+        """One pass in a pool thread, timed and counted (metrics.timed_pass), and traced from
+        the watch event of the change under way (else from its submission to the pool)."""
+        where = f"{resource.namespace}/{resource.name}"
+        with tracing.traced(where, trigger, submitted if origin is None else origin) as trace:
+            trace.mark("pass queued", submitted)
+            started = time.monotonic()
+            with metrics.timed_pass(trigger):
+                result = self.controller.reconcile(resource, trigger, listed_since)
+            trace.mark("pass", started)
+            if result is not None and origin is not None and result.ready(resource.generation):
+                trace.mark("Ready", origin)
         reason = metrics.pass_error(None if result is None else result.status)
         if reason is not None:
             metrics.RECONCILE_ERRORS.labels(reason).inc()
@@ -251,6 +297,15 @@ class Operator:
 
     def _changed(self, key: PipelineKey) -> None:  # from a watch thread: wake its resources in the loop
         self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, time.monotonic())
+
+    def _started(self, key: PipelineKey) -> None:  # from a watch thread, likewise
+        self._loop.call_soon_threadsafe(self._poke_if_starting, key, time.monotonic())
+
+    def _poke_if_starting(self, key: PipelineKey, seen_at: float) -> None:
+        """A worker Service came or went: news only while the pipeline is starting (drift
+        is the RC watch's, and one event per change is enough)."""
+        if key in self._starting:
+            self.sweeper.wakeups.poke(key, seen_at)
 
     def _listed(self, keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
         for key in keys:

@@ -35,16 +35,13 @@ class WorkerWatch(ListWatch):
     """Watches pachd's worker RCs in one namespace, and reports each pipeline whose RC
     appeared, changed what matters, or went."""
 
+    LIST_METHOD = "list_namespaced_replication_controller"
+    THREAD = "workers"
+
     def __init__(
         self, core: kubernetes.client.CoreV1Api, namespace: str, changed: Callable[[PipelineKey], None]
     ) -> None:
-        super().__init__(
-            core,
-            "list_namespaced_replication_controller",
-            namespace,
-            WORKER_RC_SELECTOR,
-            f"workers-{namespace}",
-        )
+        super().__init__(core, self.LIST_METHOD, namespace, WORKER_RC_SELECTOR, f"{self.THREAD}-{namespace}")
         self._changed = changed
         self._seen: dict[str, tuple[PipelineKey, tuple[Any, ...]]] = {}  # RC name -> pipeline, fingerprint
         self._listed = False  # the first listing only learns what exists: nothing changed yet
@@ -66,15 +63,34 @@ class WorkerWatch(ListWatch):
         else:
             self._observe(name, obj)
 
+    @staticmethod
+    def fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+        return rc_fingerprint(obj)
+
     def _observe(self, name: str, rc: Mapping[str, Any], first: bool = False) -> None:
         key = worker_pipeline(rc)
         if key is None:
             return
-        fingerprint = rc_fingerprint(rc)
+        fingerprint = self.fingerprint(rc)
         before = self._seen.get(name)
         self._seen[name] = (key, fingerprint)
         if not first and (before is None or before[1] != fingerprint):
             self._changed(key)
+
+
+class ServiceWatch(WorkerWatch):
+    """Watches the Services pachd makes for its workers, and reports each pipeline whose
+    Service appeared or went. pachd 2.6 starts a pipeline by creating its worker RC, then its
+    Service, then writing RUNNING (pipeline_controller.go, kube_driver.go): the Service's
+    event is the last one before RUNNING (the RC's comes a throttled API call earlier), so a
+    pass it wakes sees RUNNING without waiting for a poll."""
+
+    LIST_METHOD = "list_namespaced_service"
+    THREAD = "worker-services"
+
+    @staticmethod
+    def fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+        return ()  # there or not: pachd never changes a worker Service it made
 
 
 class PodWatch(ListWatch):

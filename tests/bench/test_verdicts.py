@@ -1,22 +1,44 @@
 """The bench's verdicts (bench.targets, bench.burst_target) on real figures: the two full runs
-the README's table reports, and each bound crossed by a hair from them. No I/O."""
+the README's table reports (measure 1 from the interleaved pairs measured for issue 23), and
+each bound crossed by a hair from them. No I/O."""
 
 from __future__ import annotations
 
 import copy
+import statistics
 from typing import Any
 
 import pytest
 
-from bench.bench import Options, targets
+from bench.bench import Options, spread, targets
+
+# Measure 1 as docs/benchmark.md reports it: 7 interleaved pairs on one pachd (issue 23).
+MEASURED_FLOOR = [1.54, 1.62, 1.72, 1.52, 1.43, 1.61, 1.62]
+MEASURED_OPERATOR = [2.07, 2.02, 1.92, 1.93, 2.02, 1.82, 2.03]
+MEDIAN_DELTA = 0.41  # +0.20 .. +0.59 s: misses the 0.3 s bound
+
+
+def measured_one(
+    floor: list[float] = MEASURED_FLOOR, operator: list[float] = MEASURED_OPERATOR
+) -> dict[str, Any]:
+    """Measure 1's section as the bench builds it from its pairs."""
+    delta = [o - f for o, f in zip(operator, floor, strict=True)]
+    return {
+        "pairs": len(floor),
+        "floor_p50_s": statistics.median(floor),
+        "operator_p50_s": statistics.median(operator),
+        "delta_p50_s": statistics.median(delta),
+        "floor": spread(floor),
+        "operator": spread(operator),
+        "delta": spread(delta),
+    }
 
 
 def readme_run(first: bool = False) -> dict[str, Any]:
     """The README's table: N=48 over 6 pachds, sweep every 60 s; the second run, or the first
-    (in brackets there) where it differs. (The table gives the first run's measure 1 as its
-    delta only, +0.75 s: kept on the second run's floor.)"""
+    (in brackets there) where it differs. Measure 1 from the interleaved pairs measured since."""
     return {
-        "one_resource": {"operator_p50_s": 3.92 if first else 4.22, "floor_p50_s": 3.17},
+        "one_resource": measured_one(),
         "n_resources": {"n": 48, "ratio": 1.23 if first else 1.18},
         "drift_one": {"p50_s": 0.20, "p95_s": 0.69 if first else 1.23},
         "drift": {"p50_s": 0.72 if first else 0.77, "p95_s": 3.51 if first else 2.01},
@@ -64,17 +86,37 @@ def verdicts(results: dict[str, Any]) -> dict[str, bool]:
 
 def test_the_readme_runs_get_the_readme_verdicts() -> None:
     second = verdicts(readme_run())
-    assert [k for k, ok in second.items() if not ok] == [
-        "one resource",
-        "drift repair, all",
-    ]  # +1.05 s; 2.01 s
+    assert [k for k, ok in second.items() if not ok] == ["one resource", "drift repair, all"]  # +0.41; 2.01 s
     first = verdicts(readme_run(first=True))
-    assert [k for k, ok in first.items() if not ok] == ["drift repair, all"]  # +0.75 s passed; 3.51 s
+    assert [k for k, ok in first.items() if not ok] == ["one resource", "drift repair, all"]  # +0.41; 3.51 s
+
+
+def test_measure_1_is_the_median_of_the_pairs_differences_with_its_spread() -> None:
+    one = measured_one()
+    assert one["pairs"] == 7
+    assert one["delta_p50_s"] == pytest.approx(MEDIAN_DELTA, abs=0.005)
+    assert one["delta"]["q1_s"] <= one["delta_p50_s"] <= one["delta"]["q3_s"]
+    assert one["delta"]["min_s"] <= one["delta"]["q1_s"] and one["delta"]["q3_s"] <= one["delta"]["max_s"]
+    [target] = [t for t in targets(readme_run(), Options()) if t["target"].startswith("one resource")]
+    assert "over 7 pairs" in target["value"] and "IQR" in target["value"]
+
+
+def test_the_earlier_figures_of_measure_1_miss() -> None:
+    """The README's earlier runs: p50 of 3 repeats, operator 4.22 / 3.92 s against a floor
+    of 3.17 s (+1.05 / +0.75 s). Too few pairs to tell from pachd's noise, and too slow."""
+    for operator in (4.22, 3.92):
+        results = readme_run()
+        results["one_resource"] = measured_one([3.17] * 3, [operator] * 3)
+        assert verdicts(results)["one resource"] is False
+    results = readme_run()
+    results["one_resource"] = measured_one([3.17] * 3, [3.27] * 3)  # close enough, too few pairs
+    assert verdicts(results)["one resource"] is False
 
 
 # (target, section, field, a value on its bound, a value just past it), from the README run.
 BOUNDS = [
-    ("one resource", "one_resource", "operator_p50_s", 3.17 + 1.0, 3.17 + 1.01),
+    ("one resource", "one_resource", "delta_p50_s", 0.3, 0.31),
+    ("one resource", "one_resource", "pairs", 7, 6),
     ("converge", "n_resources", "ratio", 1.3, 1.31),
     ("drift repair p50 <= 1 s", "drift_one", "p50_s", 1.0, 1.01),
     ("drift repair p50 <= 1 s", "drift_one", "p95_s", 2.0, 2.01),
@@ -96,7 +138,7 @@ def test_each_bound_passes_on_it_and_misses_past_it(
     key: str, section: str, field: str, on_bound: object, past_bound: object
 ) -> None:
     results = readme_run()
-    results["one_resource"]["operator_p50_s"] = 3.17 + 0.5  # every other target passes
+    results["one_resource"]["delta_p50_s"] = 0.2  # every other target passes
     results["drift"]["p95_s"] = 1.9
     assert all(verdicts(results).values())
     for value, expected in ((on_bound, True), (past_bound, False)):

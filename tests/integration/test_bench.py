@@ -35,7 +35,15 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
     repos_before = {r.repo.name for r in client.list_repo()}
     k = len(stack.pachds)  # DEVSTACK_PACHDS=2 runs it over two pachds, one resource each
     options = Options(
-        n=k, pachds=k, repeats=1, steady_s=4, drift_interval_s=2, drift_rounds=1, unreachable=20, consumer_s=2
+        n=k,
+        pachds=k,
+        repeats=1,
+        steady_s=4,
+        drift_interval_s=2,
+        drift_rounds=1,
+        unreachable=20,
+        consumer_s=2,
+        consumer_repeats=1,
     )
     out = tmp_path / "bench.json"
 
@@ -48,6 +56,13 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
         assert numbers, f"{section} has no figures: {data[section]}"
         assert all(v >= 0 for v in numbers), data[section]
     assert data["one_resource"]["operator_p50_s"] > 0 and data["one_resource"]["floor_p50_s"] > 0
+    one = data["one_resource"]
+    assert one["pairs"] == 1 and one["delta"]["min_s"] == one["delta_p50_s"] == one["delta"]["max_s"]
+    # The operator's trace of that apply (tracing.py's histogram): its two creates, one Ready,
+    # which came after the watch event, so within the time from `kubectl apply` to Ready.
+    steps = one["steps_per_apply"]
+    assert steps["pachd CreatePipeline"]["calls"] == 2 and steps["Ready"]["calls"] == 1
+    assert 0 < steps["Ready"]["seconds"] <= one["operator_s"][0]
     assert data["n_resources"]["operator_s"] > 0 and data["n_resources"]["floor_s"] > 0
     assert data["drift"]["samples"] == k and data["drift"]["p95_s"] > 0
     assert data["drift_one"]["samples"] == k and data["drift_one"]["p95_s"] > 0

@@ -227,7 +227,7 @@ def test_leases_are_writable_only_in_the_operators_namespace(
     assert answer.splitlines()[0] == ("yes" if allowed else "no")
 
 
-@pytest.mark.parametrize("what", ["replicationcontrollers", "pods"])
+@pytest.mark.parametrize("what", ["replicationcontrollers", "services", "pods"])
 @pytest.mark.parametrize(
     ("verb", "namespace", "allowed"),
     [
@@ -241,7 +241,7 @@ def test_leases_are_writable_only_in_the_operators_namespace(
         ("list", "kube-system", False),
     ],
 )
-def test_worker_rcs_and_pods_are_readable_only_in_pachds_namespace(
+def test_worker_rcs_services_and_pods_are_readable_only_in_pachds_namespace(
     stack: State, installed: None, what: str, verb: str, namespace: str, allowed: bool
 ) -> None:
     answer = kubectl(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from types import SimpleNamespace
 from typing import Any
 
-from spout_operator.names import worker_pipeline
+from spout_operator.names import PipelineKey, worker_pipeline
+from spout_operator.resource import Resource
+from spout_operator.runtime import Operator
+from spout_operator.settings import Settings
 from spout_operator.sweep import Vigil, Wakeups
-from spout_operator.watches import WorkerWatch, rc_fingerprint
+from spout_operator.watches import ServiceWatch, WorkerWatch, rc_fingerprint
 
 
 def rc(name: str, pipeline: str, spec_commit: str = "c1", replicas: int = 1) -> dict[str, Any]:
@@ -127,3 +132,69 @@ def test_a_relisting_and_a_deletion_report_the_rcs_that_went() -> None:
     watch.event("DELETED", rc("default-spout-v1", "spout"))
     watch.event("DELETED", rc("default-spout-v1", "spout"))  # already gone: nothing more
     assert watch.changes == [("default", "proc"), ("default", "spout")]
+
+
+def service(pipeline: str) -> dict[str, Any]:
+    return {"metadata": {"name": f"default-{pipeline}-v1", "labels": {"pipelineName": pipeline}}}
+
+
+def test_a_worker_service_reports_when_it_appears_or_goes_only() -> None:
+    changes: list[PipelineKey] = []
+    watch = ServiceWatch(None, "pachyderm", changes.append)  # type: ignore[arg-type]
+    watch.listed([service("old")])  # learns only
+    watch.event("ADDED", service("spout"))
+    watch.event("MODIFIED", service("spout"))  # pachd never changes it: no news
+    watch.event("DELETED", service("old"))
+    assert changes == [("default", "spout"), ("default", "old")]
+
+
+def test_a_worker_service_wakes_a_resource_while_its_pipelines_start_only() -> None:
+    """pachd writes RUNNING right after it made the worker Service: that event wakes the
+    resources whose pipelines are starting (the handler's polls are the safety net), and
+    nothing else (drift is the RC watch's)."""
+    spout, processor = ("default", "s"), ("default", "p")
+    body: dict[str, Any] = {"metadata": {"namespace": "ns", "name": "a", "uid": "a", "generation": 1}}
+    seen: list[set[PipelineKey]] = []
+
+    class Result:
+        """What pachd shows: the pair starting, then running."""
+
+        def __init__(self, state: str) -> None:
+            self.status = {"summary": "Ready" if state == "RUNNING" else "Progressing"}
+            self.starting, self.pair, self.events, self.endpoint = (
+                state == "STARTING",
+                (spout, processor),
+                [],
+                None,
+            )
+            self.heads, self.repairs = {}, 0
+
+        def ready(self, generation: int) -> bool:
+            return not self.starting
+
+    async def scenario() -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        operator = Operator(Settings(), pool, kube=SimpleNamespace(core=None, custom=None))  # type: ignore[arg-type]
+        operator.sweeper.wakeups.register("a", {spout, processor})
+        states = iter(["STARTING", "STARTING", "RUNNING"])
+
+        async def pass_(executor: Any, resource: Resource, trigger: str, listed_since: float = 0.0) -> Any:
+            seen.append(set(operator._starting))
+            return Result(next(states))
+
+        operator._pass = pass_  # type: ignore[method-assign]
+        operator._poke_if_starting(spout, 1.0)  # nothing starting yet
+        assert await operator.sweeper.wakeups.poked(0.01) == set()
+        polls = asyncio.create_task(operator.apply(body))
+        while not operator._starting:
+            await asyncio.sleep(0.001)
+        operator._poke_if_starting(spout, 2.0)
+        assert await operator.sweeper.wakeups.poked(1.0) == {"a"}
+        await polls
+        assert operator._starting == set()  # Ready: the Service watch wakes it no more
+        operator._poke_if_starting(spout, 3.0)
+        assert await operator.sweeper.wakeups.poked(0.01) == set()
+        pool.shutdown()
+
+    asyncio.run(scenario())
+    assert seen == [set(), {spout, processor}, {spout, processor}]
