@@ -98,6 +98,8 @@ STORED_TOLERATIONS = [
     {"key": "gpu", "operator": "EXISTS"},
     {"key": "flaky", "operator": "EXISTS", "effect": "NO_EXECUTE", "tolerationSeconds": "30"},
 ]
+# The push pair as pachd stores it. Alike in shape to test_plan's stored spout101 pair but
+# other values: each module keeps the literal record of its own pair, as pachd returned it.
 STORED_COMMON: dict[str, Any] = {
     "schedulingSpec": {"nodeSelector": {"disktype": "ssd"}, "priorityClassName": "spouts"},
     "tolerations": STORED_TOLERATIONS,
