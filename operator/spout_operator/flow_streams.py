@@ -153,13 +153,9 @@ class FlowWatch:
             known.cancel()
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[Commit]:
-        channel = self._channels.get(endpoint)
-        project, name = key
-        repo = pfs_pb2.Repo(name=name, type="user", project=pfs_pb2.Project(name=project))
-        request = pfs_pb2.SubscribeCommitRequest(
-            repo=repo, branch="master", state=pfs_pb2.CommitState.FINISHED
-        )
-        async with contextlib.aclosing(subscribe_commits(channel, endpoint, request)) as infos:
+        finished = pfs_pb2.CommitState.FINISHED
+        infos = subscribe_commits(self._channels.get(endpoint), endpoint, key, "user", state=finished)
+        async with contextlib.aclosing(infos):
             async for info in infos:
                 yield Commit(
                     str(info.commit.id),

@@ -181,22 +181,23 @@ class SpecWatch:
             follower.reopened()
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
-        channel = self._channels.get(endpoint)
-        project, name = key
         # python-pachyderm 7.5 names only "user" repos: the spec repo needs the stub itself.
-        repo = pfs_pb2.Repo(name=name, type="spec", project=pfs_pb2.Project(name=project))
-        request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master")
-        async with contextlib.aclosing(subscribe_commits(channel, endpoint, request)) as infos:
+        infos = subscribe_commits(self._channels.get(endpoint), endpoint, key, "spec")
+        async with contextlib.aclosing(infos):
             async for info in infos:
                 yield str(info.commit.id)
 
 
 async def subscribe_commits(
-    channel: grpc.aio.Channel, endpoint: Endpoint, request: pfs_pb2.SubscribeCommitRequest
+    channel: grpc.aio.Channel, endpoint: Endpoint, key: PipelineKey, repo_type: str, **fields: Any
 ) -> AsyncGenerator[Any, None]:
-    """pachd's SubscribeCommit on `channel` with `endpoint`'s token, counted: each CommitInfo as
-    it comes. Closing the generator cancels the call (the spec streams here, the data flow's in
+    """pachd's SubscribeCommit to the master branch of `key`'s repo of `repo_type` (and the request's
+    other `fields`), on `channel` with `endpoint`'s token, counted: each CommitInfo as it comes.
+    Closing the generator cancels the call (the spec streams here, the data flow's in
     flow_streams.py)."""
+    project, name = key
+    repo = pfs_pb2.Repo(name=name, type=repo_type, project=pfs_pb2.Project(name=project))
+    request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master", **fields)
     metadata = auth_metadata(endpoint)
     metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
     stub = pfs_pb2_grpc.APIStub(channel)
