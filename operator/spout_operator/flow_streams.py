@@ -22,15 +22,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
+from python_pachyderm.proto.v2.pfs import pfs_pb2
 
 from spout_operator import metrics
 from spout_operator.dataflow import Expectations, Flow, FlowView
-from spout_operator.gateway import auth_metadata
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
 from spout_operator.reopen import keep_open
-from spout_operator.spec_streams import SPEC_STREAM_S, AioChannels
+from spout_operator.spec_streams import AioChannels, subscribe_commits
 
 HISTORY_S = 1.0  # after a stream opens, its history has been sent
 
@@ -154,27 +153,16 @@ class FlowWatch:
             known.cancel()
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[Commit]:
-        channel = self._channels.get(endpoint)
-        project, name = key
-        repo = pfs_pb2.Repo(name=name, type="user", project=pfs_pb2.Project(name=project))
-        request = pfs_pb2.SubscribeCommitRequest(
-            repo=repo, branch="master", state=pfs_pb2.CommitState.FINISHED
-        )
-        metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
-        call = pfs_pb2_grpc.APIStub(channel).SubscribeCommit(
-            request, timeout=SPEC_STREAM_S, metadata=auth_metadata(endpoint)
-        )
-        try:
-            async for info in call:
+        finished = pfs_pb2.CommitState.FINISHED
+        infos = subscribe_commits(self._channels.get(endpoint), endpoint, key, "user", state=finished)
+        async with contextlib.aclosing(infos):
+            async for info in infos:
                 yield Commit(
                     str(info.commit.id),
                     _seconds(info.started),
                     _seconds(info.finished),
                     bool(info.error),
                 )
-        finally:
-            with contextlib.suppress(Exception):
-                call.cancel()
 
 
 def _seconds(timestamp: Any) -> float:

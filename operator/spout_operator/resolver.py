@@ -130,14 +130,16 @@ class Resolver:
         """A key's bytes from the connection's own namespace. The value never enters a message."""
         where = self._where(spec, ref)
         ns = spec.secrets_namespace
-        if ref.kind == "Secret":
-            obj = self._read(
-                ("Secret", ns, ref.name),
-                not_before,
-                lambda: self._core.read_namespaced_secret(ref.name, ns),
-                where,
-                "ConnectionSecretNotFound",
-            )
+        secret = ref.kind == "Secret"
+        kind, read = (
+            ("Secret", self._core.read_namespaced_secret)
+            if secret
+            else ("ConfigMap", self._core.read_namespaced_config_map)
+        )
+        obj = self._read(
+            (kind, ns, ref.name), not_before, lambda: read(ref.name, ns), where, "ConnectionSecretNotFound"
+        )
+        if secret:
             if token and (obj.metadata.labels or {}).get(TOKEN_LABEL) != "true":
                 raise ConnectionProblem(
                     "ConnectionSecretNotLabeled",
@@ -148,13 +150,6 @@ class Resolver:
             if encoded is None:
                 raise ConnectionProblem("ConnectionSecretInvalid", f"{where}: no such key")
             return base64.b64decode(encoded)
-        obj = self._read(
-            ("ConfigMap", ns, ref.name),
-            not_before,
-            lambda: self._core.read_namespaced_config_map(ref.name, ns),
-            where,
-            "ConnectionSecretNotFound",
-        )
         if ref.key in (obj.data or {}):
             return str(obj.data[ref.key]).encode()
         if ref.key in (obj.binary_data or {}):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any
 
 import grpc
 from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
@@ -180,18 +181,30 @@ class SpecWatch:
             follower.reopened()
 
     async def _subscribe(self, endpoint: Endpoint, key: PipelineKey) -> AsyncIterator[str]:
-        channel = self._channels.get(endpoint)
-        project, name = key
         # python-pachyderm 7.5 names only "user" repos: the spec repo needs the stub itself.
-        repo = pfs_pb2.Repo(name=name, type="spec", project=pfs_pb2.Project(name=project))
-        request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master")
-        metadata = auth_metadata(endpoint)
-        metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
-        stub = pfs_pb2_grpc.APIStub(channel)
-        call = stub.SubscribeCommit(request, timeout=SPEC_STREAM_S, metadata=metadata)
-        try:
-            async for info in call:
+        infos = subscribe_commits(self._channels.get(endpoint), endpoint, key, "spec")
+        async with contextlib.aclosing(infos):
+            async for info in infos:
                 yield str(info.commit.id)
-        finally:
-            with contextlib.suppress(Exception):
-                call.cancel()
+
+
+async def subscribe_commits(
+    channel: grpc.aio.Channel, endpoint: Endpoint, key: PipelineKey, repo_type: str, **fields: Any
+) -> AsyncGenerator[Any, None]:
+    """pachd's SubscribeCommit to the master branch of `key`'s repo of `repo_type` (and the request's
+    other `fields`), on `channel` with `endpoint`'s token, counted: each CommitInfo as it comes.
+    Closing the generator cancels the call (the spec streams here, the data flow's in
+    flow_streams.py)."""
+    project, name = key
+    repo = pfs_pb2.Repo(name=name, type=repo_type, project=pfs_pb2.Project(name=project))
+    request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master", **fields)
+    metadata = auth_metadata(endpoint)
+    metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
+    stub = pfs_pb2_grpc.APIStub(channel)
+    call = stub.SubscribeCommit(request, timeout=SPEC_STREAM_S, metadata=metadata)
+    try:
+        async for info in call:
+            yield info
+    finally:
+        with contextlib.suppress(Exception):
+            call.cancel()

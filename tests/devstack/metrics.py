@@ -11,13 +11,17 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """Every sample on the operator's /metrics, keyed by name with its labels."""
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
+        return samples(response.read().decode())
+
+
+def samples(text: str) -> dict[str, float]:
+    """Every sample of a /metrics page, keyed by name with its labels."""
+    found: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
+            found[key] = float(value)
+    return found
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

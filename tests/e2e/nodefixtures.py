@@ -25,6 +25,7 @@ from devstack.stack import PACHD_PORT, Stack, State
 from devstack.testing import IN_CI, eventually, use_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
+PACHD_NAMESPACE = "pachyderm"  # where the operator watches pachd's workers in this tier
 
 
 @pytest.fixture(scope="session")

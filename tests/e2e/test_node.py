@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 import yaml
-from devstack import images
+from devstack import images, metrics
 from devstack import node as nodes
 from devstack.stack import Stack, State
 from devstack.status_readers import HEALTH, argocd_health, kstatus
 from devstack.testing import PAUSED, annotate
 from nodefixtures import (
+    PACHD_NAMESPACE,
+    ROOT,
     kubectl,
     kubectl_json,
     node_prerequisites,
@@ -44,11 +46,9 @@ __all__ = ["node_prerequisites", "node_stack"]
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_NAMESPACE = "spout-operator-system"
 SAMPLE_NAMESPACE = "e2e-spout101"
 WORKERS_NAMESPACE = "e2e-workers"
-PACHD_NAMESPACE = "pachyderm"
 E2E_RESOLUTION_S = 5
 # Upstream's processor line: str(datetime.now().time()) + " " + path + "\n".
 LINE = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d{1,6})? /pfs/spout/(?P<name>[0-9a-f]{64}\.txt)\n")
@@ -430,15 +430,6 @@ def pod_metrics(state: State, pod: str) -> str:
     )
 
 
-def samples(text: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            found[key] = float(value)
-    return found
-
-
 def replicas_metrics(state: State) -> dict[str, dict[str, float]]:
     """Every replica's /metrics (both serve them), by pod; each scrape kept in SCRAPES (one JSON
     line per pod and scrape, with its Unix time), the input of the alert rules' tests."""
@@ -449,7 +440,7 @@ def replicas_metrics(state: State) -> dict[str, dict[str, float]]:
             name = str(pod["metadata"]["name"])
             text = pod_metrics(state, name)
             out.write(json.dumps({"time": time.time(), "pod": name, "metrics": text}) + "\n")
-            scraped[name] = samples(text)
+            scraped[name] = metrics.samples(text)
     return scraped
 
 

@@ -14,15 +14,15 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from devstack import images
 from devstack.stack import State
-from devstack.testing import annotate, eventually
-from nodefixtures import diagnostics, kubectl, kubectl_json, node_prerequisites, node_stack
+from devstack.testing import annotate
+from nodefixtures import PACHD_NAMESPACE, ROOT, kubectl, kubectl_json, node_prerequisites, node_stack
+from nodefixtures import wait_for as wait_for_in
 from spout_operator.render import push_address
 from spout_operator.spec import parse
 
@@ -30,20 +30,15 @@ __all__ = ["node_prerequisites", "node_stack"]
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "e2e-push"
 OPERATOR_NAMESPACE = "spout-operator-system"
-PACHD_NAMESPACE = "pachyderm"
 CONNECTION = "push-e2e"
 NODE_LABEL = "kubernetes.io/hostname"
 TOLERATION = {"key": "e2e-dedicated", "operator": "EXISTS", "effect": "NO_SCHEDULE"}
 
 
 def wait_for(state: State, what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    try:
-        return eventually(check, timeout_s, 1.0, what=what)
-    except AssertionError as err:
-        raise AssertionError(f"{err}\n{diagnostics(state, (NAMESPACE, PACHD_NAMESPACE))}") from None
+    return wait_for_in(state, what, check, timeout_s, (NAMESPACE, PACHD_NAMESPACE))
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +122,22 @@ def pods_of(state: State, pipeline: str) -> list[dict[str, Any]]:
     return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
 
 
+def in_node_network(
+    state: State, script: str, stdin: bytes, timeout_s: float
+) -> subprocess.CompletedProcess[bytes]:
+    """`python3 -c script` in the node's network namespace (where pod addresses route)."""
+    assert state.node is not None
+    return subprocess.run(
+        ["ip", "netns", "exec", state.node.netns, "python3", "-c", script],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def post_from_the_node(state: State, address: str, body: bytes) -> dict[str, Any]:
     """POST from the node's network namespace (where pod addresses route), as a producer pod would."""
-    assert state.node is not None
     script = (
         "import sys, urllib.request\n"
         f"url = 'http://{address}/'\n"
@@ -137,13 +145,7 @@ def post_from_the_node(state: State, address: str, body: bytes) -> dict[str, Any
         "with urllib.request.urlopen(request, timeout=30) as response:\n"
         "    print(response.status, response.read().decode())\n"
     )
-    result = subprocess.run(
-        ["ip", "netns", "exec", state.node.netns, "python3", "-c", script],
-        input=body,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = in_node_network(state, script, body, timeout_s=60)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     status, _, answer = result.stdout.decode().partition(" ")
     assert status == "201", result.stdout
@@ -190,17 +192,9 @@ def test_messages_pushed_to_the_spout_service_are_committed_and_processed(operat
     target = wait_for(state, "the spout Service's endpoint", endpoint, 120)
 
     def health() -> bool:
-        assert state.node is not None
         url = f"http://{target}/healthz"
         probe = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"
-        result = subprocess.run(
-            ["ip", "netns", "exec", state.node.netns, "python3", "-c", probe],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        return result.stdout.strip() == "200"
+        return in_node_network(state, probe, b"", timeout_s=30).stdout.decode().strip() == "200"
 
     wait_for(state, "the receiver answering on its service port", health, 120)
 

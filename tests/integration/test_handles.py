@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from devstack.stack import State
 from devstack.testing import PAUSED, annotate, eventually, kubectl
-from kit import apply, get, pipelines, resource, scrape, wait_condition
+from kit import apply_ready, get, pipelines, resource, scrape, wait_condition
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,7 @@ def test_a_paused_resource_is_observed_not_repaired_and_one_pass_repairs_it_afte
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("held", spout, processor))
-    wait_condition(stack, namespace, "held", "Ready", "True")
+    apply_ready(stack, namespace, resource("held", spout, processor))
     annotate(stack, namespace, "held", f"{PAUSED}=true")
     eventually(lambda: get(stack, namespace, "held")["status"].get("paused"), 10, what="paused in status")
     pachd_client.delete_pipeline(processor)
@@ -64,8 +63,7 @@ def test_a_paused_resource_deletes_alone_and_with_its_namespace(
 ) -> None:
     spout, processor = names
     for name, suffix in (("alone", "a"), ("with-ns", "b")):
-        apply(stack, namespace, resource(name, f"{spout}{suffix}", f"{processor}{suffix}"))
-        wait_condition(stack, namespace, name, "Ready", "True")
+        apply_ready(stack, namespace, resource(name, f"{spout}{suffix}", f"{processor}{suffix}"))
         annotate(stack, namespace, name, f"{PAUSED}=true")
     eventually(lambda: get(stack, namespace, "with-ns")["status"].get("paused"), 10, what="paused")
     kubectl(stack, "delete", "spoutpipeline", "alone", "-n", namespace, "--timeout=60s")
@@ -78,8 +76,7 @@ def test_a_reconcile_token_is_acknowledged_within_a_second(
     stack: State, namespace: str, names: tuple[str, str], operator: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("asked", spout, processor))
-    wait_condition(stack, namespace, "asked", "Ready", "True")
+    apply_ready(stack, namespace, resource("asked", spout, processor))
     token = f"now-{time.time_ns()}"
     annotate(stack, namespace, "asked", f"spout-operator.dev/reconcile-requested-at={token}")
     asked = time.monotonic()
@@ -96,8 +93,7 @@ def test_a_restart_token_restarts_once_with_the_version_unchanged_and_no_repair(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
     spout, processor = names
-    apply(stack, namespace, resource("kicked", spout, processor))
-    wait_condition(stack, namespace, "kicked", "Ready", "True")
+    apply_ready(stack, namespace, resource("kicked", spout, processor))
     versions = {name: pipelines(pachd_client, name)[name].version for name in (spout, processor)}
     before = scrape()
     annotate(stack, namespace, "kicked", "spout-operator.dev/restart-spout=1")

@@ -335,25 +335,7 @@ def test_helm_install_runs_the_sample(
     sample = yaml.safe_load(SAMPLE.read_text())
     spout, processor = sample["spec"]["spout"]["name"], sample["spec"]["processor"]["name"]
     try:
-        run(
-            [
-                *helm,
-                "install",
-                release,
-                str(CHART),
-                "-n",
-                namespace,
-                "--take-ownership",  # of the session's CRDs (the chart installs and upgrades them)
-                "--set",
-                f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
-                "--set",  # no node on this stack: worker pods never exist (README, Configuration)
-                "pachd.workerHealth=false",
-                "--set",
-                "driftIntervalSeconds=2,connectionCheckSeconds=2",
-                "--set",  # the chart's connection admits no namespace and no shared project by itself
-                f"defaultConnection.namespaces={{{namespace}}},defaultConnection.policy.projects.allowDefault=true",
-            ]
-        )
+        on_stack(helm, "install", stack, release, namespace)
         assert "STATUS: deployed" in run([*helm, "status", release, "-n", namespace])
         default = json.loads(kubectl(stack, "get", "clusterpachdconnection", "default", "-o", "json"))
         assert default["spec"] == {
@@ -407,11 +389,18 @@ def stack_values(stack: State, namespace: str) -> list[str]:
     return [
         "--set",
         f"defaultConnection.address={pachd.address},pachd.workerNamespaces={{{pachd.namespace}}}",
-        "--set",
+        "--set",  # no node on this stack: worker pods never exist (README, Configuration)
         "pachd.workerHealth=false,driftIntervalSeconds=2,connectionCheckSeconds=2",
-        "--set",
+        "--set",  # the chart's connection admits no namespace and no shared project by itself
         f"defaultConnection.namespaces={{{namespace}}},defaultConnection.policy.projects.allowDefault=true",
     ]
+
+
+def on_stack(helm: list[str], verb: str, stack: State, release: str, namespace: str, *values: str) -> str:
+    """`helm install` or `upgrade` of this chart with the stack's values, taking over the
+    session's CRDs (the chart installs and upgrades them)."""
+    chart = [verb, release, str(CHART), "-n", namespace, "--take-ownership"]
+    return run([*helm, *chart, *values, *stack_values(stack, namespace)])
 
 
 @contextlib.contextmanager
@@ -480,6 +469,8 @@ def test_helm_upgrade_from_the_previous_release(
     pachd_client: Any,
     tmp_path: Path,
 ) -> None:
+    # The same fixtures as test_helm_install_runs_the_sample, kept: a test's signature names
+    # what it needs.
     """The chart of 0.1.0 (commit 2c0822d; its CRDs in crds/, installed once by Helm) upgraded to
     this one, as the chart's README says (`--take-ownership` of the CRDs, which this chart
     manages): the resource made before the upgrade is still there and Ready under the upgraded
@@ -499,18 +490,7 @@ def test_helm_upgrade_from_the_previous_release(
         assert "invalid ownership metadata" in refused(
             helm, "upgrade", release, str(CHART), "-n", namespace, *stack_values(stack, namespace)
         )
-        run(
-            [
-                *helm,
-                "upgrade",
-                release,
-                str(CHART),
-                "-n",
-                namespace,
-                "--take-ownership",
-                *stack_values(stack, namespace),
-            ]
-        )
+        on_stack(helm, "upgrade", stack, release, namespace)
         assert "REVISION: 2" in run([*helm, "status", release, "-n", namespace])
         crd_meta = json.loads(
             kubectl(stack, "get", "crd", "spoutpipelines.spout-operator.dev", "-o", "json")
@@ -553,20 +533,7 @@ def test_helm_uninstall_with_live_spoutpipelines(
     both = DeleteAndOrphan.fresh()
     kubectl(stack, "delete", "clusterpachdconnection", "default", "--ignore-not-found")
     try:
-        run(
-            [
-                *helm,
-                "install",
-                release,
-                str(CHART),
-                "-n",
-                namespace,
-                "--take-ownership",
-                "--set",
-                "crds.keep=false",
-                *stack_values(stack, namespace),
-            ]
-        )
+        on_stack(helm, "install", stack, release, namespace, "--set", "crds.keep=false")
         with installed_operator(stack, namespace, release):
             both.apply_ready(stack, namespace)
             started = time.monotonic()

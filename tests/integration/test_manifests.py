@@ -130,18 +130,19 @@ def test_apply_creates_every_object(stack: State, installed: None) -> None:
 def test_rbac_allows_only_what_the_operator_needs(
     stack: State, installed: None, verb: str, what: str, where: str | None, allowed: bool
 ) -> None:
-    scope = ["-n", where] if where else ["-A"]
+    assert can_i(stack, ACCOUNT, verb, what, where) is allowed
+
+
+def can_i(stack: State, who: str, verb: str, what: str, namespace: str | None) -> bool:
+    """`kubectl auth can-i` as `who` in `namespace` (None: in every namespace); `what` may name
+    a subresource (pods/log). Its answer must be yes or no (kubectl may add " - <reason>")."""
     resource, _, subresource = what.partition("/")  # `can-i patch x/status` asks about an x named status
     sub = [f"--subresource={subresource}"] if subresource else []
-    answer = kubectl(
-        stack, "auth", "can-i", verb, resource, *sub, "--as", ACCOUNT, *scope, check=False
-    ).strip()
-    assert answer.splitlines()[0] == ("yes" if allowed else "no")
-
-
-def can_i(stack: State, who: str, verb: str, what: str, namespace: str) -> bool:
-    answer = kubectl(stack, "auth", "can-i", verb, what, "--as", who, "-n", namespace, check=False)
-    return answer.strip().splitlines()[0] == "yes"
+    scope = ["-n", namespace] if namespace else ["-A"]
+    answer = kubectl(stack, "auth", "can-i", verb, resource, *sub, "--as", who, *scope, check=False)
+    first = answer.strip().splitlines()[0]
+    assert first == "yes" or first.split(" - ")[0] == "no", answer
+    return first == "yes"
 
 
 def test_connection_reader_is_granted_one_namespace_at_a_time(
@@ -212,19 +213,7 @@ def test_tenants_with_edit_manage_spoutpipelines_not_connections(
 def test_leases_are_writable_only_in_the_operators_namespace(
     stack: State, installed: None, verb: str, namespace: str, allowed: bool
 ) -> None:
-    answer = kubectl(
-        stack,
-        "auth",
-        "can-i",
-        verb,
-        "leases.coordination.k8s.io",
-        "--as",
-        ACCOUNT,
-        "-n",
-        namespace,
-        check=False,
-    ).strip()
-    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+    assert can_i(stack, ACCOUNT, verb, "leases.coordination.k8s.io", namespace) is allowed
 
 
 @pytest.mark.parametrize("what", ["replicationcontrollers", "services", "pods"])
@@ -244,10 +233,7 @@ def test_leases_are_writable_only_in_the_operators_namespace(
 def test_worker_rcs_services_and_pods_are_readable_only_in_pachds_namespace(
     stack: State, installed: None, what: str, verb: str, namespace: str, allowed: bool
 ) -> None:
-    answer = kubectl(
-        stack, "auth", "can-i", verb, what, "--as", ACCOUNT, "-n", namespace, check=False
-    ).strip()
-    assert answer.splitlines()[0] == ("yes" if allowed else "no")
+    assert can_i(stack, ACCOUNT, verb, what, namespace) is allowed
 
 
 @pytest.mark.parametrize(("verb", "what"), [("get", "pods/log"), ("create", "pods/exec"), ("list", "pods")])
@@ -255,13 +241,7 @@ def test_worker_pods_give_no_logs_no_shell_and_no_listing_elsewhere(
     stack: State, installed: None, verb: str, what: str
 ) -> None:
     """Reading pods' status is all workers' health needs: not their logs, not a shell."""
-    resource, _, subresource = what.partition("/")
-    sub = [f"--subresource={subresource}"] if subresource else []
-    scope = ["-n", "default"] if subresource else ["-A"]
-    answer = kubectl(
-        stack, "auth", "can-i", verb, resource, *sub, "--as", ACCOUNT, *scope, check=False
-    ).strip()
-    assert answer.splitlines()[0] == "no"
+    assert not can_i(stack, ACCOUNT, verb, what, "default" if "/" in what else None)
 
 
 @pytest.fixture
@@ -398,6 +378,7 @@ def test_namespace_overlay_keeps_rbac_whole(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Fixtures as in the tests above, kept: a test's signature names what it needs.
     """`namespace: <ops>` over manifests/ with pachd's workers in the stack's pachd namespace
     (not `default`): every binding names the moved ServiceAccount, the workers' RBAC stays in
     pachd's namespace, and the operator, with exactly the installed rights and setting, runs a
@@ -429,6 +410,8 @@ def test_namespace_overlay_keeps_rbac_whole(
         # Same cluster-scoped names as the module's install: this one takes them over, and the
         # default install is applied again below.
         kubectl(stack, "apply", "-k", str(overlay))
+        # A table of rights like the parametrized one above (test_rbac_allows_only_what_the_operator_needs),
+        # kept as data: each row one check, of the moved install's ServiceAccount.
         for verb, what, where, allowed in (
             ("watch", "replicationcontrollers", pachd_namespace, True),
             ("list", "pods", pachd_namespace, True),

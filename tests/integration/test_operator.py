@@ -113,6 +113,8 @@ def test_reapply_and_operator_restart_leave_versions_unchanged(
 def test_spec_edit_updates_only_the_changed_pipeline(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
+    # Kept spelled out (here and in the other scenarios): the fixtures, the names and the resource
+    # made are each scenario's first steps; a helper would hide what the test starts from.
     spout, processor = names
     body = resource("edit", spout, processor)
     apply_ready(stack, namespace, body)
@@ -360,6 +362,8 @@ def test_spout_image_change_applies_and_keeps_the_data(
 def test_a_rejected_change_does_not_hold_back_the_other_pipeline(
     stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
 ) -> None:
+    # Kept spelled out (here and in the other scenarios): the fixtures, the names and the resource
+    # made are each scenario's first steps; a helper would hide what the test starts from.
     spout, processor = names
     body = resource("half", spout, processor)
     apply_ready(stack, namespace, body)

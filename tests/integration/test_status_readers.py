@@ -114,6 +114,8 @@ def assert_conditions_carry_their_generation(obj: dict[str, Any]) -> None:
 def test_healthy_apply_stale_generation_and_stop(
     stack: State, namespace: str, names: tuple[str, str], crd: None, operator_env: None
 ) -> None:
+    # Kept spelled out (here and in the other scenarios): the fixtures, the names and the resource
+    # made are each scenario's first steps; a helper would hide what the test starts from.
     spout, processor = names
     body = resource("healthy", spout, processor)
     apply(stack, namespace, body)

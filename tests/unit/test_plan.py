@@ -31,6 +31,22 @@ OWNERSHIP = {
     "labels": {"app.kubernetes.io/managed-by": "spout-operator"},
 }
 
+
+def stored_input(repo: str, glob: str = "/*") -> dict[str, Any]:
+    """A pfs input of `repo` as pachd 2.6 stores it: its defaults (name, repoType, branch)
+    filled in."""
+    return {
+        "pfs": {
+            "name": repo,
+            "repo": repo,
+            "repoType": "user",
+            "branch": "master",
+            "glob": glob,
+            "project": "default",
+        }
+    }
+
+
 # What pachd 2.6 returns for the spout101 pair once the operator created it (InspectPipeline
 # with details, through json_format.MessageToDict, as gateway._observed builds it): pachd's
 # defaults filled in, int64 as strings, plus the fields pachd owns.
@@ -52,16 +68,7 @@ STORED_PROCESSOR: dict[str, Any] = {
     "pipeline": {"name": "processor", "project": {"name": "default"}},
     "transform": {"image": IMAGE, "cmd": ["python", "-m", "spout101.processor"]},
     "description": "A pipeline that sorts 1KB vs 2KB files",
-    "input": {
-        "pfs": {
-            "name": "spout",
-            "repo": "spout",
-            "repoType": "user",
-            "branch": "master",
-            "glob": "/*",
-            "project": "default",
-        }
-    },
+    "input": stored_input("spout"),
     "outputBranch": "master",
     "datumTries": "3",
     "reprocessSpec": "until_success",
@@ -201,21 +208,7 @@ def test_env_var_difference_plans_an_update(stored_env: dict[str, str], wanted_e
         ({"resourceLimits": {"memory": "1Gi"}}, "resourceLimits"),
         ({"autoscaling": True}, "autoscaling"),
         ({"podPatch": "[]"}, "podPatch"),
-        (
-            {
-                "input": {
-                    "pfs": {
-                        "name": "spout",
-                        "repo": "spout",
-                        "repoType": "user",
-                        "branch": "master",
-                        "glob": "/",
-                        "project": "default",
-                    }
-                }
-            },
-            "input",
-        ),
+        ({"input": stored_input("spout", glob="/")}, "input"),
         (
             {
                 "metadata": {

@@ -447,6 +447,8 @@ def test_quantities_compare_by_value() -> None:
 # --- pod patches ------------------------------------------------------------------------------------
 
 HOST_PATH = {"name": "root", "hostPath": {"path": "/"}}
+# A table of cases for one parametrized test: rows alike in shape are different cases, each
+# with its own id, kept as data (the logic they share is the test below, written once).
 DANGEROUS_PATCHES = [
     pytest.param(
         {"op": "add", "path": "/hostNetwork", "value": True}, PodCapability.HOST_NETWORK, id="hostNetwork"
@@ -949,6 +951,8 @@ def test_the_crd_quantity_pattern_accepts_what_the_parser_accepts(text: str) -> 
 # --- issue 22: spout services, scheduling, tolerations, egress, s3Out, sidecar resources ------------
 
 SERVICE = {"internalPort": 8080, "externalPort": 30080}
+# A table of cases for one parametrized test: rows alike in shape are different cases, each
+# with its own id, kept as data (the logic they share is the test below, written once).
 NEW_FIELD_ESCALATIONS = [
     pytest.param(
         {"spout.service": {**SERVICE, "type": "NodePort"}},

@@ -15,13 +15,9 @@ import pytest
 from spout101.common import SettingsError
 from spout101.consumer import Target
 from spout101.receiver import DEFAULT_MAX_BYTES, Committer, ReceiverSettings, make_server
+from test_consumer import FakeCommit
 
 TARGET = Target("push", "master", "team-a")
-
-
-@dataclass
-class FakeCommit:
-    id: str
 
 
 @dataclass

@@ -178,6 +178,8 @@ def test_parse_does_not_modify_its_input() -> None:
 # --- errors ----------------------------------------------------------------------------
 
 
+# A table of cases for one parametrized test: rows alike in shape are different cases, each
+# with its own id, kept as data (the logic they share is the test below, written once).
 @pytest.mark.parametrize(
     ("spec", "resource_name", "message"),
     [

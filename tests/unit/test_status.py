@@ -56,6 +56,14 @@ def outcome(
     )
 
 
+def unreachable(spout: str, processor: str) -> Outcome:
+    """A pass that observed nothing: pachd answered no call about either pipeline."""
+    names = (spout, processor)
+    return Outcome(
+        names=names, plans=(), observed={}, errors=dict.fromkeys(names, PachdUnavailable(UNREACHABLE))
+    )
+
+
 def running_pair(**overrides: ObservedPipeline | None) -> Outcome:
     observed: dict[str, ObservedPipeline | None] = {
         "spout": pipeline("spout"),
@@ -109,12 +117,7 @@ def test_pachd_errors_make_both_conditions_false(error: PachdError, reason: str,
 
 
 def test_pachd_unavailable_before_anything_was_observed() -> None:
-    found = Outcome(
-        names=("spout", "processor"),
-        plans=(),
-        observed={},
-        errors=dict.fromkeys(("spout", "processor"), PachdUnavailable(UNREACHABLE)),
-    )
+    found = unreachable("spout", "processor")
     conditions = by_type(conditions_for(found, running=True))
     assert conditions["Synced"].reason == "PachdUnavailable"
     assert conditions["Ready"].status is False
@@ -127,12 +130,7 @@ def test_declared_stopped_but_running_is_not_ready() -> None:
 
 
 def test_unobserved_pipelines_are_reported_unknown_not_left_stale() -> None:
-    found = Outcome(
-        names=("sp", "pr"),
-        plans=(),
-        observed={},
-        errors=dict.fromkeys(("sp", "pr"), PachdUnavailable(UNREACHABLE)),
-    )
+    found = unreachable("sp", "pr")
     previous = {"spout": {"name": "sp", "state": "RUNNING", "version": 3}}
     patch = status_patch(found, True, 2, previous, "2026-01-01T00:00:00Z")
     assert patch["spout"] == {

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +20,7 @@ from spout_operator.names import PipelineKey, Trigger
 from spout_operator.resource import Resource
 from spout_operator.runtime import Operator
 from spout_operator.settings import Settings
-from spout_operator.sweep import SWEEP_WAKE_SLACK_S, Sweeper
+from spout_operator.sweep import SWEEP_WAKE_SLACK_S, PassFn, Sweeper
 
 WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
 # An operator whose API session is never called: no watch namespaces, nothing started.
@@ -64,6 +65,29 @@ class Passes:
                 await self._changed.wait()
 
 
+def tracking(
+    pass_: PassFn,
+    *names: str,
+    interval_s: float = 3600.0,
+    settle_s: float = 0.0,
+) -> Sweeper:
+    """A sweeper of `pass_` that has seen the resources `names` (not started)."""
+    sweeper = Sweeper(pass_, pipelines_of, interval_s=interval_s, settle_s=settle_s)
+    for name in names:
+        sweeper.track(resource(name))
+    return sweeper
+
+
+@contextlib.contextmanager
+def started(sweeper: Sweeper) -> Iterator[None]:
+    """The sweeper's loop running, stopped on the way out."""
+    sweeper.start()
+    try:
+        yield
+    finally:
+        sweeper.stop()
+
+
 async def settled(sweeper: Sweeper) -> None:
     """Until no pass of any resource is due or running."""
     async with asyncio.timeout(WAIT_S):
@@ -74,9 +98,7 @@ async def settled(sweeper: Sweeper) -> None:
 def test_a_sweep_runs_every_indexed_resource_once() -> None:
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        for name in ("a", "b", "c"):
-            sweeper.track(resource(name))
+        sweeper = tracking(passes, "a", "b", "c")
         sweeper.track(resource("a"))  # a later event of the same resource
         sweeper.sweep(listed_since=42.0)
         await settled(sweeper)
@@ -88,18 +110,13 @@ def test_a_sweep_runs_every_indexed_resource_once() -> None:
 def test_a_poke_runs_only_that_resource_after_the_change_was_seen() -> None:
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("a"))
-        sweeper.track(resource("b"))
-        sweeper.start()
-        try:
+        sweeper = tracking(passes, "a", "b")
+        with started(sweeper):
             sweeper.wakeups.poke(("default", "b-processor"), 17.0)
             sweeper.wakeups.poke(("default", "unknown"), 18.0)  # declared by no resource
             await passes.until(lambda: len(passes.ran) == 1)
             await settled(sweeper)
             assert passes.ran == [("b", "event", 17.0)]
-        finally:
-            sweeper.stop()
 
     asyncio.run(scenario())
 
@@ -110,11 +127,8 @@ def test_a_new_operating_handle_runs_a_pass_at_once_and_other_events_do_not() ->
 
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("a"))
-        sweeper.track(resource("b"))
-        sweeper.start()
-        try:
+        sweeper = tracking(passes, "a", "b")
+        with started(sweeper):
             sweeper.track(resource("b"))  # an event with nothing new (kopf's own annotations)
             requested = dataclasses.replace(resource("a"), handles={"spout-operator.dev/paused": "true"})
             seen_before = time.monotonic()
@@ -123,8 +137,6 @@ def test_a_new_operating_handle_runs_a_pass_at_once_and_other_events_do_not() ->
             await settled(sweeper)
             assert [(name, trigger) for name, trigger, _ in passes.ran] == [("a", "event")]
             assert passes.ran[0][2] >= seen_before
-        finally:
-            sweeper.stop()
 
     asyncio.run(scenario())
 
@@ -132,8 +144,7 @@ def test_a_new_operating_handle_runs_a_pass_at_once_and_other_events_do_not() ->
 def test_pokes_during_a_pass_run_one_more_pass_after_it() -> None:
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("a"))
+        sweeper = tracking(passes, "a")
         released = passes.hold("a")
         sweeper.sweep(listed_since=1.0)
         await passes.entered["a"].wait()
@@ -151,9 +162,7 @@ def test_pokes_during_a_pass_run_one_more_pass_after_it() -> None:
 def test_a_forgotten_resource_is_not_run() -> None:
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.05)
-        sweeper.track(resource("a"))
-        sweeper.track(resource("b"))
+        sweeper = tracking(passes, "a", "b", settle_s=0.05)
         sweeper.wakeups.poke(("default", "a"), 1.0)
         sweeper.run_poked(await sweeper.wakeups.poked(0.0))  # a's pass waits to settle
         sweeper.forget("uid-a")  # being deleted meanwhile
@@ -169,9 +178,7 @@ def test_a_forgotten_resource_is_not_run() -> None:
 def test_one_slow_pass_does_not_delay_another_resources_pass() -> None:
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("slow"))
-        sweeper.track(resource("fast"))
+        sweeper = tracking(passes, "slow", "fast")
         released = passes.hold("slow")
         sweeper.sweep(listed_since=1.0)
         await passes.until(lambda: passes.names() == ["fast"])
@@ -190,14 +197,9 @@ def test_the_loop_sweeps_everything_on_the_shared_grid() -> None:
 
     async def scenario() -> None:
         passes = Passes()
-        sweeper = Sweeper(passes, pipelines_of, interval_s=interval, settle_s=0.0)
-        sweeper.track(resource("a"))
-        sweeper.track(resource("b"))
-        sweeper.start()
-        try:
+        sweeper = tracking(passes, "a", "b", interval_s=interval)
+        with started(sweeper):
             await passes.until(lambda: len(passes.ran) >= 4)
-        finally:
-            sweeper.stop()
         for _, trigger, listed_since in passes.ran:
             sweep_at = listed_since + SWEEP_WAKE_SLACK_S
             assert trigger == "drift"
@@ -216,8 +218,7 @@ def test_a_pass_that_fails_does_not_end_the_loop() -> None:
             ran.append(r.name)
             raise RuntimeError("a bug in a pass")
 
-        sweeper = Sweeper(failing, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("a"))
+        sweeper = tracking(failing, "a")
         for listed_since in (1.0, 2.0):
             sweeper.sweep(listed_since)
             await settled(sweeper)
@@ -242,8 +243,7 @@ def test_shutdown_waits_for_no_pass() -> None:
         await asyncio.get_running_loop().run_in_executor(pool, blocking, r.name)
 
     async def scenario() -> None:
-        sweeper = Sweeper(in_pool, pipelines_of, interval_s=3600.0, settle_s=0.0)
-        sweeper.track(resource("a"))
+        sweeper = tracking(in_pool, "a")
         sweeper.track(resource("b"))  # queued behind a's pass in the one thread
         sweeper.start()
         sweeper.sweep(listed_since=1.0)
@@ -278,7 +278,7 @@ def test_passes_run_in_the_context_of_the_handler_that_started_the_sweep() -> No
         ran.set()
 
     async def scenario() -> None:
-        sweeper = Sweeper(pass_, pipelines_of, interval_s=0.02, settle_s=0.0)
+        sweeper = tracking(pass_, interval_s=0.02)
         operator = Operator(Settings(), concurrent.futures.ThreadPoolExecutor(1), kube=NO_API)  # type: ignore[arg-type]
         operator.sweeper = sweeper  # the one whose passes record their context
         body = {"metadata": {"namespace": "ns", "name": "a", "uid": "uid-a"}, "spec": {}}

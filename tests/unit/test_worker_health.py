@@ -38,6 +38,8 @@ def as_pipeline(
     return body
 
 
+# A table of cases for one parametrized test: rows alike in shape are different cases, each
+# with its own id, kept as data (the logic they share is the test below, written once).
 @pytest.mark.parametrize(
     ("name", "reason", "failing", "message"),
     [
