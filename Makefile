@@ -95,8 +95,8 @@ images: deps ## Build the node's images (Debian-made base, spout101, operator, p
 	$(STACK) images
 
 .PHONY: stack-up
-stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds; NODE=1 for a node)
-	$(STACK) up --pachds $(or $(PACHDS),1) $(if $(NODE),--node)
+stack-up: deps ## Start the local stack in the background (state in .devstack/; PACHDS=K for K pachds; NODE=1 for a node; TLS=1 for a TLS pachd)
+	$(STACK) up --pachds $(or $(PACHDS),1) $(if $(NODE),--node) $(if $(TLS),--tls-pachd)
 
 .PHONY: stack-down
 stack-down: venv ## Stop the local stack

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import build
+from devstack import build, pachd_tls
 from devstack.stack import Stack, State
 from devstack.testing import IN_CI, kubectl, use_kubeconfig
 
@@ -50,14 +50,22 @@ def stack_prerequisites() -> None:
         pytest.skip(reason)
 
 
+def _requested(session: pytest.Session, fixture: str) -> bool:
+    """Whether a test selected in this session uses `fixture`."""
+    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def stack(stack_prerequisites: None) -> Iterator[State]:
+def stack(stack_prerequisites: None, request: pytest.FixtureRequest) -> Iterator[State]:
     # A killed test run (CI time-out, `timeout`) must still stop the servers it started:
     # turn SIGTERM into KeyboardInterrupt so the finalizer below runs.
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     root = Path(tempfile.mkdtemp(prefix="devstack-test-"))
     running = Stack(root)
-    state = running.up(pachd_count=int(os.environ.get("DEVSTACK_PACHDS", "1")))
+    # The TLS pachd (tests/integration/test_tls_pachd.py) only when a selected test uses it, and
+    # only as root (without root its fixture skips locally and fails in CI).
+    tls = os.geteuid() == 0 and _requested(request.session, "tls_pachd")
+    state = running.up(pachd_count=int(os.environ.get("DEVSTACK_PACHDS", "1")), tls_pachd=tls)
     try:
         with pytest.MonkeyPatch.context() as patch, use_kubeconfig(state.kubeconfig):
             for key, value in state.env().items():
@@ -65,7 +73,10 @@ def stack(stack_prerequisites: None) -> Iterator[State]:
             yield state
     finally:
         running.down()
+        # The TLS pachd's private root (and anything else) must not outlive the stack.
+        left = pachd_tls.mounts_mentioning(str(root), pachd_tls.CERT_DIR)
         shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"mounts left on the machine after the stack stopped: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ python -m devstack build            build missing binaries into the cache
 python -m devstack images           build missing node images into the cache
 python -m devstack up [--pachds K]  start the stack in the background (state in --dir)
 python -m devstack up --node        ... with a node: pods run (images from `images`)
+python -m devstack up --tls-pachd   ... with one more pachd serving TLS from a CA the stack makes
 python -m devstack env              print `export` lines for a running stack
 python -m devstack down             stop exactly the processes `up` started
 """
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run a node (containerd, kubelet, kube-scheduler) so pods really run; one pachd",
     )
+    parser.add_argument(
+        "--tls-pachd",
+        action="store_true",
+        help="also run a pachd that serves TLS from a CA the stack makes (root; not with --node)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             images.build_all()
         elif args.command == "up":
             Stack(args.dir).down()  # a stale stack in the same directory goes first
-            state = Stack(args.dir).up(args.pachds, node=args.node)
+            state = Stack(args.dir).up(args.pachds, node=args.node, tls_pachd=args.tls_pachd)
             print_env(state)
         elif args.command == "env":
             print_env(State.load(args.dir))
@@ -60,6 +66,9 @@ def print_env(state: State) -> None:
         print(f"export {key}={shlex.quote(value)}")
     for pachd in state.pachds:
         print(f"# pachd-{pachd.index}: {pachd.address} (Kubernetes namespace {pachd.namespace})")
+    if state.tls_pachd is not None:
+        tls = state.tls_pachd
+        print(f"# TLS pachd: {tls.address} (CA {state.tls_ca}; Kubernetes namespace {tls.namespace})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ this module started so `down` stops exactly those. Without a node no kubelet or
 scheduler runs: pods are API objects only and never execute. With `up(node=True)`
 (one pachd, in a network namespace it shares with the node) kube-scheduler, the
 pod-making controllers, containerd and a kubelet run too (see node.py), and the
-images of images.py are imported: pods really run.
+images of images.py are imported: pods really run. With `up(tls_pachd=True)` one more pachd
+serves TLS from a CA the stack makes (see pachd_tls.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack import build, images
+from devstack import build, images, pachd_tls
 from devstack import node as nodes
 from devstack.node import NodeState
 
@@ -45,6 +46,7 @@ PACHD_IDENTITY_PORT = 1658
 PACHD_PORT = 1650
 PACHD_PEER_PORT = 1653
 PACHD_UID = 1000
+TLS_PACHD = "tls-pachd"  # its name in state.pids
 
 
 CONTROLLERS = ("garbage-collector-controller", "namespace-controller")
@@ -78,10 +80,11 @@ class Pachd:
     env: dict[str, str] = field(default_factory=dict)  # what pachd was started with; sidecars reuse it
     host: str = "127.0.0.1"  # the pachd's own address: loopback, or its network namespace's
     netns: str = ""  # network namespace it runs in ("" = the machine's own)
+    tls: bool = False  # serves TLS on `port` (its peer port stays plain text)
 
     @property
     def address(self) -> str:
-        return f"grpc://{self.host}:{self.port}"
+        return f"{'grpcs' if self.tls else 'grpc'}://{self.host}:{self.port}"
 
 
 @dataclass
@@ -147,6 +150,11 @@ class State:
     links: list[Link] = field(default_factory=list)  # network namespaces made for pachds
     node: NodeState | None = None  # the kubelet's node, when started with one
     pachd_home: str = ""  # the node's pachd: storage shared with its workers' sidecars
+    # With up(tls_pachd=True): the pachd that serves TLS (not one of `pachds`), its network
+    # namespace, and the PEM file of the CA that signed its certificate (what clients trust).
+    tls_pachd: Pachd | None = None
+    tls_link: Link | None = None
+    tls_ca: str = ""
 
     def save(self) -> None:
         Path(self.root, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -157,7 +165,14 @@ class State:
         raw["pachds"] = [Pachd(**p) for p in raw["pachds"]]
         raw["links"] = [Link(**link) for link in raw.get("links", [])]
         raw["node"] = NodeState(**raw["node"]) if raw.get("node") else None
+        raw["tls_pachd"] = Pachd(**raw["tls_pachd"]) if raw.get("tls_pachd") else None
+        raw["tls_link"] = Link(**raw["tls_link"]) if raw.get("tls_link") else None
         return cls(**raw)
+
+    def all_links(self) -> list[Link]:
+        """Every network namespace made for a pachd: etcd, PostgreSQL and kube-apiserver listen
+        on each link's near end too."""
+        return [*self.links, *([self.tls_link] if self.tls_link else [])]
 
     def env(self) -> dict[str, str]:
         """Variables that point kubectl, pachctl and python-pachyderm at this stack."""
@@ -436,10 +451,20 @@ class Stack:
 
     # Components are started in dependency order; each records its PID at once so a
     # failure half-way still lets `down()` stop whatever did start.
-    def up(self, pachd_count: int = 1, deadline_s: float = 180, node: bool = False) -> State:
-        """Start the stack; with `node`, also a kubelet node that runs pods (one pachd then)."""
+    def up(
+        self, pachd_count: int = 1, deadline_s: float = 180, node: bool = False, tls_pachd: bool = False
+    ) -> State:
+        """Start the stack; with `node`, also a kubelet node that runs pods (one pachd then);
+        with `tls_pachd`, also one pachd that serves TLS (`state.tls_pachd`, CA in `state.tls_ca`)."""
         if node and pachd_count != 1:
             raise StackError("a stack with a node runs exactly one pachd")
+        if tls_pachd and node:
+            raise StackError("the TLS pachd runs in stacks without a node")
+        if tls_pachd and os.geteuid() != 0:
+            raise StackError(
+                "the TLS pachd needs root: a network namespace (pachd 2.6 pins port 1658) and a "
+                f"private mount namespace (pachd reads its certificate from {pachd_tls.CERT_DIR} only)"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         wanted = [*build.CONTROL_PLANE, *(build.NODE + build.WORKER if node else ())]
         binaries = {p.name: p.path for p in build.PROGRAMS if p.name in wanted}
@@ -460,14 +485,17 @@ class Stack:
             pachctl_config=str(self.root / "pachctl-config.json"),
         )
         try:
-            if pachd_count > 1 or node:
+            if pachd_count > 1 or node or tls_pachd:
                 tag, octet = secrets.token_hex(2), secrets.randbelow(256)
-                state.links = plan_links(pachd_count, tag, octet)
+                namespaced = pachd_count > 1 or node  # else the one plain pachd runs on the machine
+                planned = plan_links((pachd_count if namespaced else 0) + (1 if tls_pachd else 0), tag, octet)
+                state.links = planned[:pachd_count] if namespaced else []
+                state.tls_link = planned[-1] if tls_pachd else None
                 if node:
                     link = state.links[0]
                     state.node = nodes.plan(self.root, link.netns, link.pachd_ip, link.host_ip, tag, octet)
                 state.save()  # before creating anything, so down() can remove it
-                for link in state.links:
+                for link in state.all_links():
                     _create_link(link)
             self._start_etcd(etcd, logs, deadline_s)
             self._start_apiserver(binaries["kube-apiserver"], logs, deadline_s)
@@ -478,6 +506,8 @@ class Stack:
                 self._start_node(binaries["kubelet"], node_images, logs, deadline_s)
             for index in range(pachd_count):
                 self._start_pachd(binaries["pachd"], index, logs, deadline_s)
+            if tls_pachd:
+                self._start_pachd(binaries["pachd"], pachd_count, logs, deadline_s, tls=True)
             self._write_pachctl_config()
         except BaseException:
             self.down()
@@ -546,6 +576,9 @@ class Stack:
         if name.startswith("pachd-"):
             self.state.pachds[int(name.split("-")[1])].pid = pid
             self.state.save()
+        if name == TLS_PACHD and self.state.tls_pachd is not None:
+            self.state.tls_pachd.pid = pid
+            self.state.save()
         wait_until(name, lambda: self._serving(name), deadline_s, log, pid)
 
     def _serving(self, name: str) -> bool:
@@ -553,6 +586,8 @@ class Stack:
         if name.startswith("pachd-"):
             pachd = self.state.pachds[int(name.split("-")[1])]
             return _pachd_ready(pachd.host, pachd.port)
+        if name == TLS_PACHD and self.state.tls_pachd is not None:
+            return _pachd_ready(self.state.tls_pachd.host, self.state.tls_pachd.port, self.state.tls_ca)
         if name == "etcd":
             return _http_ok(f"http://127.0.0.1:{self.state.etcd_port}/health")
         if name == "kube-apiserver":
@@ -567,7 +602,7 @@ class Stack:
     def _start_etcd(self, etcd: str, logs: Path, deadline_s: float) -> None:
         assert self.state is not None
         peer = free_port()
-        hosts = ["127.0.0.1", *(link.host_ip for link in self.state.links)]
+        hosts = ["127.0.0.1", *(link.host_ip for link in self.state.all_links())]
         url = ",".join(f"http://{host}:{self.state.etcd_port}" for host in hosts)
         pid = self._spawn_recorded(
             "etcd",
@@ -619,7 +654,7 @@ class Stack:
                 str(binary),
                 f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
                 # Loopback only, unless pachds in network namespaces must reach it too.
-                "--bind-address=" + ("0.0.0.0" if self.state.links else "127.0.0.1"),
+                "--bind-address=" + ("0.0.0.0" if self.state.all_links() else "127.0.0.1"),
                 f"--secure-port={port}",
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
@@ -789,16 +824,16 @@ class Stack:
                 args = ["runuser", "-u", user, "--", *args]
             if subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
                 raise StackError(f"initdb failed; last lines of {log}:\n{log_tail(log)}")
-        if self.state.links:
+        if self.state.all_links():
             # pachds in network namespaces connect from their links' far ends. A pachd process
             # on the machine itself given a link's address (a spout's storage sidecar, run
             # locally with its pachd's environment) connects from the near end, the machine's
             # own address on the link: as local as 127.0.0.1, trusted alike.
             with (data / "db" / "pg_hba.conf").open("a") as hba:
-                for link in self.state.links:
+                for link in self.state.all_links():
                     hba.write(f"host all all {link.pachd_ip}/32 trust\n")
                     hba.write(f"host all all {link.host_ip}/32 trust\n")
-        listen = ",".join(["127.0.0.1", *(link.host_ip for link in self.state.links)])
+        listen = ",".join(["127.0.0.1", *(link.host_ip for link in self.state.all_links())])
         pid = self._spawn_recorded(
             "postgres",
             [
@@ -840,20 +875,26 @@ class Stack:
             ]
         )
 
-    def _start_pachd(self, binary: Path, index: int, logs: Path, deadline_s: float) -> None:
+    def _start_pachd(
+        self, binary: Path, index: int, logs: Path, deadline_s: float, tls: bool = False
+    ) -> None:
+        """pachd-<index>; with `tls`, the TLS pachd instead (its own databases, etcd prefix,
+        Kubernetes namespace `pachyderm-tls` and network namespace)."""
         assert self.state is not None
-        namespace = "pachyderm" if index == 0 else f"pachyderm-{index}"
-        for db in (f"pachyderm_{index}", f"dex_{index}"):
+        key = "tls" if tls else str(index)
+        name = TLS_PACHD if tls else f"pachd-{index}"
+        namespace = "pachyderm-tls" if tls else "pachyderm" if index == 0 else f"pachyderm-{index}"
+        for db in (f"pachyderm_{key}", f"dex_{key}"):
             self._psql(f"CREATE DATABASE {db}")
         self._prepare_pachd_namespace(namespace)
-        link = self.state.links[index] if self.state.links else None
-        pachd = Pachd(index=index, namespace=namespace, port=free_port(), peer_port=free_port())
+        link = self.state.tls_link if tls else self.state.links[index] if self.state.links else None
+        pachd = Pachd(index=index, namespace=namespace, port=free_port(), peer_port=free_port(), tls=tls)
         if link is not None:
             pachd.host, pachd.netns = link.pachd_ip, link.netns
         server = link.host_ip if link is not None else "127.0.0.1"  # etcd, PostgreSQL, kube-apiserver
         token_file = self.root / "pki" / "pachd-token"
         token_file.write_text(PACHD_TOKEN)
-        storage = self.root / f"pachd-{index}"
+        storage = self.root / f"pachd-{key}"
         if self.state.node is not None:
             # Its workers' sidecars write the same storage through a hostPath volume, as uid
             # 1000 (pachd's image user): pachd runs as that user too, in a directory it owns.
@@ -872,15 +913,15 @@ class Stack:
         env = {
             "ETCD_SERVICE_HOST": server,
             "ETCD_SERVICE_PORT": str(self.state.etcd_port),
-            "ETCD_PREFIX": f"pachd{index}/",
+            "ETCD_PREFIX": f"pachd{key}/",
             "PG_BOUNCER_HOST": server,
             "PG_BOUNCER_PORT": str(self.state.postgres_port),
             "POSTGRES_HOST": server,
             "POSTGRES_PORT": str(self.state.postgres_port),
-            "POSTGRES_DATABASE": f"pachyderm_{index}",
+            "POSTGRES_DATABASE": f"pachyderm_{key}",
             "POSTGRES_USER": POSTGRES_USER,
             "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
-            "IDENTITY_SERVER_DATABASE": f"dex_{index}",
+            "IDENTITY_SERVER_DATABASE": f"dex_{key}",
             "STORAGE_BACKEND": "LOCAL",
             "PACH_ROOT": str(storage),
             "PORT": str(pachd.port),
@@ -912,11 +953,19 @@ class Stack:
             os.chown(tmp, PACHD_UID, PACHD_UID)
             env.update({"STORAGE_HOST_PATH": str(storage), "HOME": self.state.pachd_home, "TMPDIR": str(tmp)})
         pachd.env = env
-        log = logs / f"pachd-{index}.log"
+        log = logs / f"pachd-{key}.log"
         command = [str(binary)]
         if self.state.node is not None:
             command = ["setpriv", f"--reuid={PACHD_UID}", f"--regid={PACHD_UID}", "--clear-groups", *command]
-        if link is not None:
+        if tls and link is not None:
+            files = pachd_tls.make_certs(self.root / "pki" / "pachd-tls", link.pachd_ip)
+            self.state.tls_ca = str(files.ca)
+            script = self.root / "pachd-tls-root.sh"
+            script.write_text(pachd_tls.root_script())
+            new_root = self.root / "pachd-tls-root"  # a tmpfs is mounted here, in its namespace only
+            new_root.mkdir(exist_ok=True)
+            command = pachd_tls.command(link.netns, script, new_root, files, command)
+        elif link is not None:
             command = ["ip", "netns", "exec", link.netns, *command]
         else:
             wait_until(
@@ -928,13 +977,17 @@ class Stack:
             )
         # With SSL_CERT_DIR set, pachd mounts a TLS-cert Secret named by TLS_CERT_SECRET_NAME
         # into every worker RC; unset, that name is empty and the RC is invalid.
-        pachd.pid = self._spawn_recorded(f"pachd-{index}", command, log, env=env, unset=("SSL_CERT_DIR",))
-        self._record(f"pachd-{index}", pachd.pid)
-        self.state.pachds.append(pachd)
+        pachd.pid = self._spawn_recorded(name, command, log, env=env, unset=("SSL_CERT_DIR",))
+        self._record(name, pachd.pid)
+        if tls:
+            self.state.tls_pachd = pachd
+        else:
+            self.state.pachds.append(pachd)
         self.state.save()
+        ca = self.state.tls_ca if tls else ""
         wait_until(
-            f"pachd-{index}",
-            lambda: _pachd_ready(pachd.host, pachd.port),
+            name,
+            lambda: _pachd_ready(pachd.host, pachd.port, ca),
             max(deadline_s, 120),
             log,
             pachd.pid,
@@ -1058,9 +1111,16 @@ class Stack:
 
     def _write_pachctl_config(self) -> None:
         assert self.state is not None
-        contexts = {
+        contexts: dict[str, dict[str, Any]] = {
             f"devstack-{p.index}": {"pachd_address": p.address, "source": 2} for p in self.state.pachds
         }
+        if self.state.tls_pachd is not None:
+            ca = base64.b64encode(Path(self.state.tls_ca).read_bytes()).decode()
+            contexts["devstack-tls"] = {
+                "pachd_address": self.state.tls_pachd.address,
+                "source": 2,
+                "server_cas": ca,
+            }
         config = {"v2": {"active_context": "devstack-0", "contexts": contexts, "metrics": False}}
         Path(self.state.pachctl_config).write_text(json.dumps(config, indent=2))
 
@@ -1082,8 +1142,13 @@ class Stack:
         if state.pachd_home:
             shutil.rmtree(state.pachd_home, ignore_errors=True)
         shutil.rmtree(self.root / "etcd", ignore_errors=True)
-        for link in state.links:
+        for link in state.all_links():
             _delete_link(link)
+        if state.tls_link is not None:
+            # The TLS pachd's root lived in its own mount namespace, gone with it.
+            left = pachd_tls.mounts_mentioning(str(self.root), pachd_tls.CERT_DIR)
+            if left:
+                print(f"[devstack] warning: mounts left behind: {left}", flush=True)
         state.pids.clear()
         state.save()
 
@@ -1115,10 +1180,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pachd_ready(host: str, port: int) -> bool:
+def _pachd_ready(host: str, port: int, ca: str = "") -> bool:
+    """pachd answers; with `ca` (a PEM file), over TLS trusting that CA only."""
     import python_pachyderm
 
-    python_pachyderm.Client(host, port).inspect_cluster()  # unary: really connects
+    if ca:
+        client = python_pachyderm.Client(host, port, tls=True, root_certs=Path(ca).read_bytes())
+    else:
+        client = python_pachyderm.Client(host, port)
+    client.inspect_cluster()  # unary: really connects
     return True
 
 
@@ -1141,9 +1211,9 @@ def _stop(pid: int, name: str, grace_s: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def running(root: Path, pachd_count: int = 1, node: bool = False) -> Iterator[State]:
+def running(root: Path, pachd_count: int = 1, node: bool = False, tls_pachd: bool = False) -> Iterator[State]:
     stack = Stack(root)
     try:
-        yield stack.up(pachd_count, node=node)
+        yield stack.up(pachd_count, node=node, tls_pachd=tls_pachd)
     finally:
         stack.down()

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from devstack.stack import State
-from devstack.testing import install_crds, kubectl
+from devstack.stack import Pachd, State
+from devstack.testing import IN_CI, install_crds, kubectl
 from kit import (
     CONNECTION_CHECK_S,
     DRIFT_INTERVAL_S,
@@ -26,6 +26,18 @@ from kit import (
 def crd(stack: State) -> None:
     install_crds(stack)
     kubectl(stack, "create", "namespace", OPERATOR_NAMESPACE, check=False)  # may exist already
+
+
+@pytest.fixture(scope="session")
+def tls_pachd(stack: State) -> Pachd:
+    """The stack's pachd that serves TLS (its CA: `stack.tls_ca`). The session's stack starts it
+    when a selected test uses this fixture (tests/conftest.py); it needs root."""
+    if stack.tls_pachd is None:
+        reason = "this stack has no TLS pachd: it needs root (a network and a private mount namespace)"
+        if IN_CI:
+            pytest.fail(f"CI must run the TLS tests, but {reason}")
+        pytest.skip(reason)
+    return stack.tls_pachd
 
 
 @pytest.fixture(scope="session")
