@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -131,6 +132,7 @@ class Operator:
         # uid -> (generation, when its watch event was seen) for a spec change not yet Ready:
         # where its passes' traces count from (tracing.py). Dropped at Ready or deletion.
         self._changes: dict[str, tuple[int, float]] = {}
+        self._changes_lock = threading.Lock()  # the loop writes it, pool threads claim Ready
 
     async def start(self) -> None:
         # __main__ serves them from the process's start (a standby too); kept for operators
@@ -207,7 +209,8 @@ class Operator:
             self.sweeper.start(contextvars.copy_context())
         meta = body.get("metadata", {})
         if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-            self._changes.pop(str(meta.get("uid")), None)
+            with self._changes_lock:
+                self._changes.pop(str(meta.get("uid")), None)
             self.sweeper.forget(str(meta.get("uid")))  # the delete handler owns it now
             self.spec_watch.forget(str(meta.get("uid")))
             self.flow_watch.forget(str(meta.get("uid")))
@@ -220,8 +223,9 @@ class Operator:
         """The first event of a spec change (a generation the status has not caught up with)
         starts its trace."""
         pending = resource.status.get("observedGeneration") != resource.generation
-        if pending and self._changes.get(resource.uid, (None, 0.0))[0] != resource.generation:
-            self._changes[resource.uid] = (resource.generation, time.monotonic())
+        with self._changes_lock:
+            if pending and self._changes.get(resource.uid, (None, 0.0))[0] != resource.generation:
+                self._changes[resource.uid] = (resource.generation, time.monotonic())
 
     async def delete(
         self, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -255,8 +259,6 @@ class Operator:
         result = await in_pool(
             executor, self._reconcile, resource, trigger, listed_since, time.monotonic(), origin
         )
-        if result is not None and origin is not None and result.ready(resource.generation):
-            self._changes.pop(resource.uid, None)
         if result is not None:
             _post(resource, result.events)
             self.spec_watch.follow(resource.uid, result.endpoint, result.heads)
@@ -285,12 +287,23 @@ class Operator:
             with metrics.timed_pass(trigger):
                 result = self.controller.reconcile(resource, trigger, listed_since)
             trace.mark("pass", started)
-            if result is not None and origin is not None and result.ready(resource.generation):
+            ready = result is not None and result.ready(resource.generation)
+            if origin is not None and ready and self._ready_first(resource):
                 trace.mark("Ready", origin)
         reason = metrics.pass_error(None if result is None else result.status)
         if reason is not None:
             metrics.RECONCILE_ERRORS.labels(reason).inc()
         return result
+
+    def _ready_first(self, resource: Resource) -> bool:
+        """Whether this pass is the first to find the change Ready: the handler's pass and an
+        event's may overlap in the pool, and the change has one Ready."""
+        with self._changes_lock:
+            change = self._changes.get(resource.uid)
+            if change is None or change[0] != resource.generation:
+                return False
+            del self._changes[resource.uid]
+            return True
 
     def _poke_now(self, key: PipelineKey) -> None:  # on the event loop
         self.sweeper.wakeups.poke(key, time.monotonic())
