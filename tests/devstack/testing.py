@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,16 @@ def kubectl(
     if check and result.returncode != 0:
         raise error(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout + (result.stderr if stderr else "")
+
+
+# The API server's refusal as the kubernetes client and kopf log it ("(403)", "Reason:
+# Forbidden", "403 Forbidden"), and not any "403": a log line's milliseconds (",403]") are not one.
+REFUSAL = re.compile(r"Forbidden|\(403\)|\b403 ")
+
+
+def refusals(output: str) -> list[str]:
+    """The lines of an operator's output that report a refusal by the API server."""
+    return [line for line in output.splitlines() if REFUSAL.search(line)]
 
 
 # The release the CHANGELOG records before this one, and its commit: the upgrade tests start there.

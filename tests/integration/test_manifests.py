@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from devstack.stack import State, service_account_kubeconfig
-from devstack.testing import eventually, install_crds, kubectl, use_kubeconfig
+from devstack.testing import eventually, install_crds, kubectl, refusals, use_kubeconfig
 from kit import (
     OPERATOR_NAMESPACE,
     DeleteAndOrphan,
@@ -302,7 +302,7 @@ def test_operator_with_service_account_rights_runs_the_full_lifecycle(
         kubectl(stack, "delete", "spoutpipeline", "rbac", "-n", namespace, "--timeout=60s")
         assert pipelines(pachd_client, spout, processor) == {}
     assert "Worker watch" not in runner.output, runner.output  # the watch never had to restart
-    forbidden = [line for line in runner.output.splitlines() if "Forbidden" in line or "403" in line]
+    forbidden = refusals(runner.output)
     # The only refusal is the one the test provoked, reported in status as ConnectionForbidden.
     assert all("secrets" in line or "Secret" in line for line in forbidden), forbidden
 
@@ -431,7 +431,7 @@ def test_namespace_overlay_keeps_rbac_whole(
             kubectl(stack, "delete", "spoutpipeline", "moved", "-n", namespace, "--timeout=60s")
             assert pipelines(pachd_client, spout, processor) == {}
         assert "Worker watch" not in runner.output, runner.output
-        assert "Forbidden" not in runner.output and "403" not in runner.output, runner.output
+        assert not refusals(runner.output), runner.output
     finally:
         kubectl(stack, "delete", "namespace", ops, "--wait=false", "--ignore-not-found", check=False)
         for kind in ("rolebinding", "role"):
