@@ -36,6 +36,7 @@ from spout_operator.resolver import Resolver
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings, SettingsError
 from spout_operator.spec_streams import AioChannels, SpecWatch
+from spout_operator.starting import Starts
 from spout_operator.sweep import Sweeper, Vigil, keep_vigil
 from spout_operator.threads import in_pool
 from spout_operator.watches import ServiceWatch, WorkerHealthWatch, WorkerWatch
@@ -111,8 +112,8 @@ class Operator:
             functools.partial(self._pass, self.executor), Controller.pipelines_of, settings.drift_interval_s
         )
         # pachd's worker RCs (drift), and its worker Services: the last event before a starting
-        # pipeline turns RUNNING, which wakes the resources whose pipelines are starting.
-        self._starting: set[PipelineKey] = set()
+        # pipeline turns RUNNING, which wakes the resources waiting for it to start.
+        self.starts = Starts()
         self.worker_watches: list[WorkerWatch] = [
             *(WorkerWatch(self.kube.core, ns, self._changed) for ns in settings.worker_namespaces),
             *(ServiceWatch(self.kube.core, ns, self._started) for ns in settings.worker_namespaces),
@@ -182,20 +183,15 @@ class Operator:
         # pachd takes seconds (tens of seconds for many at once) to move new pipelines from
         # STARTING to RUNNING; keep looking, through the shared listing, so Ready follows within
         # a poll instead of at the next drift check. The waits hold no thread: many resources
-        # starting at once never starve the pool that creates the next ones.
-        # pachd's worker Service events wake it sooner (`_started`); the polls are the safety net.
+        # starting at once never starve the pool that creates the next ones. pachd's worker
+        # Service events cut a wait short (starting.py); the polls are the safety net.
         deadline = time.monotonic() + STARTING_WAIT_S
-        starting: set[PipelineKey] = set()
-        try:
+        with self.starts.waiting() as wait:
             while result is not None and result.starting and time.monotonic() < deadline:
                 if result.pair is not None:
-                    starting = set(result.pair)
-                    self._starting.update(starting)
-                await asyncio.sleep(STARTING_POLL_S)
-                listed_since = time.monotonic() - STARTING_POLL_S
+                    self.starts.follow(wait, result.pair)
+                listed_since = await wait.next(STARTING_POLL_S)
                 result = await self._pass(self.poll_executor, resource, "poll", listed_since)
-        finally:
-            self._starting.difference_update(starting)
         # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
         # retries it (one listing per pachd per sweep, however many resources wait on it), so
         # this ends here: no per-resource retry loop, no Event at every attempt.
@@ -312,13 +308,7 @@ class Operator:
         self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, time.monotonic())
 
     def _started(self, key: PipelineKey) -> None:  # from a watch thread, likewise
-        self._loop.call_soon_threadsafe(self._poke_if_starting, key, time.monotonic())
-
-    def _poke_if_starting(self, key: PipelineKey, seen_at: float) -> None:
-        """A worker Service came or went: news only while the pipeline is starting (drift
-        is the RC watch's, and one event per change is enough)."""
-        if key in self._starting:
-            self.sweeper.wakeups.poke(key, seen_at)
+        self._loop.call_soon_threadsafe(self.starts.seen, key, time.monotonic())
 
     def _listed(self, keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
         for key in keys:

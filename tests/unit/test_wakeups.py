@@ -7,6 +7,7 @@ import concurrent.futures
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from spout_operator.names import PipelineKey, worker_pipeline
 from spout_operator.resource import Resource
 from spout_operator.runtime import Operator
@@ -148,13 +149,14 @@ def test_a_worker_service_reports_when_it_appears_or_goes_only() -> None:
     assert changes == [("default", "spout"), ("default", "old")]
 
 
-def test_a_worker_service_wakes_a_resource_while_its_pipelines_start_only() -> None:
-    """pachd writes RUNNING right after it made the worker Service: that event wakes the
-    resources whose pipelines are starting (the handler's polls are the safety net), and
-    nothing else (drift is the RC watch's)."""
+def test_a_worker_service_wakes_the_wait_of_a_starting_pair_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pachd writes RUNNING right after it made the worker Service: that event ends the
+    handler's wait for the pair at once (its polls are the safety net: a minute here, so only
+    the event can end it), the look judging by a listing started after the event."""
+    monkeypatch.setattr("spout_operator.runtime.STARTING_POLL_S", 60.0)
     spout, processor = ("default", "s"), ("default", "p")
     body: dict[str, Any] = {"metadata": {"namespace": "ns", "name": "a", "uid": "a", "generation": 1}}
-    seen: list[set[PipelineKey]] = []
+    looks: list[tuple[str, float]] = []
 
     class Result:
         """What pachd shows: the pair starting, then running."""
@@ -175,26 +177,22 @@ def test_a_worker_service_wakes_a_resource_while_its_pipelines_start_only() -> N
     async def scenario() -> None:
         pool = concurrent.futures.ThreadPoolExecutor(1)
         operator = Operator(Settings(), pool, kube=SimpleNamespace(core=None, custom=None))  # type: ignore[arg-type]
-        operator.sweeper.wakeups.register("a", {spout, processor})
-        states = iter(["STARTING", "STARTING", "RUNNING"])
+        states = iter(["STARTING", "RUNNING"])
 
         async def pass_(executor: Any, resource: Resource, trigger: str, listed_since: float = 0.0) -> Any:
-            seen.append(set(operator._starting))
+            looks.append((trigger, listed_since))
             return Result(next(states))
 
         operator._pass = pass_  # type: ignore[method-assign]
-        operator._poke_if_starting(spout, 1.0)  # nothing starting yet
-        assert await operator.sweeper.wakeups.poked(0.01) == set()
+        operator.starts.seen(spout, 1.0)  # nothing starting yet: nobody to wake
         polls = asyncio.create_task(operator.apply(body))
-        while not operator._starting:
+        while spout not in operator.starts:
             await asyncio.sleep(0.001)
-        operator._poke_if_starting(spout, 2.0)
-        assert await operator.sweeper.wakeups.poked(1.0) == {"a"}
-        await polls
-        assert operator._starting == set()  # Ready: the Service watch wakes it no more
-        operator._poke_if_starting(spout, 3.0)
-        assert await operator.sweeper.wakeups.poked(0.01) == set()
+        operator.starts.seen(("default", "other"), 2.0)  # another pipeline's: not this wait's
+        operator.starts.seen(processor, 3.0)
+        await asyncio.wait_for(polls, 5.0)
+        assert spout not in operator.starts and processor not in operator.starts
         pool.shutdown()
 
     asyncio.run(scenario())
-    assert seen == [set(), {spout, processor}, {spout, processor}]
+    assert looks == [("change", 0.0), ("poll", 3.0)]
