@@ -20,13 +20,14 @@ from urllib.parse import urlsplit
 import aiohttp.web
 import kopf
 
-from spout_operator import leader, logs, metrics, tracing
+from spout_operator import leader, logs, memory, metrics, tracing
 from spout_operator.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 
 def main() -> int:
+    memory.limit_arenas()  # before any thread starts
     try:
         settings = Settings.from_env()
     except SettingsError as err:
