@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from spout_operator import dataflow, logs, metrics, tracing
+from spout_operator import dataflow, logs, memory, metrics, tracing
 from spout_operator.conditions import now
 from spout_operator.connection_checks import ConnectionChecks
 from spout_operator.controller import Controller, PassResult
@@ -130,6 +130,7 @@ class Operator:
             now,
         )
         self._vigil_task: asyncio.Task[None] | None = None
+        self._trim_task: asyncio.Task[None] | None = None
         # uid -> (generation, when its watch event was seen) for a spec change not yet Ready:
         # where its passes' traces count from (tracing.py). Dropped at Ready or deletion.
         self._changes: dict[str, tuple[int, float]] = {}
@@ -145,6 +146,8 @@ class Operator:
         self._vigil_task = self._loop.create_task(
             keep_vigil(self.vigil, functools.partial(in_pool, self.executor, self._list_pachd))
         )
+        # Freed memory back to the system once per sweep interval (memory.py).
+        self._trim_task = self._loop.create_task(memory.keep_trimmed(self.settings.drift_interval_s))
         self.connection_checks.start()
         if self.worker_health is not None:
             # No pass runs before start-up ends: the first ones judge by a listed index (or,
@@ -156,8 +159,9 @@ class Operator:
         """Stop what start started. Nothing here blocks (no thread needed)."""
         self.sweeper.stop()
         self.connection_checks.stop()
-        if self._vigil_task is not None:
-            self._vigil_task.cancel()
+        for task in (self._vigil_task, self._trim_task):
+            if task is not None:
+                task.cancel()
         for watch in self.worker_watches:
             watch.stop()
         if self.worker_health is not None:
