@@ -69,6 +69,7 @@ def test_tiny_bench_reports_every_measure(stack: State, tmp_path: Path) -> None:
     steps = one["steps_per_apply"]
     assert steps["pachd CreatePipeline"]["calls"] == 2 and steps["Ready"]["calls"] == 1
     assert 0 < steps["Ready"]["seconds"] <= one["operator_s"][0]
+    assert 0 < one["kubectl_apply_s"][0] < one["operator_s"][0]  # kubectl exits before Ready
     assert data["n_resources"]["operator_s"] > 0 and data["n_resources"]["floor_s"] > 0
     assert data["drift"]["samples"] == k and data["drift"]["p95_s"] > 0
     assert data["drift_one"]["samples"] == k and data["drift_one"]["p95_s"] > 0
