@@ -1,14 +1,15 @@
 """The process's malloc: few arenas, so memory freed by one pool thread serves the others,
 and what is free handed back to the system once per sweep interval.
 
-glibc gives each new thread that allocates an arena of its own, up to eight per core, and keeps what is freed in it for that arena. The operator's 40-odd threads (the pass
-pool, the starting polls, watch threads, gRPC) each decode a listing or a watch event now and
-then, so each arena grows to its thread's peak and stays there: resident memory that grows
-with uptime, not with resources. Two arenas hold the same work; the passes wait on pachd and
-the API server, not on malloc's locks. And glibc returns freed memory to the system only
-from the top of a heap, above a threshold it raises after every large block (a listing of 500
-resources): after a burst the free pages stay resident until `malloc_trim` hands them back,
-so the operator trims once per sweep interval. Elsewhere than glibc (musl) this does nothing.
+glibc gives each new thread that allocates an arena of its own, up to eight per core, and keeps
+what is freed in it for that arena. The operator's 40-odd threads (the pass pool, the starting
+polls, watch threads, gRPC) each decode a listing or a watch event now and then, so each arena
+grows to its thread's peak and stays there: resident memory that grows with uptime, not with
+resources. Two arenas hold the same work; the passes wait on pachd and the API server, not on
+malloc's locks. And glibc returns freed memory to the system only from the top of a heap, above
+a threshold it raises after every large block (a listing of 500 resources): after a burst the
+free pages stay resident until `malloc_trim` hands them back, so the operator trims once per
+sweep interval. Elsewhere than glibc (musl) this does nothing.
 """
 
 from __future__ import annotations
