@@ -1,7 +1,9 @@
 """Bounded automatic restarts of a pipeline that stays failed (pure).
 
 Opt-in per resource (spec.autoRestart). A pipeline counts as failing when pachd says FAILURE
-or CRASHING, or when its workers cannot come up by waiting (a crash loop, a failed pod).
+or CRASHING, or when its workers cannot come up by waiting (a crash loop, a failed pod);
+the spout also when it has not committed within spec.expectations.commitWithinSeconds
+(SpoutQuiet: RUNNING with ready workers, yet stuck).
 Once it has failed for `afterSeconds`, the operator restarts it (pachd stop, then start);
 each further restart waits `backoffSeconds` doubled per restart already made, up to
 `maxRestarts`; then it stops trying and says so (Stalled: only a person can help now). The

@@ -40,8 +40,10 @@ def carry_out(
     outcome: Outcome,
     workers: Mapping[str, WorkerHealth] | None,
     gateway: Pachd,
+    spout_quiet: bool = False,
 ) -> Restarts:
-    """The restarts this pass owes: requested tokens first, then the automatic policy."""
+    """The restarts this pass owes: requested tokens first, then the automatic policy.
+    `spout_quiet`: the spout has not committed within its expectation (dataflow.spout_quiet)."""
     result = Restarts()
     acks = dict(previous.get("restarts") or {})
     for request in restart_requests(handles, previous, spec.running):
@@ -73,7 +75,7 @@ def carry_out(
     if token:
         result.handled["lastHandledReconcileAt"] = token
     if spec.auto_restart is not None and spec.running and not handles.paused:
-        _automatic(spec, previous, outcome, workers or {}, gateway, result)
+        _automatic(spec, previous, outcome, workers or {}, gateway, result, spout_quiet)
     elif "autoRestart" in previous:
         result.handled["autoRestart"] = previous["autoRestart"]
     return result
@@ -86,14 +88,18 @@ def _automatic(
     workers: Mapping[str, WorkerHealth],
     gateway: Pachd,
     result: Restarts,
+    spout_quiet: bool,
 ) -> None:
     assert spec.auto_restart is not None
-    failing = {
-        name: observed is not None
-        and not observed.stopped
-        and (observed.state in FAILING or (name in workers and workers[name].failing))
-        for name, observed in outcome.observed.items()
-    }
+    why: dict[str, str] = {}  # the failing pipelines: what their restart's Event says
+    for name, observed in outcome.observed.items():
+        if observed is None or observed.stopped:
+            continue
+        if observed.state in FAILING or (name in workers and workers[name].failing):
+            why[name] = "failing"
+        elif name == spec.spout.name and spout_quiet:
+            why[name] = "not committing within spec.expectations.commitWithinSeconds"
+    failing = {name: name in why for name in outcome.observed}
     before = previous.get("autoRestart") or {}
     decision = autorestart.decide(spec.auto_restart, failing, before, datetime.datetime.now(datetime.UTC))
     record = decision.record
@@ -109,7 +115,7 @@ def _automatic(
             Event(
                 "Warning",
                 "AutoRestarted",
-                f"pipeline {name} restarted after failing (restart {record['restarts']} "
+                f"pipeline {name} restarted after {why[name]} (restart {record['restarts']} "
                 f"of {spec.auto_restart.max_restarts}{nxt})",
             )
         )

@@ -75,3 +75,14 @@ def test_between_crashes_the_status_still_says_the_earliest_next_restart() -> No
     seen = run([(0, True), (60, True), (65, False)])
     healthy = seen[2][1]
     assert healthy.restart == () and healthy.record["nextRestartAt"] == stamp(90)
+
+
+def test_the_defaults_restart_five_times_within_the_first_17_minutes() -> None:
+    """What docs/resource.md says of the defaults: 2 minutes, then 1 + 2 + 4 + 8 of back-off."""
+    record: dict[str, Any] = {}
+    restarted = []
+    for seconds in range(0, 3600, 5):
+        decision = decide(AutoRestart(), {"spout": True}, record, at(seconds))
+        record = decision.record
+        restarted += [seconds / 60] if decision.restart else []
+    assert restarted == [2, 3, 5, 9, 17]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from spout_operator.connection_model import ConnectionProblem, ConnectionSpec, parse_connection
 from spout_operator.controller import Controller
+from spout_operator.dataflow import FlowView
 from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings
@@ -553,11 +555,8 @@ def test_a_restart_is_refused_on_a_paused_or_stopped_resource() -> None:
     assert stopped is not None and "Stopped" in stopped.status["restarts"]["processor"]["message"]
 
 
-def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None:
-    gateway = FakeGateway()
-    ctl = controller(gateway)
-    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
-    ctl.reconcile(Resource.of(body(autoRestart=policy)), "change")
+def crashing(gateway: FakeGateway) -> None:
+    """pachd says CRASHING for every pipeline from now on (stopped or not)."""
     original = gateway.inspect
 
     def failing(name: str, project: str) -> Any:
@@ -566,6 +565,14 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
 
     gateway.inspect = failing  # type: ignore[method-assign]
     gateway.list_pipelines = lambda: [p for p in map(lambda n: failing(n, "default"), gateway.pipelines) if p]  # type: ignore[method-assign]
+
+
+def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
+    ctl.reconcile(Resource.of(body(autoRestart=policy)), "change")
+    crashing(gateway)
     first = ctl.reconcile(Resource.of(body(observed=1, autoRestart=policy)), "drift")
     assert (
         first is not None and ("stop", "spout") in gateway.writes() and ("start", "spout") in gateway.writes()
@@ -578,6 +585,81 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
     stalled = {c["type"]: c for c in second.status["conditions"]}["Stalled"]
     assert stalled["reason"] == "AutoRestartLimit"
     assert [e.reason for e in second.events].count("AutoRestartLimit") == 1
+
+
+class StillFlow:
+    """A data flow source (dataflow.FlowSource) whose spout last committed `age` seconds ago."""
+
+    def __init__(self, age: float) -> None:
+        self.age = age
+
+    def view(self, uid: str) -> FlowView:
+        last = time.time() - self.age
+        return FlowView(last - 1, True, last, 0, last)
+
+
+QUIET_AFTER_60 = {"commitWithinSeconds": 60}
+
+
+def test_a_spout_quiet_beyond_its_expectation_is_restarted_automatically() -> None:
+    gateway, flow = FakeGateway(), StillFlow(age=10)
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=flow)  # type: ignore[arg-type]
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 2, "backoffSeconds": 600}
+    spec = {"autoRestart": policy, "expectations": QUIET_AFTER_60}
+    ctl.reconcile(Resource.of(body(**spec)), "change")
+    committing = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert committing is not None and committing.status["autoRestart"]["restarts"] == 0
+    flow.age = 120  # RUNNING, workers fine, yet no commit for two minutes
+    quiet = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert quiet is not None
+    assert gateway.writes()[2:] == [("stop", "spout"), ("start", "spout")]  # the spout only
+    assert quiet.status["autoRestart"]["restarts"] == 1 and "nextRestartAt" in quiet.status["autoRestart"]
+    conditions = {c["type"]: c for c in quiet.status["conditions"]}
+    assert conditions["DataFlowing"]["reason"] == "SpoutQuiet"
+    assert conditions["Ready"]["status"] == "True"  # a warning: Ready stays what pachd says
+    [restarted] = [e for e in quiet.events if e.reason == "AutoRestarted"]
+    assert "spout restarted after not committing within" in restarted.message
+    # Still quiet right after: the back-off holds the next restart.
+    again = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert again is not None and len(gateway.writes()) == 4
+    assert again.status["autoRestart"]["restarts"] == 1
+
+
+def test_a_quiet_spout_is_not_restarted_without_auto_restart() -> None:
+    gateway = FakeGateway()
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=StillFlow(age=120))  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body(expectations=QUIET_AFTER_60)), "change")
+    result = ctl.reconcile(Resource.of(body(observed=1, expectations=QUIET_AFTER_60)), "drift")
+    assert result is not None and gateway.writes() == [("create", "spout"), ("create", "processor")]
+    assert "autoRestart" not in result.status
+
+
+def test_automatic_restarts_never_fight_a_pause_or_a_declared_stop() -> None:
+    """Failing (CRASHING, and a quiet spout) with autoRestart set: paused or Stopped, no
+    restart is written and status.autoRestart stays as the last restart left it."""
+    gateway, flow = FakeGateway(), StillFlow(age=10)
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=flow)  # type: ignore[arg-type]
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 3, "backoffSeconds": 0}
+    failing = {"autoRestart": policy, "expectations": QUIET_AFTER_60}
+    ctl.reconcile(Resource.of(body(**failing)), "change")
+    crashing(gateway)
+    flow.age = 120
+    restarted = ctl.reconcile(Resource.of(body(observed=1, **failing)), "drift")
+    assert restarted is not None and restarted.status["autoRestart"]["restarts"] == 1  # it would restart
+    record = copy.deepcopy(restarted.status["autoRestart"])
+    writes = len(gateway.writes())
+    for _ in range(2):
+        paused = ctl.reconcile(annotated(PAUSED, observed=1, **failing), "drift")
+        assert paused is not None and len(gateway.writes()) == writes
+        assert paused.status["autoRestart"] == record
+        assert "AutoRestarted" not in [e.reason for e in paused.events]
+    stopped = ctl.reconcile(annotated({}, generation=2, observed=1, state="Stopped", **failing), "change")
+    assert stopped is not None
+    assert gateway.writes()[writes:] == [("stop", "spout"), ("stop", "processor")]  # declared, no start
+    assert stopped.status["autoRestart"] == record
+    later = ctl.reconcile(annotated({}, generation=2, observed=2, state="Stopped", **failing), "drift")
+    assert later is not None and len(gateway.writes()) == writes + 2
+    assert later.status["autoRestart"] == record
 
 
 def test_a_spout_with_a_service_says_where_to_push() -> None:
