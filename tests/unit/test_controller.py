@@ -506,6 +506,86 @@ def test_a_paused_resource_still_deletes() -> None:
     assert gateway.pipelines == {}
 
 
+def spout_change(annotations: dict[str, str]) -> Resource:
+    """Generation 2: a new spout image (an update pachd 2.6 makes only with the processor stopped)."""
+    raw = body(generation=2, observed=1)
+    raw["spec"]["spout"]["transform"]["image"] = "spout101:2"
+    raw["metadata"]["annotations"] = annotations
+    return Resource.of(raw)
+
+
+def test_a_pending_spout_update_is_held_whole_by_a_pause_and_applied_whole_after() -> None:
+    """Paused before the spout's update: neither the processor's stop nor the update is written,
+    so the processor runs on; unpausing stops it, updates the spout and starts it in one pass."""
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    held = ctl.reconcile(spout_change(PAUSED), "change")
+    assert held is not None and gateway.writes() == [("create", "spout"), ("create", "processor")]
+    assert not gateway.pipelines["processor"].stopped
+    synced = {c["type"]: c for c in held.status["conditions"]}["Synced"]
+    assert synced["reason"] == "ReconcilePaused" and "held: update spout" in synced["message"]
+    resumed = ctl.reconcile(spout_change({}), "event")
+    assert resumed is not None
+    assert gateway.writes()[2:] == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert not gateway.pipelines["processor"].stopped
+    assert gateway.pipelines["spout"].spec["transform"]["image"] == "spout101:2"
+    assert resumed.status["summary"] == "Ready"
+
+
+def test_a_pause_during_a_spout_update_waits_for_the_update_to_finish() -> None:
+    """The stop, update and start run in one pass under the resource's lock: a pause that
+    lands meanwhile takes effect after it, never with the processor stopped half-way."""
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    inside, release = threading.Event(), threading.Event()
+    original = gateway.stop
+
+    def slow_stop(name: str, project: str) -> None:
+        original(name, project)
+        inside.set()
+        release.wait(5)
+
+    gateway.stop = slow_stop  # type: ignore[method-assign]
+    update = threading.Thread(target=ctl.reconcile, args=(spout_change({}), "change"))
+    update.start()
+    assert inside.wait(5) and gateway.pipelines["processor"].stopped  # half-way: processor stopped
+    paused: list[Any] = []
+    pausing = threading.Thread(target=lambda: paused.append(ctl.reconcile(spout_change(PAUSED), "event")))
+    pausing.start()
+    pausing.join(0.2)
+    assert paused == []  # the pause waits for the update's pass
+    release.set()
+    update.join(5)
+    pausing.join(5)
+    assert not gateway.pipelines["processor"].stopped
+    assert gateway.pipelines["spout"].spec["transform"]["image"] == "spout101:2"
+    assert paused[0] is not None and paused[0].status["paused"] is True
+    assert gateway.writes()[-1] == ("start", "processor")  # the paused pass wrote nothing
+
+
+def test_a_processor_pachd_left_stopped_stays_stopped_while_paused_and_status_says_so() -> None:
+    """pachd went away between the processor's stop and start: paused, the operator starts
+    nothing, says what it holds, and starts it at once when unpaused."""
+    down = PachdUnavailable("pachd unreachable (unavailable)")
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    gateway.failures[("start", "processor")] = down
+    ctl.reconcile(spout_change({}), "change")
+    assert gateway.pipelines["processor"].stopped
+    del gateway.failures[("start", "processor")]
+    held = ctl.reconcile(spout_change(PAUSED), "event")
+    assert held is not None and gateway.pipelines["processor"].stopped
+    assert gateway.writes()[-1] == ("start", "processor")  # the refused one: nothing since
+    synced = {c["type"]: c for c in held.status["conditions"]}["Synced"]
+    assert "held: start processor" in synced["message"]
+    assert held.status["processor"]["state"] == "PAUSED"  # pachd's word for a stopped pipeline
+    resumed = ctl.reconcile(spout_change({}), "event")
+    assert resumed is not None and not gateway.pipelines["processor"].stopped
+
+
 def test_a_reconcile_token_is_acknowledged_and_kept() -> None:
     gateway = FakeGateway()
     ctl = controller(gateway)
