@@ -147,23 +147,29 @@ def test_the_resource_is_a_copy_of_the_body() -> None:
     assert resource.generation == 1
 
 
+def held_at(gateway: FakeGateway, method: str) -> tuple[threading.Event, threading.Event]:
+    """The gateway's next calls of `method` set `inside`, then wait for `release`."""
+    inside, release = threading.Event(), threading.Event()
+    original = getattr(gateway, method)
+
+    def held(*args: Any) -> Any:
+        inside.set()
+        release.wait(5)
+        return original(*args)
+
+    setattr(gateway, method, held)
+    return inside, release
+
+
 def test_deletion_waits_for_a_running_pass_and_releases_bookkeeping() -> None:
     gateway = FakeGateway()
     ctl = controller(gateway)
     ctl.reconcile(Resource.of(body()), "change")
-    inside, release = threading.Event(), threading.Event()
-    original = gateway.inspect
-
-    def slow_inspect(name: str, project: str) -> Any:
-        inside.set()
-        release.wait(5)
-        return original(name, project)
-
-    gateway.inspect = slow_inspect  # type: ignore[method-assign]
+    inside, release = held_at(gateway, "inspect")
     repair = threading.Thread(target=ctl.reconcile, args=(Resource.of(body(observed=1)), "event"))
     repair.start()
     assert inside.wait(5)
-    gateway.inspect = original  # type: ignore[method-assign]
+    del gateway.inspect  # the deletion's own calls: not held
     deleting = copy.deepcopy(body(observed=1))
     done: list[bool] = []
     deleter = threading.Thread(target=lambda: done.append(ctl.delete(Resource.of(deleting)).done))
@@ -539,15 +545,7 @@ def test_a_pause_during_a_spout_update_waits_for_the_update_to_finish() -> None:
     gateway = FakeGateway()
     ctl = controller(gateway)
     ctl.reconcile(Resource.of(body()), "change")
-    inside, release = threading.Event(), threading.Event()
-    original = gateway.stop
-
-    def slow_stop(name: str, project: str) -> None:
-        original(name, project)
-        inside.set()
-        release.wait(5)
-
-    gateway.stop = slow_stop  # type: ignore[method-assign]
+    inside, release = held_at(gateway, "create")  # the spout's update, after the processor's stop
     update = threading.Thread(target=ctl.reconcile, args=(spout_change({}), "change"))
     update.start()
     assert inside.wait(5) and gateway.pipelines["processor"].stopped  # half-way: processor stopped
