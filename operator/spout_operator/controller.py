@@ -231,7 +231,8 @@ class Controller:
         flow = None if self.flow is None else self.flow.view(resource.uid)
         expected, flow_at = dataflow.expectations(resource.spec), time.time()
         quiet = self.flow is not None and dataflow.spout_quiet(flow, expected, resource.status, flow_at)
-        done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway, quiet)
+        window = expected.commit_within_s or 0.0
+        done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway, quiet, window)
         repairs = 0
         if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
             paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}

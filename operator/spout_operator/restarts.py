@@ -41,9 +41,11 @@ def carry_out(
     workers: Mapping[str, WorkerHealth] | None,
     gateway: Pachd,
     spout_quiet: bool = False,
+    quiet_window_s: float = 0.0,
 ) -> Restarts:
     """The restarts this pass owes: requested tokens first, then the automatic policy.
-    `spout_quiet`: the spout has not committed within its expectation (dataflow.spout_quiet)."""
+    `spout_quiet`: the spout has not committed within its expectation, `quiet_window_s`
+    (dataflow.spout_quiet, commitWithinSeconds)."""
     result = Restarts()
     acks = dict(previous.get("restarts") or {})
     for request in restart_requests(handles, previous, spec.running):
@@ -75,7 +77,7 @@ def carry_out(
     if token:
         result.handled["lastHandledReconcileAt"] = token
     if spec.auto_restart is not None and spec.running and not handles.paused:
-        _automatic(spec, previous, outcome, workers or {}, gateway, result, spout_quiet)
+        _automatic(spec, previous, outcome, workers or {}, gateway, result, spout_quiet, quiet_window_s)
     elif "autoRestart" in previous:
         result.handled["autoRestart"] = previous["autoRestart"]
     return result
@@ -89,6 +91,7 @@ def _automatic(
     gateway: Pachd,
     result: Restarts,
     spout_quiet: bool,
+    quiet_window_s: float,
 ) -> None:
     assert spec.auto_restart is not None
     why: dict[str, str] = {}  # the failing pipelines: what their restart's Event says
@@ -101,7 +104,8 @@ def _automatic(
             why[name] = "not committing within spec.expectations.commitWithinSeconds"
     failing = {name: name in why for name in outcome.observed}
     before = previous.get("autoRestart") or {}
-    decision = autorestart.decide(spec.auto_restart, failing, before, datetime.datetime.now(datetime.UTC))
+    now = datetime.datetime.now(datetime.UTC)
+    decision = autorestart.decide(spec.auto_restart, failing, before, now, quiet_window_s)
     record = decision.record
     for name in decision.restart:
         try:

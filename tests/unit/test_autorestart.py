@@ -86,3 +86,18 @@ def test_the_defaults_restart_five_times_within_the_first_17_minutes() -> None:
         record = decision.record
         restarted += [seconds / 60] if decision.restart else []
     assert restarted == [2, 3, 5, 9, 17]
+
+
+def test_a_restart_s_own_commit_does_not_start_the_count_again() -> None:
+    """pachd's start of a spout makes a commit on its output branch: a quiet spout looks fine
+    for commitWithinSeconds (120 here) after each restart. Only health that outlasts that
+    window starts the count again, so the maximum still ends the restarts."""
+    record: dict[str, Any] = {}
+    restarted: list[int] = []
+    for seconds in range(0, 900, 10):
+        failing = not restarted or seconds - restarted[-1] > 120
+        decision = decide(POLICY, {"spout": failing}, record, at(seconds), healthy_s=120)
+        record = decision.record
+        restarted += [seconds] if decision.restart else []
+    assert restarted == [60, 250, 440]  # quiet again at 190 and 380: after_s more each time
+    assert decision.exhausted
