@@ -1,12 +1,15 @@
 """Bounded automatic restarts of a pipeline that stays failed (pure).
 
 Opt-in per resource (spec.autoRestart). A pipeline counts as failing when pachd says FAILURE
-or CRASHING, or when its workers cannot come up by waiting (a crash loop, a failed pod).
+or CRASHING, or when its workers cannot come up by waiting (a crash loop, a failed pod);
+the spout also when it has not committed within spec.expectations.commitWithinSeconds
+(SpoutQuiet: RUNNING with ready workers, yet stuck).
 Once it has failed for `afterSeconds`, the operator restarts it (pachd stop, then start);
 each further restart waits `backoffSeconds` doubled per restart already made, up to
 `maxRestarts`; then it stops trying and says so (Stalled: only a person can help now). The
-count starts again once both pipelines have been healthy for `afterSeconds`. Never while
-paused or declared Stopped: a restart must not fight what a person asked for.
+count starts again once both pipelines have been healthy for `afterSeconds` (and for the
+spout's commitWithinSeconds, when set). Never while paused or declared Stopped: a restart
+must not fight what a person asked for.
 
 Restarts happen at the first pass at or after the time status.autoRestart.nextRestartAt
 gives: passes run at least once per sweep (SPOUT_OPERATOR_DRIFT_INTERVAL_SECONDS) and at
@@ -41,10 +44,17 @@ def _stamp(at: datetime.datetime) -> str:
 
 
 def decide(
-    policy: AutoRestart, failing: Mapping[str, bool], previous: Mapping[str, Any], now: datetime.datetime
+    policy: AutoRestart,
+    failing: Mapping[str, bool],
+    previous: Mapping[str, Any],
+    now: datetime.datetime,
+    healthy_s: float = 0.0,
 ) -> Decision:
     """What to do at this pass: `failing` says, per pipeline, whether it is failing now;
-    `previous` is status.autoRestart as the last pass left it."""
+    `previous` is status.autoRestart as the last pass left it. `healthy_s`: health must also
+    last this long before the count starts again (a quiet spout's commitWithinSeconds: pachd's
+    start of a pipeline makes a commit on its output branch, so a restarted spout looks as if
+    it committed, and that must not reset the count before it can be quiet again)."""
     count = int(previous.get("restarts") or 0)
     last = _time(previous.get("lastRestartAt"))
     record: dict[str, Any] = {"restarts": count, "maxRestarts": policy.max_restarts}
@@ -53,7 +63,7 @@ def decide(
     broken = tuple(name for name, bad in failing.items() if bad)
     if not broken:
         healthy_since = _time(previous.get("healthySince")) or now
-        if count and (now - healthy_since).total_seconds() >= policy.after_s:
+        if count and (now - healthy_since).total_seconds() >= max(policy.after_s, healthy_s):
             record["restarts"] = 0  # healthy long enough: a later failure starts afresh
         else:
             record["healthySince"] = _stamp(healthy_since)

@@ -227,7 +227,12 @@ class Controller:
             spec, resource.owner, gateway, trigger, listed_since, own_project, handles.paused
         )
         workers = self._workers(spec.project, outcome)
-        done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway)
+        # The flow, from memory (no call): read once, for the automatic restarts and the status.
+        flow = None if self.flow is None else self.flow.view(resource.uid)
+        expected, flow_at = dataflow.expectations(resource.spec), time.time()
+        quiet = self.flow is not None and dataflow.spout_quiet(flow, expected, resource.status, flow_at)
+        window = expected.commit_within_s or 0.0
+        done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway, quiet, window)
         repairs = 0
         if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
             paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
@@ -246,13 +251,13 @@ class Controller:
             handled=done.handled,
             push_address=self._push_address(spec, outcome),
         )
-        if self.flow is not None:  # from memory: no call
+        if self.flow is not None:
             status = dataflow.with_flow(
                 status,
                 resource.status,
-                self.flow.view(resource.uid),
-                dataflow.expectations(resource.spec),
-                time.time(),
+                flow,
+                expected,
+                flow_at,
                 self.settings.dataflow_resolution_s,
                 resource.generation,
             )

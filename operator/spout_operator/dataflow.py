@@ -17,6 +17,8 @@ condition is written):
 Beyond either, `DataFlowing=False` (reason SpoutQuiet or ProcessorBehind): a warning-level
 condition. Ready stays what pachd and the workers say, so kstatus and Argo CD do not read a
 quiet spout as a failure; an Event says so once, a metric carries it, an alert fires on it.
+With spec.autoRestart, a quiet spout also counts as failing for its automatic restarts
+(spout_quiet, restarts.py).
 
 The status shows the flow at a resolution (`status.dataFlow`): rewritten when DataFlowing
 changes, or when a timestamp in it moved by at least `resolution_s`; a moving timestamp never
@@ -156,6 +158,28 @@ def judge(view: FlowView | None, expected: Expectations, now: float) -> Conditio
     return Condition(CONDITION, True, "DataFlowing", "the spout commits and the processor keeps up")
 
 
+def spout_quiet(
+    view: FlowView | None, expected: Expectations, previous: Mapping[str, Any], now: float
+) -> bool:
+    """Whether the spout has not committed within `commitWithinSeconds` (SpoutQuiet): the
+    verdict now, or while the streams have not answered, the one in the previous status."""
+    if expected.commit_within_s is None:
+        return False
+    verdict = judge(view, expected, now)
+    if verdict is not None:
+        return verdict.reason == "SpoutQuiet"
+    old = _condition(previous)
+    return old.get("status") == "False" and old.get("reason") == "SpoutQuiet"
+
+
+def _condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """DataFlowing as a status holds it ({} if not there)."""
+    found: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == CONDITION), {}
+    )
+    return found
+
+
 def stamp(epoch: float | None) -> str | None:
     if epoch is None:
         return None
@@ -242,11 +266,7 @@ def with_flow(
 def events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
     """One Warning when DataFlowing turns False (or its reason changes), one Normal when it
     is True again."""
-
-    def found(status: Mapping[str, Any]) -> Mapping[str, Any]:
-        return next((c for c in status.get("conditions") or [] if c.get("type") == CONDITION), {})
-
-    before, after = found(previous), found(new)
+    before, after = _condition(previous), _condition(new)
     if not after or (before.get("status"), before.get("reason")) == (
         after.get("status"),
         after.get("reason"),

@@ -40,8 +40,12 @@ def carry_out(
     outcome: Outcome,
     workers: Mapping[str, WorkerHealth] | None,
     gateway: Pachd,
+    spout_quiet: bool = False,
+    quiet_window_s: float = 0.0,
 ) -> Restarts:
-    """The restarts this pass owes: requested tokens first, then the automatic policy."""
+    """The restarts this pass owes: requested tokens first, then the automatic policy.
+    `spout_quiet`: the spout has not committed within its expectation, `quiet_window_s`
+    (dataflow.spout_quiet, commitWithinSeconds)."""
     result = Restarts()
     acks = dict(previous.get("restarts") or {})
     for request in restart_requests(handles, previous, spec.running):
@@ -73,7 +77,7 @@ def carry_out(
     if token:
         result.handled["lastHandledReconcileAt"] = token
     if spec.auto_restart is not None and spec.running and not handles.paused:
-        _automatic(spec, previous, outcome, workers or {}, gateway, result)
+        _automatic(spec, previous, outcome, workers or {}, gateway, result, spout_quiet, quiet_window_s)
     elif "autoRestart" in previous:
         result.handled["autoRestart"] = previous["autoRestart"]
     return result
@@ -86,16 +90,22 @@ def _automatic(
     workers: Mapping[str, WorkerHealth],
     gateway: Pachd,
     result: Restarts,
+    spout_quiet: bool,
+    quiet_window_s: float,
 ) -> None:
     assert spec.auto_restart is not None
-    failing = {
-        name: observed is not None
-        and not observed.stopped
-        and (observed.state in FAILING or (name in workers and workers[name].failing))
-        for name, observed in outcome.observed.items()
-    }
+    why: dict[str, str] = {}  # the failing pipelines: what their restart's Event says
+    for name, observed in outcome.observed.items():
+        if observed is None or observed.stopped:
+            continue
+        if observed.state in FAILING or (name in workers and workers[name].failing):
+            why[name] = "failing"
+        elif name == spec.spout.name and spout_quiet:
+            why[name] = "not committing within spec.expectations.commitWithinSeconds"
+    failing = {name: name in why for name in outcome.observed}
     before = previous.get("autoRestart") or {}
-    decision = autorestart.decide(spec.auto_restart, failing, before, datetime.datetime.now(datetime.UTC))
+    now = datetime.datetime.now(datetime.UTC)
+    decision = autorestart.decide(spec.auto_restart, failing, before, now, quiet_window_s)
     record = decision.record
     for name in decision.restart:
         try:
@@ -109,7 +119,7 @@ def _automatic(
             Event(
                 "Warning",
                 "AutoRestarted",
-                f"pipeline {name} restarted after failing (restart {record['restarts']} "
+                f"pipeline {name} restarted after {why[name]} (restart {record['restarts']} "
                 f"of {spec.auto_restart.max_restarts}{nxt})",
             )
         )

@@ -1,15 +1,17 @@
 """The operating handles on the real stack (issue 21): pause (and still delete), reconcile
-now, restart now. Annotations: no generation change, no pachd call of the user's own."""
+now, restart now; automatic restarts of a quiet spout. Annotations: no generation change, no
+pachd call of the user's own."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 from devstack.stack import State
 from devstack.testing import PAUSED, annotate, eventually, kubectl
-from kit import apply_ready, get, pipelines, resource, scrape, wait_condition
+from kit import apply, apply_ready, condition, get, pipelines, resource, scrape, versions, wait_condition
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +133,31 @@ def test_a_restart_token_restarts_once_with_the_version_unchanged_and_no_repair(
         30,
         what="restart refused",
     )
+
+
+def test_a_spout_quiet_beyond_its_expectation_is_restarted_automatically_up_to_the_limit(
+    stack: State, namespace: str, names: tuple[str, str], operator: Any, pachd_client: Any
+) -> None:
+    """No node on this stack: the spout never commits, so with commitWithinSeconds 1 it is
+    quiet as soon as its streams answered. autoRestart restarts the spout (only) once, its
+    maximum, then says Stalled=True, AutoRestartLimit; the versions stay."""
+    spout, processor = names
+    before = scrape()
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
+    apply(
+        stack,
+        namespace,
+        resource("quiet", spout, processor, expectations={"commitWithinSeconds": 1}, autoRestart=policy),
+    )
+    obj = wait_condition(stack, namespace, "quiet", "Stalled", "True", timeout_s=60)
+    assert condition(obj, "Stalled")["reason"] == "AutoRestartLimit"
+    assert condition(obj, "DataFlowing")["reason"] == "SpoutQuiet"
+    assert obj["status"]["autoRestart"]["restarts"] == 1
+    assert versions(pachd_client, spout, processor) == {spout: 1, processor: 1}
+    after_sweeps(3)  # and no more: pachd's own commit at the restart is no health that resets it
+    after = scrape()
+    kind = 'spout_operator_pipeline_restarts_total{kind="automatic"}'
+    assert after[kind] - before.get(kind, 0) == 1
+    events = json.loads(kubectl(stack, "get", "events", "-n", namespace, "-o", "json"))["items"]
+    restarted = [e["message"] for e in events if e["reason"] == "AutoRestarted"]
+    assert len(restarted) == 1 and f"pipeline {spout} restarted after not committing" in restarted[0]

@@ -75,3 +75,29 @@ def test_between_crashes_the_status_still_says_the_earliest_next_restart() -> No
     seen = run([(0, True), (60, True), (65, False)])
     healthy = seen[2][1]
     assert healthy.restart == () and healthy.record["nextRestartAt"] == stamp(90)
+
+
+def test_the_defaults_restart_five_times_within_the_first_17_minutes() -> None:
+    """What docs/resource.md says of the defaults: 2 minutes, then 1 + 2 + 4 + 8 of back-off."""
+    record: dict[str, Any] = {}
+    restarted = []
+    for seconds in range(0, 3600, 5):
+        decision = decide(AutoRestart(), {"spout": True}, record, at(seconds))
+        record = decision.record
+        restarted += [seconds / 60] if decision.restart else []
+    assert restarted == [2, 3, 5, 9, 17]
+
+
+def test_a_restart_s_own_commit_does_not_start_the_count_again() -> None:
+    """pachd's start of a spout makes a commit on its output branch: a quiet spout looks fine
+    for commitWithinSeconds (120 here) after each restart. Only health that outlasts that
+    window starts the count again, so the maximum still ends the restarts."""
+    record: dict[str, Any] = {}
+    restarted: list[int] = []
+    for seconds in range(0, 900, 10):
+        failing = not restarted or seconds - restarted[-1] > 120
+        decision = decide(POLICY, {"spout": failing}, record, at(seconds), healthy_s=120)
+        record = decision.record
+        restarted += [seconds] if decision.restart else []
+    assert restarted == [60, 250, 440]  # quiet again at 190 and 380: after_s more each time
+    assert decision.exhausted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from spout_operator.connection_model import ConnectionProblem, ConnectionSpec, parse_connection
 from spout_operator.controller import Controller
+from spout_operator.dataflow import FlowView
 from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings
@@ -145,23 +147,29 @@ def test_the_resource_is_a_copy_of_the_body() -> None:
     assert resource.generation == 1
 
 
+def held_at(gateway: FakeGateway, method: str) -> tuple[threading.Event, threading.Event]:
+    """The gateway's next calls of `method` set `inside`, then wait for `release`."""
+    inside, release = threading.Event(), threading.Event()
+    original = getattr(gateway, method)
+
+    def held(*args: Any) -> Any:
+        inside.set()
+        release.wait(5)
+        return original(*args)
+
+    setattr(gateway, method, held)
+    return inside, release
+
+
 def test_deletion_waits_for_a_running_pass_and_releases_bookkeeping() -> None:
     gateway = FakeGateway()
     ctl = controller(gateway)
     ctl.reconcile(Resource.of(body()), "change")
-    inside, release = threading.Event(), threading.Event()
-    original = gateway.inspect
-
-    def slow_inspect(name: str, project: str) -> Any:
-        inside.set()
-        release.wait(5)
-        return original(name, project)
-
-    gateway.inspect = slow_inspect  # type: ignore[method-assign]
+    inside, release = held_at(gateway, "inspect")
     repair = threading.Thread(target=ctl.reconcile, args=(Resource.of(body(observed=1)), "event"))
     repair.start()
     assert inside.wait(5)
-    gateway.inspect = original  # type: ignore[method-assign]
+    del gateway.inspect  # the deletion's own calls: not held
     deleting = copy.deepcopy(body(observed=1))
     done: list[bool] = []
     deleter = threading.Thread(target=lambda: done.append(ctl.delete(Resource.of(deleting)).done))
@@ -504,6 +512,78 @@ def test_a_paused_resource_still_deletes() -> None:
     assert gateway.pipelines == {}
 
 
+def spout_change(annotations: dict[str, str]) -> Resource:
+    """Generation 2: a new spout image (an update pachd 2.6 makes only with the processor stopped)."""
+    raw = body(generation=2, observed=1)
+    raw["spec"]["spout"]["transform"]["image"] = "spout101:2"
+    raw["metadata"]["annotations"] = annotations
+    return Resource.of(raw)
+
+
+def test_a_pending_spout_update_is_held_whole_by_a_pause_and_applied_whole_after() -> None:
+    """Paused before the spout's update: neither the processor's stop nor the update is written,
+    so the processor runs on; unpausing stops it, updates the spout and starts it in one pass."""
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    held = ctl.reconcile(spout_change(PAUSED), "change")
+    assert held is not None and gateway.writes() == [("create", "spout"), ("create", "processor")]
+    assert not gateway.pipelines["processor"].stopped
+    synced = {c["type"]: c for c in held.status["conditions"]}["Synced"]
+    assert synced["reason"] == "ReconcilePaused" and "held: update spout" in synced["message"]
+    resumed = ctl.reconcile(spout_change({}), "event")
+    assert resumed is not None
+    assert gateway.writes()[2:] == [("stop", "processor"), ("update", "spout"), ("start", "processor")]
+    assert not gateway.pipelines["processor"].stopped
+    assert gateway.pipelines["spout"].spec["transform"]["image"] == "spout101:2"
+    assert resumed.status["summary"] == "Ready"
+
+
+def test_a_pause_during_a_spout_update_waits_for_the_update_to_finish() -> None:
+    """The stop, update and start run in one pass under the resource's lock: a pause that
+    lands meanwhile takes effect after it, never with the processor stopped half-way."""
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    inside, release = held_at(gateway, "create")  # the spout's update, after the processor's stop
+    update = threading.Thread(target=ctl.reconcile, args=(spout_change({}), "change"))
+    update.start()
+    assert inside.wait(5) and gateway.pipelines["processor"].stopped  # half-way: processor stopped
+    paused: list[Any] = []
+    pausing = threading.Thread(target=lambda: paused.append(ctl.reconcile(spout_change(PAUSED), "event")))
+    pausing.start()
+    pausing.join(0.2)
+    assert paused == []  # the pause waits for the update's pass
+    release.set()
+    update.join(5)
+    pausing.join(5)
+    assert not gateway.pipelines["processor"].stopped
+    assert gateway.pipelines["spout"].spec["transform"]["image"] == "spout101:2"
+    assert paused[0] is not None and paused[0].status["paused"] is True
+    assert gateway.writes()[-1] == ("start", "processor")  # the paused pass wrote nothing
+
+
+def test_a_processor_pachd_left_stopped_stays_stopped_while_paused_and_status_says_so() -> None:
+    """pachd went away between the processor's stop and start: paused, the operator starts
+    nothing, says what it holds, and starts it at once when unpaused."""
+    down = PachdUnavailable("pachd unreachable (unavailable)")
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    ctl.reconcile(Resource.of(body()), "change")
+    gateway.failures[("start", "processor")] = down
+    ctl.reconcile(spout_change({}), "change")
+    assert gateway.pipelines["processor"].stopped
+    del gateway.failures[("start", "processor")]
+    held = ctl.reconcile(spout_change(PAUSED), "event")
+    assert held is not None and gateway.pipelines["processor"].stopped
+    assert gateway.writes()[-1] == ("start", "processor")  # the refused one: nothing since
+    synced = {c["type"]: c for c in held.status["conditions"]}["Synced"]
+    assert "held: start processor" in synced["message"]
+    assert held.status["processor"]["state"] == "PAUSED"  # pachd's word for a stopped pipeline
+    resumed = ctl.reconcile(spout_change({}), "event")
+    assert resumed is not None and not gateway.pipelines["processor"].stopped
+
+
 def test_a_reconcile_token_is_acknowledged_and_kept() -> None:
     gateway = FakeGateway()
     ctl = controller(gateway)
@@ -553,11 +633,8 @@ def test_a_restart_is_refused_on_a_paused_or_stopped_resource() -> None:
     assert stopped is not None and "Stopped" in stopped.status["restarts"]["processor"]["message"]
 
 
-def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None:
-    gateway = FakeGateway()
-    ctl = controller(gateway)
-    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
-    ctl.reconcile(Resource.of(body(autoRestart=policy)), "change")
+def crashing(gateway: FakeGateway) -> None:
+    """pachd says CRASHING for every pipeline from now on (stopped or not)."""
     original = gateway.inspect
 
     def failing(name: str, project: str) -> Any:
@@ -566,6 +643,14 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
 
     gateway.inspect = failing  # type: ignore[method-assign]
     gateway.list_pipelines = lambda: [p for p in map(lambda n: failing(n, "default"), gateway.pipelines) if p]  # type: ignore[method-assign]
+
+
+def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None:
+    gateway = FakeGateway()
+    ctl = controller(gateway)
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 1, "backoffSeconds": 0}
+    ctl.reconcile(Resource.of(body(autoRestart=policy)), "change")
+    crashing(gateway)
     first = ctl.reconcile(Resource.of(body(observed=1, autoRestart=policy)), "drift")
     assert (
         first is not None and ("stop", "spout") in gateway.writes() and ("start", "spout") in gateway.writes()
@@ -578,6 +663,86 @@ def test_a_failing_pipeline_is_restarted_automatically_up_to_the_limit() -> None
     stalled = {c["type"]: c for c in second.status["conditions"]}["Stalled"]
     assert stalled["reason"] == "AutoRestartLimit"
     assert [e.reason for e in second.events].count("AutoRestartLimit") == 1
+
+
+class StillFlow:
+    """A data flow source (dataflow.FlowSource) whose spout last committed `age` seconds ago."""
+
+    def __init__(self, age: float) -> None:
+        self.age = age
+
+    def view(self, uid: str) -> FlowView:
+        last = time.time() - self.age
+        return FlowView(last - 1, True, last, 0, last)
+
+
+QUIET_AFTER_60 = {"commitWithinSeconds": 60}
+
+
+def test_a_spout_quiet_beyond_its_expectation_is_restarted_automatically() -> None:
+    gateway, flow = FakeGateway(), StillFlow(age=10)
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=flow)  # type: ignore[arg-type]
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 2, "backoffSeconds": 600}
+    spec = {"autoRestart": policy, "expectations": QUIET_AFTER_60}
+    ctl.reconcile(Resource.of(body(**spec)), "change")
+    committing = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert committing is not None and committing.status["autoRestart"]["restarts"] == 0
+    flow.age = 120  # RUNNING, workers fine, yet no commit for two minutes
+    quiet = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert quiet is not None
+    assert gateway.writes()[2:] == [("stop", "spout"), ("start", "spout")]  # the spout only
+    assert quiet.status["autoRestart"]["restarts"] == 1 and "nextRestartAt" in quiet.status["autoRestart"]
+    conditions = {c["type"]: c for c in quiet.status["conditions"]}
+    assert conditions["DataFlowing"]["reason"] == "SpoutQuiet"
+    assert conditions["Ready"]["status"] == "True"  # a warning: Ready stays what pachd says
+    [restarted] = [e for e in quiet.events if e.reason == "AutoRestarted"]
+    assert "spout restarted after not committing within" in restarted.message
+    # Still quiet right after: the back-off holds the next restart.
+    again = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert again is not None and len(gateway.writes()) == 4
+    assert again.status["autoRestart"]["restarts"] == 1
+    # pachd's start makes a commit on the spout's output branch: it looks as if it committed,
+    # yet that is no health that starts the count again (only commitWithinSeconds of it is).
+    flow.age = 0
+    looks_fine = ctl.reconcile(Resource.of(body(observed=1, **spec)), "drift")
+    assert looks_fine is not None and looks_fine.status["autoRestart"]["restarts"] == 1
+
+
+def test_a_quiet_spout_is_not_restarted_without_auto_restart() -> None:
+    gateway = FakeGateway()
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=StillFlow(age=120))  # type: ignore[arg-type]
+    ctl.reconcile(Resource.of(body(expectations=QUIET_AFTER_60)), "change")
+    result = ctl.reconcile(Resource.of(body(observed=1, expectations=QUIET_AFTER_60)), "drift")
+    assert result is not None and gateway.writes() == [("create", "spout"), ("create", "processor")]
+    assert "autoRestart" not in result.status
+
+
+def test_automatic_restarts_never_fight_a_pause_or_a_declared_stop() -> None:
+    """Failing (CRASHING, and a quiet spout) with autoRestart set: paused or Stopped, no
+    restart is written and status.autoRestart stays as the last restart left it."""
+    gateway, flow = FakeGateway(), StillFlow(age=10)
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), FakeResolver(), flow=flow)  # type: ignore[arg-type]
+    policy = {"enabled": True, "afterSeconds": 0, "maxRestarts": 3, "backoffSeconds": 0}
+    failing = {"autoRestart": policy, "expectations": QUIET_AFTER_60}
+    ctl.reconcile(Resource.of(body(**failing)), "change")
+    crashing(gateway)
+    flow.age = 120
+    restarted = ctl.reconcile(Resource.of(body(observed=1, **failing)), "drift")
+    assert restarted is not None and restarted.status["autoRestart"]["restarts"] == 1  # it would restart
+    record = copy.deepcopy(restarted.status["autoRestart"])
+    writes = len(gateway.writes())
+    for _ in range(2):
+        paused = ctl.reconcile(annotated(PAUSED, observed=1, **failing), "drift")
+        assert paused is not None and len(gateway.writes()) == writes
+        assert paused.status["autoRestart"] == record
+        assert "AutoRestarted" not in [e.reason for e in paused.events]
+    stopped = ctl.reconcile(annotated({}, generation=2, observed=1, state="Stopped", **failing), "change")
+    assert stopped is not None
+    assert gateway.writes()[writes:] == [("stop", "spout"), ("stop", "processor")]  # declared, no start
+    assert stopped.status["autoRestart"] == record
+    later = ctl.reconcile(annotated({}, generation=2, observed=2, state="Stopped", **failing), "drift")
+    assert later is not None and len(gateway.writes()) == writes + 2
+    assert later.status["autoRestart"] == record
 
 
 def test_a_spout_with_a_service_says_where_to_push() -> None:

@@ -139,3 +139,49 @@ def test_conditions_are_a_map_keyed_by_type_with_their_generation() -> None:
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert "observedGeneration" in conditions["items"]["properties"]
+
+
+COLUMN_TYPES = {"string": "string", "integer": "integer", "boolean": "boolean", "date": "string"}
+CONDITION = re.compile(r'^\.status\.conditions\[\?\(@\.type=="(\w+)"\)\]\.(\w+)$')
+
+
+def field_at(path: str) -> dict[str, Any] | None:
+    """The schema of a printer column's JSON path (.a.b.c, or a condition's field), or None."""
+    crd = yaml.safe_load((CRDS / "spoutpipelines.yaml").read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    if path == ".metadata.creationTimestamp":
+        return {"type": "string"}  # the API server's own
+    matched = CONDITION.match(path)
+    if matched:
+        path = f".status.conditions.items.{matched.group(2)}"
+    node: dict[str, Any] | None = root
+    for part in path.strip(".").split("."):
+        if node is None:
+            return None
+        node = node["items"] if part == "items" else (node.get("properties") or {}).get(part)
+    return node
+
+
+def test_every_column_reads_a_field_of_its_own_type() -> None:
+    crd = yaml.safe_load((CRDS / "spoutpipelines.yaml").read_text())
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    wrong = {
+        c["name"]: c["jsonPath"]
+        for c in columns
+        if (field_at(c["jsonPath"]) or {}).get("type") != COLUMN_TYPES[c["type"]]
+    }
+    assert wrong == {}
+
+
+def test_wide_output_shows_pause_and_automatic_restarts() -> None:
+    crd = yaml.safe_load((CRDS / "spoutpipelines.yaml").read_text())
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    wide = {(c["jsonPath"], c["type"]) for c in columns.values() if c.get("priority") == 1}
+    assert {(".status.paused", "boolean"), (".status.autoRestart.restarts", "integer")} <= wide
+    assert (columns["Paused"]["jsonPath"], columns["Auto-Restarts"]["jsonPath"]) == (
+        ".status.paused",
+        ".status.autoRestart.restarts",
+    )
+    # `kubectl get` without -o wide keeps to the essentials.
+    plain = [name for name, c in columns.items() if not c.get("priority")]
+    assert "Paused" not in plain and "Auto-Restarts" not in plain

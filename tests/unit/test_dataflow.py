@@ -179,3 +179,29 @@ def test_a_change_under_way_keeps_the_data_flow_verdict() -> None:
     assert conditions(shown)["DataFlowing"] == ("False", "ProcessorBehind")
     again = dataflow.with_flow(base_status(), shown, flowing(T0 + 20, 3), LAG_2, T0 + 21, 60, 2)
     assert dataflow.events(shown, again) == []  # no second Warning for the same verdict
+
+
+def quiet_status(reason: str) -> dict[str, Any]:
+    return {"conditions": [{"type": "DataFlowing", "status": "False", "reason": reason, "message": "m"}]}
+
+
+@pytest.mark.parametrize(
+    ("view", "expected", "previous", "quiet"),
+    [
+        (flowing(T0 + 100), QUIET_30, {}, False),
+        (flowing(T0 + 50), QUIET_30, {}, True),  # 50 s ago, 30 expected
+        (flowing(T0 + 50), Expectations(30, 2), {}, True),  # quiet wins over the lag
+        (flowing(T0 + 99, lag=5), Expectations(30, 2), {}, False),  # behind is the processor's
+        (flowing(T0 + 50), LAG_2, {}, False),  # no commit expectation: never quiet
+        # Until the streams answer (an operator restarted), the previous verdict stands.
+        (FlowView(T0 + 90, False), QUIET_30, quiet_status("SpoutQuiet"), True),
+        (None, QUIET_30, quiet_status("SpoutQuiet"), True),
+        (None, QUIET_30, quiet_status("ProcessorBehind"), False),
+        (None, QUIET_30, {}, False),
+    ],
+)
+def test_a_spout_is_quiet_when_it_has_not_committed_within_its_expectation(
+    view: FlowView | None, expected: Expectations, previous: dict[str, Any], quiet: bool
+) -> None:
+    """What the automatic restarts read (restarts.py): the verdict now, or the one in status."""
+    assert dataflow.spout_quiet(view, expected, previous, T0 + 101) is quiet

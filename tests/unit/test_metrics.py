@@ -11,6 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 from spout_operator import __main__ as entry
 from spout_operator import gateway, metrics
+from spout_operator.resource import Resource
+from test_controller import PAUSED, annotated, body, controller
+from test_reconcile import FakeGateway
 
 
 def sample(name: str, **labels: str) -> float:
@@ -102,6 +105,20 @@ def test_resources_are_counted_by_condition_and_cleared_when_the_operator_stops(
         for value in ("True", "False"):
             assert sample("spout_operator_resources_by_condition", condition=condition, status=value) == 0
     assert sample("spout_operator_resources", ready="True") == 0
+
+
+def test_the_paused_gauge_counts_paused_resources_until_unpaused_or_deleted() -> None:
+    ctl = controller(FakeGateway())
+    ctl.reconcile(Resource.of(body()), "change")
+    assert sample("spout_operator_resources_paused") == 0
+    ctl.reconcile(annotated(PAUSED, observed=1), "event")
+    assert sample("spout_operator_resources_paused") == 1
+    ctl.reconcile(annotated({}, observed=1), "event")
+    assert sample("spout_operator_resources_paused") == 0
+    ctl.reconcile(annotated(PAUSED, observed=1), "event")
+    assert sample("spout_operator_resources_paused") == 1
+    assert ctl.delete(annotated(PAUSED, observed=1)).done  # a paused resource deletes: no longer counted
+    assert sample("spout_operator_resources_paused") == 0
 
 
 def test_metrics_stalled_reads_the_condition() -> None:
