@@ -5,7 +5,7 @@ and the dashboard below (grafana-foundation-sdk builders). `python -m devstack.m
 (from tests/) writes what ships: the kustomize component's PrometheusRule and dashboard.json,
 and the Helm chart's copies (files/). `--check` says what is out of date (a unit test runs it).
 The tests feed the rules and every dashboard expression to the real promtool
-(tests/integration/test_monitoring.py).
+(tests/integration/test_promtool.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,15 @@ from prometheus_client import REGISTRY
 from spout_operator import metrics  # noqa: F401  (registers the operator's metrics)
 
 METRIC = re.compile(r"\bspout_operator_[a-z_]+")
+# An alert's name as the docs write it (SpoutPipelines, the kind's plural, does not match).
+ALERT_NAME = re.compile(r"\b(?:SpoutOperator|SpoutPipeline)[A-Z][A-Za-z]*")
+NOT_ALERTS = {"SpoutPipelineList", "SpoutPipelineSpec"}  # the CRD's list kind, the spec's model
+ROOT = monitoring.ROOT
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    *(path for folder in ("docs", "images", "manifests") for path in (ROOT / folder).rglob("*.md")),
+]
 
 
 def served() -> set[str]:
@@ -44,6 +53,25 @@ def test_every_alert_says_what_to_do_and_how_bad() -> None:
             assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
             assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
             assert rule["alert"].startswith(("SpoutOperator", "SpoutPipeline")), rule["alert"]
+
+
+def alert_names() -> set[str]:
+    groups = yaml.safe_load(monitoring.ALERTS.read_text())["groups"]
+    return {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
+
+
+def test_every_alert_the_docs_name_is_in_the_rule_file_and_operations_lists_every_alert() -> None:
+    named = {
+        (doc.relative_to(monitoring.ROOT).as_posix(), name)
+        for doc in DOCS
+        for name in ALERT_NAME.findall(doc.read_text())
+        if name not in NOT_ALERTS
+    }
+    shipped = alert_names()
+    assert {name for _, name in named} >= {"SpoutOperatorAbsent"}, named  # the scan sees the docs
+    assert {(doc, name) for doc, name in named if name not in shipped} == set()
+    operations = (monitoring.ROOT / "docs" / "operations.md").read_text()
+    assert {name for name in shipped if f"`{name}`" not in operations} == set()
 
 
 def test_the_dashboard_has_a_unique_id_and_ref_per_panel_and_query() -> None:
