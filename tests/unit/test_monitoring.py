@@ -118,3 +118,36 @@ def test_scrapes_become_promtool_series_labelled_by_pod_and_held_between_scrapes
         'spout_operator_spout_last_commit_timestamp_seconds{name="s",namespace="n", '
         'job="spout-operator-metrics",pod="a"}': "-2 -2 11",
     }
+
+
+def test_a_rule_test_of_a_run_evaluates_the_rules_without_annotations_on_its_series(tmp_path: Path) -> None:
+    lag = 'spout_operator_processor_lag_commits{name="s",namespace="n"}'
+    rows = [{"time": 1000.0 + 5 * i, "pod": "a", "metrics": f"{lag} {i}\n"} for i in range(4)]
+    scrapes = tmp_path / "scrapes.jsonl"
+    scrapes.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert monitoring.eval_time(scrapes, 1012.9, 5) == "10s"  # the last sample at or before it
+    case = {"eval_time": "10s", "alertname": "SpoutPipelineLagGrowing", "exp_alerts": []}
+    test = monitoring.rule_test(scrapes, 5, "rules.yaml", "a run", [case])
+    assert test["rule_files"] == ["rules.yaml"] and test["evaluation_interval"] == "5s"
+    [group] = test["tests"]
+    assert group["input_series"] == [
+        {"series": lag[:-1] + ', job="spout-operator-metrics",pod="a"}', "values": "0 1 2 3"}
+    ]
+    assert group["alert_rule_test"] == [case] and group["interval"] == "5s"
+    rules = yaml.safe_load(monitoring.rules_without_annotations())["groups"][0]["rules"]
+    shipped = yaml.safe_load(monitoring.ALERTS.read_text())["groups"][0]["rules"]
+    assert rules == [{k: v for k, v in rule.items() if k != "annotations"} for rule in shipped]
+    assert all("annotations" in rule for rule in shipped)
+
+
+def test_every_alert_is_shown_firing_by_some_promtool_test() -> None:
+    """tests/integration/test_promtool.py runs these files: a real run's series, synthetic ones."""
+    testdata = ROOT / "tests" / "integration" / "testdata"
+    fired = {
+        case["alertname"]
+        for name in ("alerts_test.yaml", "alerts_synthetic_test.yaml")
+        for test in yaml.safe_load((testdata / name).read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert fired == alert_names(), alert_names() - fired
