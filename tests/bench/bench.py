@@ -789,6 +789,12 @@ def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> di
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
+    def followed(scraped: dict[str, float]) -> int:
+        """Resources whose data flow the operator follows (a lag series each, from the streams)."""
+        lag = "spout_operator_processor_lag_commits{"
+        return sum(1 for key in scraped if key.startswith(lag) and f'namespace="{NAMESPACE}"' in key)
+
+    shown = sum(1 for o in ctx.kube.items() if "dataFlow" in o.get("status", {}))
     sweeps = ctx.options.steady_s / interval
     listings = delta('spout_operator_pachd_calls_total{method="ListPipeline"}')
     result = {
@@ -798,6 +804,11 @@ def phase_steady(ctx: Context, placed: list[tuple[Pachd, dict[str, Any]]]) -> di
         "pachd_writes": delta(PACHD_WRITES),
         # The data flow's status (status.dataFlow) included: nothing moves, nothing is written.
         "status_writes": delta(STATUS_WRITES),
+        # ... with the data flow on: every resource's streams followed all along (its lag series
+        # at the window's start and end) and status.dataFlow shown.
+        "resources": len(placed),
+        "data_flow_followed": min(followed(before), followed(after)),
+        "data_flow_shown": shown,
         "list_pipeline_calls": listings,
         "listings_per_sweep_per_pachd": listings / sweeps / len(ctx.pachds),
         "inspect_pipeline_calls": delta('spout_operator_pachd_calls_total{method="InspectPipeline"}'),
@@ -932,9 +943,13 @@ def targets(results: dict[str, Any], options: Options) -> list[dict[str, Any]]:
             "pass": bool(update["history_kept"]) and update["processors_rewired"] == update["resources"],
         },
         {
-            "target": "steady: 0 pachd writes, 0 status writes",
-            "value": f"{steady['pachd_writes']:g} pachd, {steady['status_writes']:g} status",
-            "pass": steady["pachd_writes"] == 0 and steady["status_writes"] == 0,
+            "target": "steady: 0 pachd writes, 0 status writes, the data flow followed and shown for all",
+            "value": f"{steady['pachd_writes']:g} pachd, {steady['status_writes']:g} status;"
+            f" flow followed {steady['data_flow_followed']}/{steady['resources']},"
+            f" shown {steady['data_flow_shown']}/{steady['resources']}",
+            "pass": steady["pachd_writes"] == 0
+            and steady["status_writes"] == 0
+            and steady["data_flow_followed"] == steady["data_flow_shown"] == steady["resources"],
         },
         {
             "target": "steady: about one listing per sweep per pachd (<= 1.5), no inspections",
@@ -1060,6 +1075,12 @@ def table(results: dict[str, Any]) -> str:
             f"{steady['sweeps']:g} sweeps",
         ),
         ("   pipeline versions unchanged", str(steady["versions_unchanged"]), "-", "-"),
+        (
+            "   status writes / data flow followed, shown",
+            f"{steady['status_writes']:g} / {steady['data_flow_followed']}, {steady['data_flow_shown']}",
+            "-",
+            f"of {steady['resources']} resources",
+        ),
         (f"5. operator RSS at N={n}", f"{memory['rss_mb_at_n']:.1f} MB", "-", "-"),
         (
             f"   RSS at {memory['unreachable']} unreachable resources",

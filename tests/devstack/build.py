@@ -164,6 +164,14 @@ def _prepare_module(family: str, version: str) -> Path:
     return workdir
 
 
+def cached(name: str) -> Path:
+    """The program's binary, built first only when the cache does not hold it yet."""
+    path = program(name).path
+    if not path.exists():
+        build([name])
+    return path
+
+
 def build(names: list[str] | None = None) -> list[Path]:
     """Build the named programs (default: all) that are not cached yet."""
     wanted = [p for p in PROGRAMS if names is None or p.name in names]

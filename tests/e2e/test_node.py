@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from devstack import images, metrics
+from devstack import build, images, metrics, monitoring
 from devstack import node as nodes
 from devstack.stack import Stack, State
 from devstack.status_readers import HEALTH, argocd_health, kstatus
@@ -418,8 +418,15 @@ def test_sample_runs_in_pods_and_every_message_is_processed(
 
 # --- the data flow: last commit, lag, expectations --------------------------------------
 
-SAMPLE_INTERVAL = (3, 5)  # the consumer's rhythm in this tier (applied_sample)
+# The consumer's rhythm in this tier (applied_sample): 3-5 s rather than the sample's 10-30 s,
+# so that the lag grows past the alerts' thresholds within minutes.
+SAMPLE_INTERVAL = (3, 5)
 SCRAPES = ROOT / "bench-results" / "e2e-dataflow-scrapes.jsonl"
+ALERTS_TEST = SCRAPES.with_name("e2e-dataflow-alerts_test.yaml")  # promtool's input, kept beside them
+REPLICAS = 2  # manifests/deployment.yaml
+STEP_S = 5  # promtool's sample and evaluation interval over the scrapes
+LAG_POD = re.compile(r'spout_operator_processor_lag_commits\{.*pod="([^"]+)"')
+HELD_BACK_S = 150  # the processor held back at least this long: beyond LagGrowing's 2m window
 
 
 def pod_metrics(state: State, pod: str) -> str:
@@ -446,6 +453,7 @@ def replicas_metrics(state: State) -> dict[str, dict[str, float]]:
 
 def leader_metrics(state: State) -> dict[str, float]:
     scraped = replicas_metrics(state)
+    assert len(scraped) == REPLICAS, sorted(scraped)  # every replica serves /metrics
     leaders = [m for m in scraped.values() if m.get("spout_operator_leader") == 1]
     assert len(leaders) == 1, {pod: m.get("spout_operator_leader") for pod, m in scraped.items()}
     return leaders[0]
@@ -459,13 +467,31 @@ def age_s(stamp: str) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
+def alerts_fire_on_this_run(cases: list[dict[str, Any]]) -> None:
+    """`promtool test rules` on this run's own scrapes (monitoring.input_series): the shipped
+    rules, their annotations left out (the frozen capture's test checks their text)."""
+    promtool = build.cached("promtool")
+    rules = ALERTS_TEST.with_name("e2e-dataflow-alerts.yaml")
+    rules.write_text(monitoring.rules_without_annotations())
+    test = monitoring.rule_test(SCRAPES, STEP_S, rules.name, "this e2e run's scrapes", cases)
+    ALERTS_TEST.write_text(yaml.safe_dump(test, sort_keys=False, width=100000))
+    result = subprocess.run(
+        [str(promtool), "test", "rules", str(ALERTS_TEST)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
 def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_judged(
     node_stack: State, applied_sample: dict[str, Any]
 ) -> None:
     """Both replicas serve /metrics, one leads; spout101's last commit is as recent as its rhythm
-    and the lag small while both run; with the processor stopped (the resource paused, so the
-    operator leaves pachd alone) the lag grows in status and metrics, DataFlowing=False with its
-    Event (Ready keeps its own reason: pachd's); resumed, it catches up."""
+    (3-5 s in this tier, SAMPLE_INTERVAL, rather than the sample's 10-30 s: the test takes
+    minutes, not a quarter of an hour), sampled at every scrape, and the lag small while both
+    run; with the processor stopped (the resource paused, so the operator leaves pachd alone)
+    the lag grows in status and metrics, DataFlowing=False with its Event (Ready keeps its own
+    reason: pachd's); resumed, it catches up. promtool then evaluates the shipped alert rules on
+    this run's own scrapes: nothing fires while both run, ProcessorBehind and LagGrowing fire
+    for the leader's series while the processor is held back."""
     state = node_stack
     spaces = (SAMPLE_NAMESPACE, PACHD_NAMESPACE, SYSTEM_NAMESPACE)
     SCRAPES.unlink(missing_ok=True)
@@ -511,22 +537,33 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
     assert flow_sample(metrics, "spout_operator_data_flowing") == 1
     assert flow_sample(metrics, "spout_operator_expected_max_lag_commits") == max_lag
     print("\n$ kubectl get spp\n" + kubectl(state, "get", "spp", "-n", SAMPLE_NAMESPACE), flush=True)
-    # Scrapes while both run, for the alert tests (nothing may fire on them): five more commits.
+    # Scrapes while both run, for the alert tests (nothing may fire on them): five more commits,
+    # the last commit's age in the metrics and in status sampled at each scrape.
     commits: set[float | None] = {last_commit}
+    ages: list[float] = []
+    status_ages: list[float] = []
 
     def five_more_commits() -> bool:
         leader = leader_metrics(state)
-        commits.add(flow_sample(leader, "spout_operator_spout_last_commit_timestamp_seconds"))
+        last = flow_sample(leader, "spout_operator_spout_last_commit_timestamp_seconds")
+        assert last is not None, leader
+        commits.add(last)
+        ages.append(time.time() - last)
+        status_ages.append(age_s(current()["status"]["dataFlow"]["lastCommitTime"]))
         assert (flow_sample(leader, "spout_operator_processor_lag_commits") or 0) <= 2, leader
         return len(commits) > 5
 
     wait_for(state, "five more commits, the lag small", five_more_commits, 120, spaces)
+    assert len(ages) >= 5 and max(ages) <= SAMPLE_INTERVAL[1] + 5, ages
+    assert max(status_ages) <= sweep_s + E2E_RESOLUTION_S + SAMPLE_INTERVAL[1] + 10, status_ages
+    flowing_until = time.time()
 
     # Hold the processor back: pause the resource (the operator writes nothing to pachd), stop it.
     annotate(state, SAMPLE_NAMESPACE, "spout101", f"{PAUSED}=true")
     wait_for(state, "the pause acknowledged", lambda: current().get("status", {}).get("paused"), 120, spaces)
     client = pachd_client(state)
     client.stop_pipeline("processor")
+    stopped_at = time.time()
     try:
         lags: list[float] = []
 
@@ -568,6 +605,15 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
         )["items"]
         assert len(again) == 1 and again[0].get("count", 1) == 1, again
         assert flow_sample(leader_metrics(state), "spout_operator_data_flowing") == 0
+        # Scraped on until the hold outlasts the alerts' windows and `for` (2m + 1m at most).
+        wait_for(
+            state,
+            f"the processor held back {HELD_BACK_S} s, scraped",
+            lambda: bool(leader_metrics(state)) and time.time() - stopped_at >= HELD_BACK_S,
+            HELD_BACK_S + 60,
+            spaces,
+        )
+        held_until = time.time()
     finally:
         annotate(state, SAMPLE_NAMESPACE, "spout101", f"{PAUSED}-")
     # Resumed: the operator starts the processor again (drift repair); it catches up.
@@ -575,6 +621,34 @@ def test_the_data_flow_shows_in_status_and_metrics_and_a_held_back_processor_is_
     assert obj["status"]["dataFlow"]["lag"] <= max_lag
     leader_metrics(state)
     print(f"scrapes kept in {SCRAPES}", flush=True)
+
+    # The alerts on this run's scrapes. Only the leader serves the per-resource series, so an
+    # alert on them fires once, labelled with the leader's pod.
+    lag_pods = {
+        found[1] for s in monitoring.input_series(SCRAPES, STEP_S) if (found := LAG_POD.match(s["series"]))
+    }
+    assert len(lag_pods) == 1, lag_pods
+    labels = {
+        "name": "spout101",
+        "namespace": SAMPLE_NAMESPACE,
+        "job": "spout-operator-metrics",
+        "pod": lag_pods.pop(),
+        "severity": "warning",
+    }
+    running, held = (monitoring.eval_time(SCRAPES, at, STEP_S) for at in (flowing_until, held_until))
+    alerts_fire_on_this_run(
+        [
+            {"eval_time": at, "alertname": alert, "exp_alerts": expected}
+            for at, expected in ((running, []), (held, [{"exp_labels": labels}]))
+            for alert in ("SpoutPipelineProcessorBehind", "SpoutPipelineLagGrowing")
+        ]
+        + [
+            {"eval_time": at, "alertname": alert, "exp_alerts": []}
+            for at in (running, held)
+            for alert in ("SpoutOperatorAbsent", "SpoutOperatorWithoutLeader", "SpoutPipelineSpoutQuiet")
+        ]
+    )
+    print(f"promtool test rules passed on this run: {ALERTS_TEST}", flush=True)
 
 
 def tag_image(state: State, source: str, target: str) -> None:

@@ -43,6 +43,19 @@ def leader(operator: OperatorProcess) -> float:
     return operator.scrape()["spout_operator_leader"]
 
 
+# The per-resource data-flow series: only the replica that follows the resource's streams serves them.
+FLOW_SERIES = ("spout_operator_processor_lag_commits", "spout_operator_data_flowing")
+
+
+def flow_series(operator: OperatorProcess, name: str) -> set[str]:
+    """Which of FLOW_SERIES the replica serves for the resource `name`."""
+    return {
+        key.partition("{")[0]
+        for key in operator.scrape()
+        if key.partition("{")[0] in FLOW_SERIES and f'name="{name}"' in key
+    }
+
+
 def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     stack: State, ns: str, prefix: str, operators: Callable[..., OperatorProcess]
 ) -> None:
@@ -58,8 +71,13 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     # exactly one says it leads.
     assert (leader(a), leader(b)) == (1, 0)
 
-    api.create(body("one", prefix))
+    one = body("one", prefix)
+    one["spec"]["expectations"] = {"maxLag": 100}  # judged: the leader serves data_flowing too
+    api.create(one)
     eventually(lambda: ready(api.get("one")), 120, what="one Ready")
+    both = set(FLOW_SERIES)
+    eventually(lambda: flow_series(a, "one") == both, 60, what="replica-a serving one's data flow")
+    assert flow_series(b, "one") == set()  # the standby follows no stream
     spout, processor = f"{prefix}-one-s", f"{prefix}-one-p"
     assert writes(a) > 0
     # A few of b's campaign rounds (b tries as often as a renews, every 2 s): while a renews
@@ -99,6 +117,10 @@ def test_the_standby_takes_over_and_a_leader_that_lost_its_lease_writes_nothing(
     assert (stale["spout_operator_leader"], current["spout_operator_leader"]) == (0, 1)
     assert stale.get('spout_operator_resources{ready="True"}', 0) == 0
     assert current['spout_operator_resources_by_condition{condition="Ready",status="True"}'] == 1
+    # Nor any per-resource data-flow series (runtime.stop closes the flow streams, which
+    # removes their gauges): one resource's lag is served by the leader only, never twice.
+    assert flow_series(a, "one") == set()
+    eventually(lambda: flow_series(b, "one") == both, 60, what="replica-b serving one's data flow")
     counted(b.scrape, PASSES, 3, 60, trigger="drift")  # three sweeps of b
     assert writes(a) == written_by_a  # not one pachd or status write since it froze
     assert {n: p.version for n, p in pachd.pipelines(prefix).items()} == versions

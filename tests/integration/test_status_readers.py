@@ -185,6 +185,32 @@ def test_healthy_apply_stale_generation_and_stop(
     }
 
 
+def test_a_quiet_spout_is_a_warning_no_reader_takes_for_a_failure(
+    stack: State, namespace: str, names: tuple[str, str], crd: None, operator_env: None
+) -> None:
+    """Ready=True with DataFlowing=False (its spout never commits here: no node runs it, and it is
+    expected to commit every second) is Current for kstatus, Healthy for Argo CD, and `kubectl wait
+    --for=condition=Ready` returns: the data flow's verdict is a warning (docs/resource.md)."""
+    spout, processor = names
+    quiet = resource("quiet", spout, processor, expectations={"commitWithinSeconds": 1})
+    with running_operator(namespace):
+        apply(stack, namespace, quiet)
+
+        def judged() -> dict[str, Any] | None:
+            obj = get(stack, namespace, "quiet")
+            flowing = condition(obj, "DataFlowing")
+            return obj if current_and_ready(obj) and flowing.get("status") == "False" else None
+
+        obj = eventually(judged, 90, what="quiet Ready=True and DataFlowing=False")
+        code, out = wait_ready(stack, namespace, "quiet", 10)
+    capture("data-not-flowing", obj)
+    assert condition(obj, "DataFlowing")["reason"] == "SpoutQuiet", condition(obj, "DataFlowing")
+    assert_conditions_carry_their_generation(obj)
+    assert kstatus([obj]) == [{"status": "Current", "message": "Resource is Ready"}]
+    assert argocd_health(obj) == {"status": "Healthy", "message": "Running: both pipelines are running"}
+    assert code == 0, out
+
+
 def test_stalled_and_unreachable(
     stack: State, namespace: str, names: tuple[str, str], crd: None, operator_env: None
 ) -> None:

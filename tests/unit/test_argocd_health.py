@@ -59,3 +59,12 @@ def test_a_condition_without_reason_still_gives_a_message() -> None:
     for c in obj["status"]["conditions"]:
         c.pop("reason")
     assert argocd_health(obj) == {"status": "Healthy", "message": "Ready: both pipelines are running"}
+
+
+def test_ready_with_the_data_not_flowing_is_healthy() -> None:
+    """DataFlowing=False is a warning (docs/resource.md): the script reads Ready and Stalled only."""
+    obj = load("testdata/data-not-flowing.yaml")
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+    assert conditions["Ready"] == ("True", "Running")
+    assert conditions["DataFlowing"] == ("False", "SpoutQuiet")
+    assert argocd_health(obj) == {"status": "Healthy", "message": "Running: both pipelines are running"}
