@@ -139,3 +139,13 @@ def test_conditions_are_a_map_keyed_by_type_with_their_generation() -> None:
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert "observedGeneration" in conditions["items"]["properties"]
+
+
+def test_kubectl_get_wide_shows_where_to_push() -> None:
+    crd = yaml.safe_load((CRDS / "spoutpipelines.yaml").read_text())
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    push = columns["Push-Address"]
+    assert push["jsonPath"] == ".status.pushAddress"
+    assert push["type"] == "string"
+    assert push.get("priority") == 1  # -o wide only: most spouts have no service
+    assert "pushAddress" in schema()["properties"]["status"]["properties"]
