@@ -594,6 +594,19 @@ def test_a_spout_with_a_service_says_where_to_push() -> None:
     assert plain is not None and "pushAddress" not in plain.status
 
 
+@pytest.mark.parametrize("namespaces", [(), ("pachyderm", "other")])
+def test_without_exactly_one_worker_namespace_no_push_address_is_guessed(namespaces: tuple[str, ...]) -> None:
+    """The address names pachd's namespace: with none or several watched, which one is not known."""
+    raw = yaml.safe_load((SAMPLE.parent / "push.yaml").read_text())
+    raw["metadata"].update(namespace="team-a", uid="u-push", generation=1)
+    raw["status"] = {}
+    settings = Settings(worker_namespaces=namespaces)
+    ctl = Controller(settings, OneGateway(FakeGateway()), RecordingKube(), FakeResolver())  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(raw), "change")
+    assert result is not None and result.status["spout"]["version"] == 1  # pachd has the spout
+    assert "pushAddress" not in result.status
+
+
 # --- a namespace deleted with its resources, connection and Secret ----------------------------
 
 
