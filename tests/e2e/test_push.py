@@ -249,7 +249,7 @@ def test_messages_pushed_to_the_spout_service_are_committed_and_processed(operat
 
 def test_a_job_longer_than_its_job_timeout_is_killed(operator: State) -> None:
     """pachd's worker stops a job once jobTimeout has passed since it started (StopJob, reason
-    "job timed out"): the job ends KILLED."""
+    " jobtimed out" in 2.6): the job ends KILLED."""
     from python_pachyderm.proto.v2.pps import pps_pb2
 
     state = operator
@@ -289,3 +289,15 @@ def test_a_job_longer_than_its_job_timeout_is_killed(operator: State) -> None:
     started, finished = job.started.ToDatetime(), job.finished.ToDatetime()
     assert (finished - started).total_seconds() < 120, (started, finished)  # not the 600 s of work
     print(f"\n[e2e] job {job.job.id} {pps_pb2.JobState.Name(job.state)}: {job.reason.strip()}")
+
+    # Status says so: the killed job's output commit, which pachd finished with its reason.
+    def shown_failure() -> dict[str, Any] | None:
+        obj = kubectl_json(state, "get", "spoutpipeline", "slow", "-n", NAMESPACE)
+        failure: dict[str, Any] | None = obj.get("status", {}).get("dataFlow", {}).get("lastFailure")
+        return failure
+
+    failure = wait_for(state, "status.dataFlow.lastFailure", shown_failure, 120)
+    killed_ids = {j.job.id for j in client.list_job("slow-processor") if j.state == pps_pb2.JOB_KILLED}
+    assert failure["commit"] in killed_ids, (failure, killed_ids)
+    assert "timed out" in failure["reason"], failure
+    print(f"[e2e] status.dataFlow.lastFailure {failure}")
