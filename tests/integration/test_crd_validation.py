@@ -84,6 +84,6 @@ def test_the_api_server_refuses_what_the_crd_rules_out(
     body["spec"][role][field] = value
     accepted, out = dry_run(stack, namespace, body)
     assert not accepted, f"{what}: accepted\n{out}"
-    assert 'SpoutPipeline.spout-operator.dev "checked" is invalid' in out, out
+    assert 'The SpoutPipeline "checked" is invalid' in out, out
     for text in says:
         assert text in out, f"{what}: {text!r} not in\n{out}"
