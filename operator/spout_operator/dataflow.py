@@ -22,7 +22,9 @@ With spec.autoRestart, a quiet spout also counts as failing for its automatic re
 
 The status shows the flow at a resolution (`status.dataFlow`): rewritten when DataFlowing
 changes, or when a timestamp in it moved by at least `resolution_s`; a moving timestamp never
-costs a status write per message.
+costs a status write per message. The processor's newest failed commit (pachd finishes a failed
+or killed job's output commit with the job's reason as its error) is shown as `lastFailure`:
+the first one at the next pass, later ones at the resolution like the other times.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from spout_operator.events import Event
 CONDITION = "DataFlowing"
 PENDING_MAX = 10_000  # spout commits remembered as unfinished; beyond, only counted
 PROCESSED_IDS_MAX = 1_000  # recent processor commit ids, for a spout commit told after its processing
+REASON_MAX = 512  # characters of pachd's reason kept in status (a datum's error can be long)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,15 @@ def expectations(spec: Mapping[str, Any]) -> Expectations:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A processor commit pachd finished with an error: its job failed or was killed."""
+
+    commit: str
+    finished: float  # epoch seconds
+    reason: str  # the commit's error, the job's reason (2.6 says " jobtimed out" for a jobTimeout)
+
+
+@dataclass(frozen=True)
 class FlowView:
     """One resource's flow as its streams have told it (epoch seconds)."""
 
@@ -71,6 +83,7 @@ class FlowView:
     last_commit: float | None = None  # the spout's newest finished commit
     lag: int = 0  # spout commits the processor has not finished
     last_processed: float | None = None  # when the processor last finished a commit
+    last_failure: Failure | None = None  # the processor's newest commit finished with an error
 
 
 class FlowSource(Protocol):
@@ -91,6 +104,7 @@ class Flow:
         self._processed_ids: deque[str] = deque(maxlen=PROCESSED_IDS_MAX)
         self._last_commit: float | None = None
         self._last_processed: float | None = None
+        self._last_failure: Failure | None = None
         self._heard = {"spout": False, "processor": False}
 
     def heard(self, stream: str) -> None:
@@ -121,6 +135,13 @@ class Flow:
                 if self._overflow and not self._pending:
                     self._overflow = 0  # the forgotten ones were older than these
 
+    def processor_failure(self, commit: str, finished: float, reason: str) -> None:
+        """A processor commit finished with an error: it processed nothing (its spout commits
+        stay in the lag), and it is the newest failure unless one finished later."""
+        with self._lock:
+            if self._last_failure is None or finished >= self._last_failure.finished:
+                self._last_failure = Failure(commit, finished, reason.strip()[:REASON_MAX])
+
     def view(self) -> FlowView:
         with self._lock:
             return FlowView(
@@ -129,6 +150,7 @@ class Flow:
                 self._last_commit,
                 len(self._pending) + self._overflow,
                 self._last_processed,
+                self._last_failure,
             )
 
 
@@ -201,7 +223,24 @@ def block(view: FlowView) -> dict[str, Any]:
         shown["lastCommitTime"] = stamp(view.last_commit)
     if view.last_processed is not None:
         shown["lastProcessedTime"] = stamp(view.last_processed)
+    if view.last_failure is not None:
+        failure = view.last_failure
+        shown["lastFailure"] = {
+            "time": stamp(failure.finished),
+            "commit": failure.commit,
+            "reason": failure.reason,
+        }
     return shown
+
+
+def _times(shown: Mapping[str, Any] | None) -> dict[str, float | None]:
+    shown = shown or {}
+    failure = shown.get("lastFailure")
+    return {
+        "lastCommitTime": _epoch(shown.get("lastCommitTime")),
+        "lastProcessedTime": _epoch(shown.get("lastProcessedTime")),
+        "lastFailure": _epoch(failure.get("time")) if isinstance(failure, Mapping) else None,
+    }
 
 
 def moved(previous: Mapping[str, Any] | None, new: Mapping[str, Any], resolution_s: float) -> bool:
@@ -209,8 +248,9 @@ def moved(previous: Mapping[str, Any] | None, new: Mapping[str, Any], resolution
     least `resolution_s` (the lag goes along with it; alone it never triggers a write)."""
     if previous is None:
         return True
-    for key in ("lastCommitTime", "lastProcessedTime"):
-        before, after = _epoch(previous.get(key)), _epoch(new.get(key))
+    old_times = _times(previous)
+    for key, after in _times(new).items():
+        before = old_times[key]
         if after is None:
             continue
         if before is None or abs(after - before) >= resolution_s:

@@ -39,7 +39,7 @@ class Commit:
     id: str
     started: float  # epoch seconds
     finished: float
-    failed: bool = False  # finished with an error (a failed job): processed nothing
+    error: str = ""  # pachd finished it with an error (a failed or killed job): processed nothing
 
 
 # The finished commits of one output repo's master branch, as pachd sends them.
@@ -134,7 +134,9 @@ class FlowWatch:
         def receive(commit: Commit) -> None:
             if side == "spout":
                 flow.spout_commit(commit.id, commit.started, commit.finished)
-            elif not commit.failed:
+            elif commit.error:
+                flow.processor_failure(commit.id, commit.finished, commit.error)
+            else:
                 flow.processor_commit(commit.id, commit.started, commit.finished)
             self._publish(uid, flow)
 
@@ -161,7 +163,7 @@ class FlowWatch:
                     str(info.commit.id),
                     _seconds(info.started),
                     _seconds(info.finished),
-                    bool(info.error),
+                    str(info.error),
                 )
 
 

@@ -136,6 +136,24 @@ def in_node_network(
     )
 
 
+def routed(state: State, address: str) -> str | None:
+    """What cluster DNS and kube-proxy make of `<service>.<namespace>.svc:<port>`: a ready
+    endpoint of that Service's port (None while it has none)."""
+    host, _, port = address.rpartition(":")
+    service_name, namespace, suffix = host.split(".")
+    assert suffix == "svc", address
+    service = kubectl_json(state, "get", "service", service_name, "-n", namespace)
+    (target_port,) = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == int(port)]
+    found = kubectl_json(state, "get", "endpoints", service_name, "-n", namespace)
+    ready_addresses = [
+        f"{a['ip']}:{target_port}"
+        for subset in found.get("subsets") or []
+        if target_port in [p["port"] for p in subset.get("ports") or []]
+        for a in subset.get("addresses") or []
+    ]
+    return ready_addresses[0] if ready_addresses else None
+
+
 def post_from_the_node(state: State, address: str, body: bytes) -> dict[str, Any]:
     """POST from the node's network namespace (where pod addresses route), as a producer pod would."""
     script = (
@@ -169,27 +187,18 @@ def test_messages_pushed_to_the_spout_service_are_committed_and_processed(operat
         "tolerations"
     ]
 
-    # The Service pachd made for spout.service is the one push_address names.
+    # Status says where to push: the Service pachd made for spout.service, of the running version.
     version = obj["status"]["spout"]["version"]
-    address = push_address(parse(body["spec"], "push"), PACHD_NAMESPACE, version)
+    address = obj["status"]["pushAddress"]
+    assert address == push_address(parse(body["spec"], "push"), PACHD_NAMESPACE, version)
     assert address == f"default-push-v{version}-user.{PACHD_NAMESPACE}.svc:8080"
-    service_name = address.split(".", 1)[0]
-    service = kubectl_json(state, "get", "service", service_name, "-n", PACHD_NAMESPACE)
+    print(f"\n[e2e] push address {address}")
+    # Producers post to that address; the node has no cluster DNS and no kube-proxy, so the
+    # test resolves it as they would: name -> Service -> the pod behind its port.
+    service = kubectl_json(state, "get", "service", address.split(".", 1)[0], "-n", PACHD_NAMESPACE)
     assert service["spec"]["type"] == "ClusterIP"
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8080, 8080)]
-    print(f"\n[e2e] push address {address}")
-
-    def endpoint() -> str | None:
-        found = kubectl_json(state, "get", "endpoints", service_name, "-n", PACHD_NAMESPACE)
-        ready_addresses = [
-            f"{a['ip']}:{port['port']}"
-            for subset in found.get("subsets") or []
-            for a in subset.get("addresses") or []
-            for port in subset.get("ports") or []
-        ]
-        return ready_addresses[0] if ready_addresses else None
-
-    target = wait_for(state, "the spout Service's endpoint", endpoint, 120)
+    target = wait_for(state, "the pod behind the push address", lambda: routed(state, address), 120)
 
     def health() -> bool:
         url = f"http://{target}/healthz"
@@ -240,7 +249,7 @@ def test_messages_pushed_to_the_spout_service_are_committed_and_processed(operat
 
 def test_a_job_longer_than_its_job_timeout_is_killed(operator: State) -> None:
     """pachd's worker stops a job once jobTimeout has passed since it started (StopJob, reason
-    "job timed out"): the job ends KILLED."""
+    " jobtimed out" in 2.6): the job ends KILLED."""
     from python_pachyderm.proto.v2.pps import pps_pb2
 
     state = operator
@@ -280,3 +289,15 @@ def test_a_job_longer_than_its_job_timeout_is_killed(operator: State) -> None:
     started, finished = job.started.ToDatetime(), job.finished.ToDatetime()
     assert (finished - started).total_seconds() < 120, (started, finished)  # not the 600 s of work
     print(f"\n[e2e] job {job.job.id} {pps_pb2.JobState.Name(job.state)}: {job.reason.strip()}")
+
+    # Status says so: the killed job's output commit, which pachd finished with its reason.
+    def shown_failure() -> dict[str, Any] | None:
+        obj = kubectl_json(state, "get", "spoutpipeline", "slow", "-n", NAMESPACE)
+        failure: dict[str, Any] | None = obj.get("status", {}).get("dataFlow", {}).get("lastFailure")
+        return failure
+
+    failure = wait_for(state, "status.dataFlow.lastFailure", shown_failure, 120)
+    killed_ids = {j.job.id for j in client.list_job("slow-processor") if j.state == pps_pb2.JOB_KILLED}
+    assert failure["commit"] in killed_ids, (failure, killed_ids)
+    assert "timed out" in failure["reason"], failure
+    print(f"[e2e] status.dataFlow.lastFailure {failure}")

@@ -9,6 +9,7 @@ import pytest
 from devstack.stack import State
 from devstack.testing import PACHD_WRITES, counted
 from kit import apply, connection, get, pipelines, resource, scrape, versions, wait_condition
+from python_pachyderm.proto.v2.pps import pps_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +20,8 @@ POLICY = {
         "priorityClassNames": ["ingest"],
         "tolerationKeys": ["dedicated"],
     },
+    "egress": {"allowed": True, "urls": ["s3://results/*"]},
+    "s3Out": {"allowed": True},
 }
 TOLERATION = {"key": "dedicated", "operator": "EQUAL", "value": "ingest", "effect": "NO_SCHEDULE"}
 
@@ -42,6 +45,8 @@ def test_each_field_reaches_pachd_as_declared_and_a_reapply_writes_nothing(
         datumSetSpec={"number": 5},
         reprocessSpec="every_job",
         sidecarResourceRequests={"cpu": 0.1, "memory": "64Mi"},
+        egress={"URL": "s3://results/fields"},
+        s3Out=True,
     )
     apply(stack, namespace, body)
     wait_condition(stack, namespace, "fields", "Ready", "True")
@@ -55,12 +60,18 @@ def test_each_field_reaches_pachd_as_declared_and_a_reapply_writes_nothing(
     assert dict(s.scheduling_spec.node_selector) == {"disktype": "ssd"}
     assert s.scheduling_spec.priority_class_name == "ingest"
     assert [(t.key, t.value) for t in s.tolerations] == [("dedicated", "ingest")]
+    operator_, effect = s.tolerations[0].operator, s.tolerations[0].effect
+    assert (pps_pb2.TolerationOperator.Name(operator_), pps_pb2.TaintEffect.Name(effect)) == (
+        "EQUAL",
+        "NO_SCHEDULE",
+    )
     assert (s.sidecar_resource_limits.cpu, s.sidecar_resource_limits.memory) == (0.5, "256Mi")  # float32
     assert (p.datum_timeout.seconds, p.job_timeout.seconds) == (90, 3600)
     assert p.datum_set_spec.number == 5 and p.reprocess_spec == "every_job"
     # pachd keeps cpu as a float32: 0.1 comes back as 0.10000000149011612
     assert p.sidecar_resource_requests.cpu == pytest.approx(0.1)
     assert p.sidecar_resource_requests.memory == "64Mi"
+    assert p.egress.URL == "s3://results/fields" and p.s3_out is True
     before, seen = scrape(), versions(pachd_client, spout, processor)
     apply(stack, namespace, body)  # the same resource again, then sweeps
     counted(scrape, "spout_operator_reconciles_total", 2, 60, trigger="drift")

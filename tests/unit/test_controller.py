@@ -759,6 +759,57 @@ def test_a_spout_with_a_service_says_where_to_push() -> None:
     assert plain is not None and "pushAddress" not in plain.status
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"service": {"internalPort": 8080, "externalPort": 9090, "type": "ClusterIP"}},
+        {"tolerations": [{"key": "dedicated", "operator": "EXISTS", "effect": "NO_SCHEDULE"}]},
+    ],
+    ids=["service", "tolerations"],
+)
+def test_changing_a_running_spouts_service_or_tolerations_is_a_spout_update(change: dict[str, Any]) -> None:
+    """The processor is stopped around the spout's update, like any spout change, and the
+    push address follows the spout to its new version (pachd names the Service after it)."""
+    raw = yaml.safe_load((SAMPLE.parent / "push.yaml").read_text())
+    raw["metadata"].update(namespace="team-a", uid="u-push", generation=1)
+    raw["status"] = {}
+    gateway = FakeGateway()
+    granted = {"projects": {"allowDefault": True}, "scheduling": {"tolerationKeys": ["dedicated"]}}
+    settings = Settings(worker_namespaces=("pachyderm",))
+    ctl = Controller(settings, OneGateway(gateway), RecordingKube(), FakeResolver(granted))  # type: ignore[arg-type]
+    first = ctl.reconcile(Resource.of(raw), "change")
+    assert first is not None and first.status["pushAddress"] == "default-push-v1-user.pachyderm.svc:8080"
+    before = len(gateway.writes())
+    changed = copy.deepcopy(raw)
+    changed["metadata"]["generation"] = 2
+    changed["status"] = first.status
+    changed["spec"]["spout"].update(change)
+    result = ctl.reconcile(Resource.of(changed), "change")
+    assert result is not None
+    assert gateway.writes()[before:] == [
+        ("stop", "push-processor"),
+        ("update", "push"),
+        ("start", "push-processor"),
+    ]
+    assert [e.reason for e in result.events] == ["ProcessorPaused", "PipelineUpdate", "ProcessorResumed"]
+    port = change.get("service", {}).get("externalPort", 8080)
+    assert result.status["spout"]["version"] == 2
+    assert result.status["pushAddress"] == f"default-push-v2-user.pachyderm.svc:{port}"
+
+
+@pytest.mark.parametrize("namespaces", [(), ("pachyderm", "other")])
+def test_without_exactly_one_worker_namespace_no_push_address_is_guessed(namespaces: tuple[str, ...]) -> None:
+    """The address names pachd's namespace: with none or several watched, which one is not known."""
+    raw = yaml.safe_load((SAMPLE.parent / "push.yaml").read_text())
+    raw["metadata"].update(namespace="team-a", uid="u-push", generation=1)
+    raw["status"] = {}
+    settings = Settings(worker_namespaces=namespaces)
+    ctl = Controller(settings, OneGateway(FakeGateway()), RecordingKube(), FakeResolver())  # type: ignore[arg-type]
+    result = ctl.reconcile(Resource.of(raw), "change")
+    assert result is not None and result.status["spout"]["version"] == 1  # pachd has the spout
+    assert "pushAddress" not in result.status
+
+
 # --- a namespace deleted with its resources, connection and Secret ----------------------------
 
 

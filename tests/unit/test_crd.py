@@ -185,3 +185,13 @@ def test_wide_output_shows_pause_and_automatic_restarts() -> None:
     # `kubectl get` without -o wide keeps to the essentials.
     plain = [name for name, c in columns.items() if not c.get("priority")]
     assert "Paused" not in plain and "Auto-Restarts" not in plain
+
+
+def test_kubectl_get_wide_shows_where_to_push() -> None:
+    crd = yaml.safe_load((CRDS / "spoutpipelines.yaml").read_text())
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    push = columns["Push-Address"]
+    assert push["jsonPath"] == ".status.pushAddress"
+    assert push["type"] == "string"
+    assert push.get("priority") == 1  # -o wide only: most spouts have no service
+    assert "pushAddress" in schema()["properties"]["status"]["properties"]

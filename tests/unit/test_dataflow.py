@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from spout_operator import dataflow
-from spout_operator.dataflow import Expectations, Flow, FlowView
+from spout_operator.dataflow import Expectations, Failure, Flow, FlowView
 from spout_operator.status import applying_status
 
 T0 = 1_800_000_000.0  # epoch seconds
@@ -153,6 +153,48 @@ def test_a_verdict_that_changes_is_written_at_once_with_its_figures() -> None:
     assert conditions(caught)["DataFlowing"] == ("True", "DataFlowing")
     [event] = dataflow.events(further, caught)
     assert (event.type, event.reason) == ("Normal", "DataFlowing")
+
+
+def test_a_failed_processor_commit_is_the_last_failure_and_processes_nothing() -> None:
+    """pachd finishes a failed or killed job's output commit with the job's reason as error."""
+    flow = caught_up(Flow(T0))
+    flow.spout_commit("c1", T0, T0 + 1)
+    flow.processor_failure("c1", T0 + 20, "job timed out\n")
+    flow.processor_failure("c0", T0 + 5, "an older one, told later by a replayed history")
+    view = flow.view()
+    assert view.last_failure == Failure("c1", T0 + 20, "job timed out")
+    assert (view.lag, view.last_processed) == (1, None)  # its spout commit is still to do
+    flow.processor_failure("c2", T0 + 30, "x" * 5000)
+    failure = flow.view().last_failure
+    assert failure is not None and len(failure.reason) == dataflow.REASON_MAX
+
+
+def failing(last_commit: float, failed_at: float, commit: str = "j1") -> FlowView:
+    return FlowView(T0, True, last_commit, 1, T0 + 1, Failure(commit, failed_at, "job timed out"))
+
+
+def test_a_first_failure_is_written_at_the_next_pass_later_ones_at_the_resolution() -> None:
+    first = dataflow.with_flow(base_status(), {}, flowing(T0 + 10), NOTHING, T0 + 12, 60, 1)
+    assert "lastFailure" not in first["dataFlow"]
+    # A job is killed 5 s later: shown at once though no other time moved by the resolution.
+    killed = dataflow.with_flow(base_status(), first, failing(T0 + 15, T0 + 16), NOTHING, T0 + 17, 60, 1)
+    assert killed["dataFlow"]["lastFailure"] == {
+        "time": dataflow.stamp(T0 + 16),
+        "commit": "j1",
+        "reason": "job timed out",
+    }
+    # Every job killed: one write per resolution, not one per job.
+    again = dataflow.with_flow(
+        base_status(), killed, failing(T0 + 40, T0 + 41, "j2"), NOTHING, T0 + 42, 60, 1
+    )
+    assert again == killed
+    later = dataflow.with_flow(base_status(), again, failing(T0 + 70, T0 + 80, "j4"), NOTHING, T0 + 81, 60, 1)
+    assert later["dataFlow"]["lastFailure"]["commit"] == "j4"
+    # A later success leaves the last failure shown (it is history, not a state).
+    ok = FlowView(T0, True, T0 + 200, 0, T0 + 201, Failure("j4", T0 + 80, "job timed out"))
+    healed = dataflow.with_flow(base_status(), later, ok, NOTHING, T0 + 202, 60, 1)
+    assert healed["dataFlow"]["lastFailure"] == later["dataFlow"]["lastFailure"]
+    assert healed["dataFlow"]["lastProcessedTime"] == dataflow.stamp(T0 + 201)
 
 
 def test_nothing_expected_shows_the_flow_and_judges_nothing() -> None:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from spout_operator import flow_streams
 from spout_operator.controller import Controller
-from spout_operator.dataflow import Expectations, FlowView
+from spout_operator.dataflow import Expectations, Failure, FlowView
 from spout_operator.flow_streams import Commit, FlowWatch
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint
@@ -75,11 +75,15 @@ def test_a_pair_is_followed_on_two_streams_and_its_gauges_move_with_each_commit(
         assert gauge("spout_operator_processor_lag_commits") == 3
         assert gauge("spout_operator_spout_last_commit_timestamp_seconds") == T0 + 2.5
         assert gauge("spout_operator_expected_commit_within_seconds") == 60
-        pachd.queue(PROCESSOR).put_nowait(Commit("c2", T0 + 2, T0 + 9, failed=True))  # a failed job
+        pachd.queue(PROCESSOR).put_nowait(
+            Commit("c2", T0 + 2, T0 + 9, error="job timed out\n")
+        )  # a killed job
         pachd.queue(PROCESSOR).put_nowait(Commit("c1", T0 + 1, T0 + 8))
         await settle(watch, "u1", 1)
         assert gauge("spout_operator_processor_lag_commits") == 1
         assert gauge("spout_operator_processor_last_finished_timestamp_seconds") == T0 + 8
+        view = watch.view("u1")
+        assert view is not None and view.last_failure == Failure("c2", T0 + 9, "job timed out")
         # Another pair (the resource's spec renamed a pipeline): the old streams end.
         watch.follow("u1", LABELS, PACHD, (SPOUT, ("default", "other")), Expectations())
         await asyncio.sleep(0.01)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = ROOT / "images" / "spout101"
 DOCKERFILE = CONTEXT / "Dockerfile"
 REQUIREMENTS = CONTEXT / "requirements.txt"
-ENTRY_MODULES = ("spout101.consumer", "spout101.processor")
+ENTRY_MODULES = ("spout101.consumer", "spout101.processor", "spout101.receiver")
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -89,11 +89,12 @@ def test_entry_modules_refuse_a_bad_setting_with_exit_code_2(
 
 @pytest.mark.parametrize("module_name", ENTRY_MODULES)
 def test_entry_modules_run_with_python_dash_m(module_name: str, tmp_path: Path) -> None:
-    # A bad knob makes both exit at once with code 2, which proves `python -m` reaches main().
+    # A bad knob makes each exit at once with code 2, which proves `python -m` reaches main().
     env = {
         **os.environ,
         "PYTHONPATH": str(CONTEXT),
         "SPOUT_INTERVAL_MIN": "soon",
+        "RECEIVER_PORT": "soon",
         "PROCESSOR_INPUT_DIR": str(tmp_path / "missing"),
     }
     result = subprocess.run(
