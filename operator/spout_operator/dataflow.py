@@ -271,7 +271,7 @@ def with_flow(
     the streams have not answered, replaced at the resolution or when the verdict changes."""
     out = dict(status)
     old_block = previous.get("dataFlow")
-    old_condition = next((c for c in previous.get("conditions") or [] if c.get("type") == CONDITION), None)
+    old_condition = _condition(previous) or None
     verdict = judge(view, expected, now)
     if view is None or not view.caught_up:
         if old_block is not None:
