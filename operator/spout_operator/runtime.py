@@ -195,6 +195,9 @@ class Operator:
                 if result.pair is not None:
                     self.starts.follow(wait, result.pair)
                 listed_since = await wait.next(STARTING_POLL_S)
+                # Judge by the resource as its newest event shows it: the handler's body has
+                # none of the status later passes wrote (an automatic restart's count).
+                resource = self.sweeper.latest(resource.uid) or resource
                 result = await self._pass(self.poll_executor, resource, "poll", listed_since)
         # An unreachable pachd or a rejected spec is in the status now, and the drift sweep
         # retries it (one listing per pachd per sweep, however many resources wait on it), so

@@ -169,6 +169,10 @@ class Sweeper:
             # Paused, resumed, a reconcile or restart requested: a pass now, with a fresh look.
             self.wakeups.poke_resource(resource.uid, time.monotonic())
 
+    def latest(self, uid: str) -> Resource | None:
+        """The resource as its newest event showed it (None once deleted)."""
+        return self._resources.get(uid)
+
     def forget(self, uid: str) -> None:
         """Deleted or being deleted: no more passes (deletion holds its lock meanwhile). A
         pass in its thread ends there; one still queued in the pool never runs."""

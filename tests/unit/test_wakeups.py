@@ -196,3 +196,32 @@ def test_a_worker_service_wakes_the_wait_of_a_starting_pair_at_once(monkeypatch:
 
     asyncio.run(scenario())
     assert looks == [("change", 0.0), ("poll", 3.0)]
+
+
+def test_the_handler_s_polls_judge_the_resource_as_its_newest_event_shows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler's body has none of the status its own passes write later (an automatic
+    restart's count): a poll judging by it would restart a pipeline again and again."""
+    monkeypatch.setattr("spout_operator.runtime.STARTING_POLL_S", 0.01)
+    pair = (("default", "s"), ("default", "p"))
+    body: dict[str, Any] = {"metadata": {"namespace": "ns", "name": "a", "uid": "a", "generation": 1}}
+    newer = {**body, "status": {"autoRestart": {"restarts": 1}}}
+    seen: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        operator = Operator(Settings(), pool, kube=SimpleNamespace(core=None, custom=None))  # type: ignore[arg-type]
+        operator.sweeper.track(Resource.of(newer))  # the event of the first pass's status write
+        states = iter([True, True, False])
+
+        async def pass_(executor: Any, resource: Resource, trigger: str, listed_since: float = 0.0) -> Any:
+            seen.append(dict(resource.status))
+            return SimpleNamespace(starting=next(states), pair=pair)
+
+        operator._pass = pass_  # type: ignore[method-assign]
+        await asyncio.wait_for(operator.apply(body), 5.0)
+        pool.shutdown()
+
+    asyncio.run(scenario())
+    assert seen == [{}, {"autoRestart": {"restarts": 1}}, {"autoRestart": {"restarts": 1}}]
