@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
-from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
+from python_pachyderm.proto.v2.pfs import pfs_pb2
 
 from spout_operator import metrics
 from spout_operator.gateway import auth_metadata, credentials
@@ -200,8 +200,14 @@ async def subscribe_commits(
     request = pfs_pb2.SubscribeCommitRequest(repo=repo, branch="master", **fields)
     metadata = auth_metadata(endpoint)
     metrics.PACHD_CALLS.labels("SubscribeCommit").inc()
-    stub = pfs_pb2_grpc.APIStub(channel)
-    call = stub.SubscribeCommit(request, timeout=SPEC_STREAM_S, metadata=metadata)
+    # The one method, not pfs_pb2_grpc.APIStub: a stub makes a callable for each of pfs's ~45
+    # methods, and one per stream (two hundred at N=48) kept ~3 MB alive for nothing.
+    subscribe = channel.unary_stream(
+        "/pfs_v2.API/SubscribeCommit",
+        request_serializer=pfs_pb2.SubscribeCommitRequest.SerializeToString,
+        response_deserializer=pfs_pb2.CommitInfo.FromString,
+    )
+    call = subscribe(request, timeout=SPEC_STREAM_S, metadata=metadata)
     try:
         async for info in call:
             yield info

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
+from python_pachyderm.proto.v2.pfs import pfs_pb2
 from spout_operator.gateway import Gateway
 from spout_operator.names import PipelineKey
 from spout_operator.pachd_api import Endpoint, PachdUnavailable
-from spout_operator.spec_streams import SpecFollower, SpecWatch
+from spout_operator.spec_streams import SpecFollower, SpecWatch, subscribe_commits
 
 KEY: PipelineKey = ("default", "proc")
 OTHER: PipelineKey = ("default", "spout")
@@ -179,3 +182,60 @@ def test_a_gateway_knows_its_own_writes_while_in_flight_and_just_after() -> None
         assert not gateway.wrote(KEY, within_s=0.0)  # long enough ago
     finally:
         gateway.close()
+
+
+class CountingChannel:
+    """A grpc.aio channel that records which methods are made callable on it."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel, self.methods = channel, list[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        made = getattr(self._channel, name)
+
+        def record(method: str, *args: Any, **kwargs: Any) -> Any:
+            self.methods.append(method)
+            return made(method, *args, **kwargs)
+
+        return record if name.startswith("unary_") or name.startswith("stream_") else made
+
+
+def test_a_commit_stream_asks_pachd_with_its_token_and_builds_only_the_one_method() -> None:
+    # A stream per followed pipeline lives as long as its resource: a whole pfs stub for each
+    # (a callable per method, ~45) kept megabytes alive at N=48.
+    seen: list[tuple[Any, dict[str, str]]] = []
+
+    async def subscribe(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        seen.append((request, dict(context.invocation_metadata() or ())))
+        for commit in ("c1", "c2"):
+            yield pfs_pb2.CommitInfo(commit=pfs_pb2.Commit(id=commit))
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        server = grpc.aio.server()
+        handler = grpc.unary_stream_rpc_method_handler(
+            subscribe,
+            request_deserializer=pfs_pb2.SubscribeCommitRequest.FromString,
+            response_serializer=pfs_pb2.CommitInfo.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("pfs_v2.API", {"SubscribeCommit": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+                channel = CountingChannel(plain)
+                endpoint = Endpoint(f"grpc://127.0.0.1:{port}", auth_token="t0ken")
+                infos = subscribe_commits(channel, endpoint, KEY, "spec")  # type: ignore[arg-type]
+                commits = [str(info.commit.id) async for info in infos]
+                return commits, channel.methods
+        finally:
+            await server.stop(None)
+
+    commits, methods = asyncio.run(scenario())
+    assert commits == ["c1", "c2"]
+    assert methods == ["/pfs_v2.API/SubscribeCommit"]
+    request, metadata = seen[0]
+    assert (request.repo.project.name, request.repo.name, request.repo.type) == ("default", "proc", "spec")
+    assert request.branch == "master"
+    assert metadata["authn-token"] == "t0ken"
