@@ -42,9 +42,9 @@ from spout_operator.threads import in_pool
 from spout_operator.watches import ServiceWatch, WorkerHealthWatch, WorkerWatch
 from spout_operator.workers import LISTED_WAIT_S
 
-# Threads for blocking pachd and API calls. Each one ever busy keeps its stack and its share of
-# the objects a burst leaves behind: 32 held ~6 MB more at the bench's 500 resources than 16,
-# and 16 still keep pachd busy (48 pairs over six pachds converge within 1.3x the floor).
+# Threads for blocking pachd and API calls. Each one a burst wakes keeps its stack (~150 KB), its
+# malloc cache and its share of what the burst left behind: 32 cost 6-8 MB more than 16 at the
+# bench's 500 resources, and 16 still keep six pachds busy (48 pairs Ready within 1.3x the floor).
 WORKERS = 16
 STARTING_WAIT_S = 60.0
 STARTING_POLL_S = 0.5
