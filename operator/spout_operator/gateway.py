@@ -36,6 +36,11 @@ from spout_operator.pachd_api import Endpoint, PachdError, PachdRejected, PachdU
 _STATE_PREFIX = "PIPELINE_"
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _WRITES = {"CreatePipeline", "StartPipeline", "StopPipeline", "DeletePipeline"}
+# Writes in flight per pachd. Concurrent writes slow each other down inside pachd (48 pairs
+# repaired on 6 pachds at once, unbounded: 0.9-2 s a write on average), so a burst finishes
+# sooner in a queue; but a queue of one waits behind any slow write (a StartPipeline racing
+# pachd's own deletion of that pipeline took 4.1 s and held up every repair queued behind it).
+WRITE_LANES = 2
 # A spec commit this soon after the operator's own write of the pipeline is that write's.
 OWN_WRITE_S = 1.0
 
@@ -145,7 +150,7 @@ class Gateway:
         # (project, name) -> when its last write ended (inf: still in flight)
         self._written_at: dict[PipelineKey, float] = {}
         self._last_write: dict[PipelineKey, float] = {}  # the same, kept OWN_WRITE_S (spec streams)
-        self._write_lock = threading.Lock()  # held for the length of one write call
+        self._write_lanes = threading.BoundedSemaphore(WRITE_LANES)  # each held for one write call
         self._written_lock = threading.Lock()  # not the snapshot's: writes never wait on a listing
 
     def __repr__(self) -> str:  # the Endpoint's repr leaves the token out
@@ -154,15 +159,17 @@ class Gateway:
     def close(self) -> None:
         self._channel.close()
 
+    @property
+    def answering(self) -> bool:
+        """Whether its last listing succeeded (False before the first)."""
+        return self._snapshot is not None
+
     def _call(self, method: str, request: Any) -> Any:
         if method not in _WRITES:
             return self._send(method, request)
-        # One write at a time per pachd: concurrent writes slow each other down inside pachd
-        # (repairing 48 pairs on 6 pachds at once, a write took 0.9-2 s on average), so a
-        # burst finishes sooner in a queue (the last repair ~2 s earlier). The wait is
-        # bounded: behind a pachd that has stopped answering, a queued write fails as the
-        # call in front of it will.
-        if not self._write_lock.acquire(timeout=self.timeout_s):
+        # WRITE_LANES writes at a time per pachd, the rest queue. The wait is bounded: behind
+        # a pachd that has stopped answering, a queued write fails as the calls in front will.
+        if not self._write_lanes.acquire(timeout=self.timeout_s):
             raise PachdUnavailable(f"pachd unreachable (busy): no write slot within {self.timeout_s:g}s")
         pipeline = request.pipeline  # every write request names the pipeline it changes
         key = (pipeline.project.name or "default", pipeline.name)
@@ -177,7 +184,7 @@ class Gateway:
                 ended = time.monotonic()
                 self._written_at[key] = self._last_write[key] = ended
                 self._last_write = {k: t for k, t in self._last_write.items() if ended - t <= OWN_WRITE_S}
-            self._write_lock.release()
+            self._write_lanes.release()
 
     def wrote(self, key: PipelineKey, within_s: float = OWN_WRITE_S) -> bool:
         """Whether a write of ours to the pipeline is in flight or ended within `within_s`."""
@@ -384,6 +391,11 @@ class Gateways:
 
     def __len__(self) -> int:
         return len(self._by_endpoint)
+
+    def answering(self) -> list[Endpoint]:
+        """The pachds whose last listing succeeded."""
+        with self._lock:
+            return [endpoint for endpoint, (gateway, _) in self._by_endpoint.items() if gateway.answering]
 
     def wrote(self, endpoint: Endpoint, key: PipelineKey) -> bool:
         """Whether the operator itself just wrote the pipeline there (see Gateway.wrote)."""

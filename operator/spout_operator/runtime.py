@@ -273,7 +273,7 @@ class Operator:
             self.flow_watch.follow(resource.uid, labels, result.endpoint, result.pair, expected)
             metrics.data_flowing(labels, result.status)
             if result.repairs and result.endpoint is not None:
-                self.vigil.drift_seen(result.endpoint, time.monotonic())
+                self.vigil.drift_seen(result.endpoint, time.monotonic(), self.gateways.answering())
         return result
 
     def _reconcile(

@@ -102,17 +102,25 @@ class Wakeups:
 
 
 class Vigil(Generic[T]):
-    """The pachds where drift was just repaired, and until when to keep listing them. A
+    """The pachds to keep listing for a while after drift was repaired, and until when. A
     listing that shows a pipeline changed wakes its resource (Gateway.snapshot), so a burst
-    of changes is repaired at the pace of these listings, not of pachd's worker events. A
-    quiet pachd is never listed between sweeps."""
+    of changes is repaired at the pace of these listings, not of pachd's worker events.
+    Nothing is listed between sweeps until drift is seen.
+
+    Every answering pachd is put under vigil, not only the one that drifted: pachd
+    2.6 tells of a deletion or a stop only through its worker RC, seconds late while its
+    throttled Kubernetes client is busy (2-3 s in a burst), and what changes pipelines behind
+    the operator's back (a script, a cleanup, someone at pachctl going through contexts) seldom
+    stops at one pachd. A burst costs each pachd VIGIL_S / VIGIL_POLL_S listings (40)."""
 
     def __init__(self, duration_s: float = VIGIL_S) -> None:
         self._duration_s = duration_s
         self._until: dict[T, float] = {}
 
-    def drift_seen(self, where: T, now: float) -> None:
-        self._until[where] = now + self._duration_s
+    def drift_seen(self, where: T, now: float, answering: Iterable[T] = ()) -> None:
+        """Drift repaired at `where`: list it and every answering pachd for a while."""
+        for place in {where, *answering}:
+            self._until[place] = now + self._duration_s
 
     def due(self, now: float) -> list[T]:
         """Where to list now; forgets the pachds whose vigil has ended."""
@@ -122,12 +130,26 @@ class Vigil(Generic[T]):
 
 async def keep_vigil(vigil: Vigil[T], listing: Callable[[T], Awaitable[object]]) -> None:
     """List each pachd under vigil every VIGIL_POLL_S (`listing`: one listing of it, whose
-    changed pipelines wake their resources), until cancelled."""
-    while True:
-        await asyncio.sleep(VIGIL_POLL_S)
-        due = vigil.due(time.monotonic())
-        if due:
-            await asyncio.gather(*(listing(where) for where in due), return_exceptions=True)
+    changed pipelines wake their resources), until cancelled. Each pachd at its own pace: a
+    slow one is listed again once its listing is back, and never holds up the others."""
+    listing_now: dict[T, asyncio.Task[object]] = {}
+    try:
+        while True:
+            await asyncio.sleep(VIGIL_POLL_S)
+            listing_now = {where: task for where, task in listing_now.items() if not task.done()}
+            for where in vigil.due(time.monotonic()):
+                if where not in listing_now:
+                    listing_now[where] = asyncio.ensure_future(_quietly(listing(where)))
+    finally:
+        for task in listing_now.values():
+            task.cancel()
+
+
+async def _quietly(listing: Awaitable[object]) -> object:
+    """A failed listing is the passes' to report (the next one tries again)."""
+    with contextlib.suppress(Exception):
+        return await listing
+    return None
 
 
 PassFn = Callable[[Resource, Trigger, float], Awaitable[object]]  # resource, trigger, listed_since

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 import yaml
 from spout_operator.connection_model import ConnectionProblem, ConnectionSpec, parse_connection
-from spout_operator.controller import Controller
+from spout_operator.controller import READ_REUSE_S, Controller
 from spout_operator.dataflow import FlowView
 from spout_operator.pachd_api import Endpoint, Pachd, PachdUnavailable
+from spout_operator.resolver import Resolver
 from spout_operator.resource import Resource
 from spout_operator.settings import Settings
+from test_connection_model import OPERATOR_NS, FakeCore, FakeCustom, add_cluster
 from test_reconcile import FakeGateway
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "spout.yaml"
@@ -850,3 +852,36 @@ def test_status_managed_follows_the_pipelines_to_a_new_address() -> None:
     gateway.pipelines.clear()  # the new pachd holds nothing yet
     moved = ctl.reconcile(Resource.of(body(observed=1)), "drift")
     assert moved is not None and moved.status["managed"]["address"] == "grpc://pachd-b:30650"
+
+
+def test_a_burst_of_repairs_on_one_connection_reads_it_once() -> None:
+    """A pass woken by pachd reuses a recent read of its connection: 48 repairs in a burst
+    each read the connection afresh, and a read took up to 0.7 s while the API server was busy.
+    A change still reads afresh, and a read older than READ_REUSE_S is not reused."""
+    core, custom = FakeCore(), FakeCustom()
+    add_cluster(
+        custom,
+        namespaceSelector={},
+        authTokenSecretRef={"name": "tok"},
+        policy={"projects": {"allowDefault": True}},
+    )
+    core.secret(OPERATOR_NS, "tok", "token")
+    gateway = FakeGateway()
+    ctl = Controller(Settings(), OneGateway(gateway), NoKube(), Resolver(core, custom, OPERATOR_NS))  # type: ignore[arg-type]
+
+    def reads() -> int:
+        return len([r for r in core.reads if r[0] == "Secret"])
+
+    resources = [
+        Resource.of({**body(observed=1), "metadata": {**body()["metadata"], "uid": f"u{i}"}})
+        for i in range(5)
+    ]
+    ctl.reconcile(resources[0], "change")
+    assert reads() == 1
+    for resource in resources:  # each woken by its own pachd event, just after the one before
+        ctl.reconcile(resource, "event", time.monotonic())
+    assert reads() == 1
+    ctl.reconcile(resources[0], "change")  # the resource's own change reads afresh
+    assert reads() == 2
+    ctl.reconcile(resources[1], "event", time.monotonic() + READ_REUSE_S + 1)
+    assert reads() == 3

@@ -5,9 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from typing import Any
 
 import pytest
-from spout_operator.gateway import Gateway, changed_pipelines
+from spout_operator.gateway import WRITE_LANES, Gateway, changed_pipelines
 from spout_operator.observed import ObservedPipeline
 from spout_operator.pachd_api import Endpoint, PachdUnavailable
 from spout_operator.sweep import until_next_sweep
@@ -38,6 +39,20 @@ class CountingGateway(Gateway):
 
 
 WAIT_S = 5.0  # a deadline for conditions that hold within milliseconds
+
+
+def test_a_pachd_answers_once_a_listing_succeeded_until_one_fails() -> None:
+    gateway = CountingGateway([])
+    try:
+        assert not gateway.answering  # never listed
+        gateway.snapshot(not_before=time.monotonic())
+        assert gateway.answering
+        gateway.listing = PachdUnavailable("pachd unreachable (unavailable): connection refused")
+        with pytest.raises(PachdUnavailable):
+            gateway.snapshot(not_before=time.monotonic())
+        assert not gateway.answering
+    finally:
+        gateway.close()
 
 
 def test_snapshot_is_one_listing_per_sweep() -> None:
@@ -147,22 +162,23 @@ def _observed(name: str) -> ObservedPipeline:
 
 class SlowWritesGateway(Gateway):
     """The real gateway's write queue over a fake wire: each write takes `write_s`, or until
-    `release` is set when `held`, and records how many ran at once."""
+    `release` is set for the pipelines in `held`, and records how many ran at once."""
 
-    def __init__(self, write_s: float, timeout_s: float, held: bool = False) -> None:
+    def __init__(self, write_s: float, timeout_s: float, held: frozenset[str] = frozenset()) -> None:
         super().__init__(Endpoint("127.0.0.1:9"), timeout_s=timeout_s)
         self.write_s = write_s
         self.running = 0
         self.most_at_once = 0
-        self.entered, self.release, self._held = threading.Event(), threading.Event(), held
+        self.entered = threading.Semaphore(0)  # one release per held write that began
+        self.release, self._held = threading.Event(), held
         self._count_lock = threading.Lock()
 
-    def _send(self, method: str, request: object) -> None:
+    def _send(self, method: str, request: Any) -> None:
         with self._count_lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
-        self.entered.set()
-        if self._held:
+        if request.pipeline.name in self._held:
+            self.entered.release()
             self.release.wait(WAIT_S)
         else:
             time.sleep(self.write_s)  # the write's own duration: the queue is what is under test
@@ -170,26 +186,47 @@ class SlowWritesGateway(Gateway):
             self.running -= 1
 
 
-def test_writes_to_one_pachd_go_one_at_a_time() -> None:
+def test_writes_to_one_pachd_queue_in_its_lanes() -> None:
     gateway = SlowWritesGateway(write_s=0.02, timeout_s=5.0)
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda i: gateway.start(f"p{i}", "default"), range(8)))
-        assert gateway.most_at_once == 1
+        assert gateway.most_at_once == WRITE_LANES > 1
     finally:
         gateway.close()
 
 
-def test_a_write_queued_behind_a_stuck_one_fails_as_unreachable() -> None:
-    gateway = SlowWritesGateway(write_s=0.0, timeout_s=0.1, held=True)
+def test_a_stuck_write_does_not_hold_up_the_writes_behind_it() -> None:
+    """A StartPipeline racing pachd's own deletion of that pipeline took 4 s: with one lane,
+    every repair on that pachd queued behind it."""
+    gateway = SlowWritesGateway(write_s=0.0, timeout_s=5.0, held=frozenset({"stuck"}))
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            stuck = pool.submit(gateway.stop, "a", "default")
-            assert gateway.entered.wait(WAIT_S)  # a's write holds the slot now
+            stuck = pool.submit(gateway.stop, "stuck", "default")
+            assert gateway.entered.acquire(timeout=WAIT_S)
+            for i in range(3):
+                gateway.start(f"p{i}", "default")  # each goes through while `stuck` still runs
+            assert not stuck.done()
+            gateway.release.set()
+            stuck.result()
+    finally:
+        gateway.release.set()
+        gateway.close()
+
+
+def test_a_write_queued_behind_stuck_ones_fails_as_unreachable() -> None:
+    held = frozenset(f"stuck-{i}" for i in range(WRITE_LANES))
+    gateway = SlowWritesGateway(write_s=0.0, timeout_s=0.1, held=held)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(WRITE_LANES) as pool:
+            stuck = [pool.submit(gateway.stop, name, "default") for name in sorted(held)]
+            for _ in held:  # every lane is held now
+                assert gateway.entered.acquire(timeout=WAIT_S)
             with pytest.raises(PachdUnavailable, match="busy"):
                 gateway.stop("b", "default")
             gateway.release.set()
-            stuck.result()
+            for write in stuck:
+                write.result()
     finally:
         gateway.release.set()
         gateway.close()

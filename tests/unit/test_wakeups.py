@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +13,7 @@ from spout_operator.names import PipelineKey, worker_pipeline
 from spout_operator.resource import Resource
 from spout_operator.runtime import Operator
 from spout_operator.settings import Settings
-from spout_operator.sweep import Vigil, Wakeups
+from spout_operator.sweep import VIGIL_POLL_S, Vigil, Wakeups, keep_vigil
 from spout_operator.watches import ServiceWatch, WorkerWatch, rc_fingerprint
 
 
@@ -122,6 +123,37 @@ def test_a_vigil_lists_a_pachd_for_a_while_after_drift_there_only() -> None:
     vigil.drift_seen("pachd-b", 108.0)
     assert sorted(vigil.due(115.0)) == ["pachd-a", "pachd-b"]
     assert vigil.due(118.5) == []
+
+
+def test_drift_anywhere_puts_every_answering_pachd_under_vigil() -> None:
+    """pachd tells of a deletion or a stop seconds late (its throttled RC changes): a burst
+    that also reached pachd-b is found there by listing, not by waiting for its events."""
+    vigil: Vigil[str] = Vigil(duration_s=10.0)
+    vigil.drift_seen("pachd-a", 100.0, answering=["pachd-a", "pachd-b"])  # pachd-c is down
+    assert sorted(vigil.due(105.0)) == ["pachd-a", "pachd-b"]
+    assert vigil.due(110.5) == []
+
+
+def test_a_slow_pachd_under_vigil_does_not_hold_up_the_listings_of_the_others() -> None:
+    async def scenario() -> None:
+        vigil: Vigil[str] = Vigil(duration_s=60.0)
+        vigil.drift_seen("fast", time.monotonic(), answering=["slow"])
+        listed = {"fast": 0, "slow": 0}
+        fast_listed_thrice, never = asyncio.Event(), asyncio.Event()
+
+        async def listing(where: str) -> None:
+            listed[where] += 1
+            if where == "slow":
+                await never.wait()  # a pachd that does not answer within the test
+            elif listed["fast"] == 3:
+                fast_listed_thrice.set()
+
+        keeping = asyncio.create_task(keep_vigil(vigil, listing))
+        await asyncio.wait_for(fast_listed_thrice.wait(), 10 * VIGIL_POLL_S)
+        keeping.cancel()
+        assert listed["slow"] == 1  # listed again only once its listing is back
+
+    asyncio.run(scenario())
 
 
 def test_a_relisting_and_a_deletion_report_the_rcs_that_went() -> None:
