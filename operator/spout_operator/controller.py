@@ -90,9 +90,10 @@ READ_REUSE_S = 5.0
 def read_since(trigger: Trigger, woken: float) -> float:
     """How fresh a pass's connection reads must be (a time.monotonic() instant). A change
     reads the connection and its Secret afresh, a sweep's passes share the sweep's reads. A
-    pass woken by pachd (an event, a poll while starting) reuses a read up to READ_REUSE_S
-    older: pachd changed, not the connection, and a burst of repairs on one pachd then costs
-    the API server one read, not one per pass (a read took up to 0.7 s in such a burst)."""
+    pass woken by pachd (an event) or polling it while the pipelines start reuses a read made
+    up to READ_REUSE_S before it was woken: pachd changed, not the connection, and a burst of
+    repairs on one pachd then costs the API server one read, not one per pass (a read took up
+    to 0.7 s in such a burst)."""
     return woken - READ_REUSE_S if trigger in ("event", "poll") else woken
 
 

@@ -393,9 +393,21 @@ class Gateways:
         return len(self._by_endpoint)
 
     def answering(self) -> list[Endpoint]:
-        """The pachds whose last listing succeeded."""
+        """The pachds whose last listing succeeded, each through the endpoint last asked for
+        at its address: one whose token or CA was replaced is never listed again."""
         with self._lock:
-            return [endpoint for endpoint, (gateway, _) in self._by_endpoint.items() if gateway.answering]
+            newest: dict[tuple[str, bool], tuple[float, Endpoint]] = {}
+            for endpoint, (_, asked) in self._by_endpoint.items():
+                place = (endpoint.address, endpoint.tls)
+                if place not in newest or asked > newest[place][0]:
+                    newest[place] = (asked, endpoint)
+            return [e for _, e in newest.values() if self._by_endpoint[e][0].answering]
+
+    def find(self, endpoint: Endpoint) -> Gateway | None:
+        """The open gateway of `endpoint`, if any. Not a use: it may still close when idle."""
+        with self._lock:
+            found = self._by_endpoint.get(endpoint)
+        return None if found is None else found[0]
 
     def wrote(self, endpoint: Endpoint, key: PipelineKey) -> bool:
         """Whether the operator itself just wrote the pipeline there (see Gateway.wrote)."""

@@ -325,9 +325,12 @@ class Operator:
             self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, started)
 
     def _list_pachd(self, endpoint: Endpoint) -> None:
-        """One listing of a pachd under vigil; what it shows changed wakes its resources."""
-        with contextlib.suppress(PachdError):  # the passes report pachd's errors
-            self.gateways.get(endpoint).snapshot(not_before=time.monotonic())
+        """One listing of a pachd under vigil; what it shows changed wakes its resources. The
+        vigil keeps no gateway open: one closed meanwhile (idle, its token replaced) is not listed."""
+        gateway = self.gateways.find(endpoint)
+        if gateway is not None:
+            with contextlib.suppress(PachdError):  # the passes report pachd's errors
+                gateway.snapshot(not_before=time.monotonic())
 
 
 def _post(resource: Resource, events: list[Event]) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
@@ -109,18 +110,24 @@ class Vigil(Generic[T]):
 
     Every answering pachd is put under vigil, not only the one that drifted: pachd
     2.6 tells of a deletion or a stop only through its worker RC, seconds late while its
-    throttled Kubernetes client is busy (2-3 s in a burst), and what changes pipelines behind
+    throttled Kubernetes client is busy (1-3 s in a burst), and what changes pipelines behind
     the operator's back (a script, a cleanup, someone at pachctl going through contexts) seldom
-    stops at one pachd. A burst costs each pachd VIGIL_S / VIGIL_POLL_S listings (40)."""
+    stops at one pachd. A burst costs each pachd without drift of its own VIGIL_S / VIGIL_POLL_S
+    listings (40); a pachd with drift is listed until 10 s after its last repair."""
 
     def __init__(self, duration_s: float = VIGIL_S) -> None:
         self._duration_s = duration_s
         self._until: dict[T, float] = {}
 
     def drift_seen(self, where: T, now: float, answering: Iterable[T] = ()) -> None:
-        """Drift repaired at `where`: list it and every answering pachd for a while."""
-        for place in {where, *answering}:
-            self._until[place] = now + self._duration_s
+        """Drift repaired at `where`: list it for a while and, where this begins drift there
+        (it was not under vigil), every answering pachd too. A pipeline that flaps on one pachd
+        (something fighting the operator over it) keeps only that pachd listed."""
+        begins = self._until.get(where, -math.inf) <= now
+        self._until[where] = now + self._duration_s
+        if begins:
+            for place in answering:
+                self._until[place] = max(self._until.get(place, now), now + self._duration_s)
 
     def due(self, now: float) -> list[T]:
         """Where to list now; forgets the pachds whose vigil has ended."""

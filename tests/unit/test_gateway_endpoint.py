@@ -5,6 +5,7 @@ No channel is opened: Endpoint is a value object, and _translate maps an error o
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import grpc
@@ -188,3 +189,32 @@ def test_idle_gateways_are_closed_and_busy_ones_kept() -> None:
     assert gateways.get(Endpoint("grpc://127.0.0.1:9")) is not old  # a new channel when needed again
     gateways.close()
     assert len(gateways) == 0
+
+
+def test_only_answering_pachds_are_listed_and_never_through_a_replaced_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spout_operator.gateway import Gateways
+
+    def refused() -> list[Any]:
+        raise PachdUnavailable("pachd unreachable (unavailable): connection refused")
+
+    now = [0.0]
+    gateways = Gateways(timeout_s=1, idle_s=100.0, clock=lambda: now[0])
+    old = gateways.get(Endpoint("grpc://127.0.0.1:9", auth_token="old"))
+    now[0] = 1.0
+    new = gateways.get(Endpoint("grpc://127.0.0.1:9", auth_token="new"))  # the token was rotated
+    down = gateways.get(Endpoint("grpc://127.0.0.1:10"))
+    never = gateways.get(Endpoint("grpc://127.0.0.1:11"))  # not listed yet
+    for gateway, listing in ((old, list), (new, list), (down, refused)):
+        monkeypatch.setattr(gateway, "list_pipelines", listing)
+        with contextlib.suppress(PachdUnavailable):
+            gateway.snapshot(not_before=0.0)
+    assert old.answering and new.answering and not down.answering and not never.answering
+    assert gateways.answering() == [new.endpoint]
+    # Listing it under vigil is no use of it: idle, it closes as if it was never listed.
+    now[0] = 150.0
+    assert gateways.find(new.endpoint) is new
+    gateways.get(Endpoint("grpc://127.0.0.1:12"))
+    assert gateways.find(new.endpoint) is None
+    gateways.close()

@@ -114,9 +114,9 @@ def test_the_first_listing_learns_and_later_changes_report() -> None:
     assert watch.changes == [("default", "spout"), ("default", "proc")]
 
 
-def test_a_vigil_lists_a_pachd_for_a_while_after_drift_there_only() -> None:
+def test_a_vigil_lists_a_pachd_for_a_while_after_drift_there() -> None:
     vigil: Vigil[str] = Vigil(duration_s=10.0)
-    assert vigil.due(0.0) == []  # a quiet pachd is never listed between sweeps
+    assert vigil.due(0.0) == []  # nothing is listed between sweeps while nothing drifts
     vigil.drift_seen("pachd-a", 100.0)
     assert vigil.due(105.0) == ["pachd-a"]
     vigil.drift_seen("pachd-a", 108.0)  # more drift: the vigil lasts from the latest
@@ -132,6 +132,17 @@ def test_drift_anywhere_puts_every_answering_pachd_under_vigil() -> None:
     vigil.drift_seen("pachd-a", 100.0, answering=["pachd-a", "pachd-b"])  # pachd-c is down
     assert sorted(vigil.due(105.0)) == ["pachd-a", "pachd-b"]
     assert vigil.due(110.5) == []
+
+
+def test_a_pipeline_flapping_on_one_pachd_keeps_only_that_pachd_listed() -> None:
+    vigil: Vigil[str] = Vigil(duration_s=10.0)
+    answering = ["pachd-a", "pachd-b"]
+    vigil.drift_seen("pachd-a", 100.0, answering)  # drift begins on pachd-a: both listed
+    for now in (104.0, 108.0, 112.0, 116.0):  # repaired again and again: it flaps
+        vigil.drift_seen("pachd-a", now, answering)
+    assert vigil.due(117.0) == ["pachd-a"]  # pachd-b: 10 s from the start, not from each repair
+    vigil.drift_seen("pachd-b", 118.0, answering)  # drift of its own on pachd-b
+    assert sorted(vigil.due(119.0)) == ["pachd-a", "pachd-b"]
 
 
 def test_a_slow_pachd_under_vigil_does_not_hold_up_the_listings_of_the_others() -> None:
