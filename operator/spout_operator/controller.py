@@ -114,8 +114,12 @@ class Controller:
         leading: Callable[[], bool] | None = None,
         workers: HealthSource | None = None,
         flow: dataflow.FlowSource | None = None,
+        repaired: Callable[[Endpoint], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told of each pass that repaired drift there, once pachd has the repair and before
+        # the status write (the close watch starts from it; called from the pass's thread).
+        self.repaired = repaired or (lambda endpoint: None)
         self.flow = flow  # the pairs' data flow, live (flow_streams.py); None: not shown
         self.workers = workers  # the worker pods' index (workers.py); None: pachd's word stands
         self.gateways = gateways
@@ -239,6 +243,12 @@ class Controller:
         outcome = self._ensure(
             spec, resource.owner, gateway, trigger, listed_since, own_project, handles.paused
         )
+        repairs = 0
+        if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
+            paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
+            repairs = len([a for a in outcome.applied if a not in paused])
+        if repairs:
+            self.repaired(endpoint)
         workers = self._workers(spec.project, outcome)
         # The flow, from memory (no call): read once, for the automatic restarts and the status.
         flow = None if self.flow is None else self.flow.view(resource.uid)
@@ -246,10 +256,6 @@ class Controller:
         quiet = self.flow is not None and dataflow.spout_quiet(flow, expected, resource.status, flow_at)
         window = expected.commit_within_s or 0.0
         done = restarts.carry_out(spec, handles, resource.status, outcome, workers, gateway, quiet, window)
-        repairs = 0
-        if trigger in REPAIRS:  # a pause around a spout update is no repair of its own
-            paused = {(name, step) for name in outcome.paused for step in (Step.STOP, Step.START)}
-            repairs = len([a for a in outcome.applied if a not in paused])
         status = status_patch(
             outcome,
             spec.running,

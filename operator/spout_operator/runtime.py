@@ -109,6 +109,7 @@ class Operator:
             leading,
             None if self.worker_health is None else self.worker_health.pods,
             self.flow_watch,
+            self._repaired,
         )
         # Every resource's drift passes, from one task; `index` starts and feeds it.
         self.sweeper = Sweeper(
@@ -272,8 +273,6 @@ class Operator:
             expected = dataflow.expectations(resource.spec)
             self.flow_watch.follow(resource.uid, labels, result.endpoint, result.pair, expected)
             metrics.data_flowing(labels, result.status)
-            if result.repairs and result.endpoint is not None:
-                self.vigil.drift_seen(result.endpoint, time.monotonic(), self.gateways.answering())
         return result
 
     def _reconcile(
@@ -323,6 +322,12 @@ class Operator:
     def _listed(self, keys: set[PipelineKey], started: float) -> None:  # from a pass's thread, likewise
         for key in keys:
             self._loop.call_soon_threadsafe(self.sweeper.wakeups.poke, key, started)
+
+    def _repaired(self, endpoint: Endpoint) -> None:  # from a pass's thread: the vigil is the loop's
+        self._loop.call_soon_threadsafe(self._drift_seen, endpoint, time.monotonic())
+
+    def _drift_seen(self, endpoint: Endpoint, at: float) -> None:
+        self.vigil.drift_seen(endpoint, at, self.gateways.answering())
 
     def _list_pachd(self, endpoint: Endpoint) -> None:
         """One listing of a pachd under vigil; what it shows changed wakes its resources. The

@@ -885,3 +885,26 @@ def test_a_burst_of_repairs_on_one_connection_reads_it_once() -> None:
     assert reads() == 2
     ctl.reconcile(resources[1], "event", time.monotonic() + READ_REUSE_S + 1)
     assert reads() == 3
+
+
+def test_a_repair_is_told_before_its_status_is_written_and_nothing_else_is() -> None:
+    """The close watch (the other pachds listed) starts from it: the status write after a
+    repair took 0.6 s while a burst kept the API server busy."""
+    gateway = FakeGateway()
+    kube = RecordingKube()
+    told: list[tuple[Endpoint, int]] = []
+    ctl = Controller(
+        Settings(),
+        OneGateway(gateway),  # type: ignore[arg-type]
+        kube,  # type: ignore[arg-type]
+        FakeResolver(),  # type: ignore[arg-type]
+        repaired=lambda endpoint: told.append((endpoint, len(kube.writes))),
+    )
+    ctl.reconcile(Resource.of(body()), "change")  # creates: no repair
+    ctl.reconcile(Resource.of(body(observed=1)), "event")  # nothing to repair
+    assert told == []
+    del gateway.pipelines["processor"]
+    written = len(kube.writes)
+    ctl.reconcile(Resource.of(body(observed=1)), "event")
+    assert told == [(Endpoint("pachd:30650"), written)]  # before this pass's status write
+    assert len(kube.writes) == written + 1
